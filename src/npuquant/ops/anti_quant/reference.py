@@ -26,4 +26,5 @@ def anti_quant(
         s = s * s
     if offset is not None:
         xf = xf + offset.to(torch.float32)
-    return (xf * s).to(dst_dtype).contiguous()
+    # reshape: a 0-dim x broadcast against a (1,) scale must stay 0-dim
+    return (xf * s).to(dst_dtype).reshape(values.shape).contiguous()
