@@ -1,0 +1,107 @@
+"""Per-row / per-column dequantization of int8 / int16 to float32 (SPEC §8.1).
+
+    dst = (float32(x) + zero_points) * scale          # symmetric: float32(x) * scale
+
+This is the math behind ``pypto.dequantize``; the pypto front-end (``npuquant.pypto``) checks
+PyPTO's rules and walks the output tile by tile, calling this op on each tile.
+
+Layers: :func:`dequantize_per_row_col` (public, keyword arguments) -> custom op
+``torch.ops.npuquant.dequantize_per_row_col`` (validation, fake kernel for torch.compile)
+-> :func:`dequantize` (device dispatch; today always the pure-torch reference, a native CPU
+kernel will plug in here).
+
+Shapes (x = ``[..., row, col]``):
+    axis -1 (per-row):    scale / zero_points ``[..., row]``  = ``x.shape[:-1]``
+    axis -2 (per-column): scale / zero_points ``[..., col]``  = ``x.shape[:-2] + x.shape[-1:]``
+Non-negative axes ``x.dim() - 1`` / ``x.dim() - 2`` mean the same.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from ..._args import check
+from . import reference
+
+__all__ = ["dequantize_per_row_col", "dequantize", "normalize_axis", "param_shape"]
+
+INPUT_DTYPES = (torch.int8, torch.int16)
+
+
+def normalize_axis(axis: int, ndim: int) -> int:
+    """PyPTO's normalisation: a non-negative axis counts from the front (``axis - ndim``)."""
+    return axis - ndim if axis >= 0 else axis
+
+
+def param_shape(x_shape: tuple[int, ...] | torch.Size, axis: int) -> tuple[int, ...]:
+    """Shape scale / zero_points must have for a normalized ``axis`` (-1 or -2)."""
+    shape = tuple(x_shape)
+    return shape[:-1] if axis == -1 else shape[:-2] + shape[-1:]
+
+
+def validate(x: torch.Tensor, scale: torch.Tensor, zero_points: torch.Tensor | None, axis: int) -> int:
+    """Every rule of the op, metadata only; returns the normalized axis (-1 or -2)."""
+    check(x.dtype in INPUT_DTYPES, f"dequantize: x must be int8 or int16, but got {x.dtype}")
+    check(x.dim() >= 1, "dequantize: x must have at least 1 dimension")
+    norm = normalize_axis(axis, x.dim())
+    check(
+        norm in (-1, -2),
+        f"dequantize: axis must be -1 (per-row) or -2 (per-column), but got axis={axis} (normalized={norm})",
+    )
+    check(not (norm == -2 and x.dim() < 2), "dequantize: 1D input only supports axis=-1, axis=-2 is not supported")
+    expected = param_shape(x.shape, norm)
+    params = [("scale", scale)] + ([] if zero_points is None else [("zero_points", zero_points)])
+    for name, t in params:
+        check(t.dtype == torch.float32, f"dequantize: {name} must be float32, but got {t.dtype}")
+        check(
+            tuple(t.shape) == expected,
+            f"dequantize: {name} shape must be {list(expected)} for x of shape {list(x.shape)} and axis={norm}, "
+            f"but got {list(t.shape)}",
+        )
+        check(t.device == x.device, f"dequantize: {name} must be on the same device as x ({x.device}), but is on {t.device}")
+    return norm
+
+
+def dequantize(x: torch.Tensor, scale: torch.Tensor, zero_points: torch.Tensor | None, axis: int) -> torch.Tensor:
+    """Device dispatch for validated arguments (axis already -1 or -2).
+
+    Only the pure-torch reference exists today; a native CPU kernel will be chosen here
+    (``npuquant._native.use_native``) once it lands, with identical float32 operation order.
+    """
+    return reference.dequantize(x, scale, zero_points, axis)
+
+
+@torch.library.custom_op("npuquant::dequantize_per_row_col", mutates_args=())
+def _dequantize_op(x: torch.Tensor, scale: torch.Tensor, zero_points: torch.Tensor | None, axis: int) -> torch.Tensor:
+    norm = validate(x, scale, zero_points, axis)
+    return dequantize(x, scale, zero_points, norm)
+
+
+@_dequantize_op.register_fake
+def _(x: torch.Tensor, scale: torch.Tensor, zero_points: torch.Tensor | None, axis: int) -> torch.Tensor:
+    validate(x, scale, zero_points, axis)
+    return x.new_empty(x.shape, dtype=torch.float32)
+
+
+def dequantize_per_row_col(
+    x: torch.Tensor,
+    scale: torch.Tensor,
+    *,
+    zero_points: torch.Tensor | None = None,
+    axis: int = -1,
+) -> torch.Tensor:
+    """Per-row (axis -1) or per-column (axis -2) dequantization: ``(float32(x) + zero_points) * scale``.
+
+    Args:
+        x: int8 or int16 tensor ``[..., row, col]``, any strides.
+        scale: float32, shape ``x.shape[:-1]`` (axis -1) or ``x.shape[:-2] + x.shape[-1:]`` (axis -2).
+        zero_points: optional float32 of scale's shape; ``None`` means symmetric.
+        axis: -1 / ``x.dim() - 1`` (per-row) or -2 / ``x.dim() - 2`` (per-column).
+
+    Returns:
+        Contiguous float32 tensor of x's shape (float32 arithmetic: add, then multiply).
+
+    Raises:
+        RuntimeError: naming the argument and the rule that failed.
+    """
+    return torch.ops.npuquant.dequantize_per_row_col(x, scale, zero_points, axis)
