@@ -1,0 +1,3 @@
+"""``torchair.configs`` stand-in."""
+
+from . import compiler_config  # noqa: F401

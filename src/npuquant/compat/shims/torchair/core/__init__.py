@@ -1,0 +1,3 @@
+"""``torchair.core`` stand-in."""
+
+from . import utils  # noqa: F401

@@ -1,0 +1,3 @@
+"""``torchair.experimental`` stand-in."""
+
+from . import inference  # noqa: F401
