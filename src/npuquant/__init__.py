@@ -9,10 +9,20 @@ from __future__ import annotations
 __version__ = "0.1.0"
 
 from .ops.anti_quant import npu_anti_quant
+from .ops.dynamic_quant import npu_dynamic_quant, npu_dynamic_quant_asymmetric
 from .ops.int4 import npu_convert_weight_to_int4pack, pack_int4, unpack_int4
+from .ops.quant_matmul import npu_quant_matmul, npu_trans_quant_param
+from .ops.quant_matmul.asymmetric import quant_matmul_asymmetric
+from .ops.quantize import npu_quantize
 
 __all__ = [
+    "npu_quant_matmul",
+    "quant_matmul_asymmetric",
+    "npu_trans_quant_param",
+    "npu_quantize",
     "__version__",
+    "npu_dynamic_quant",
+    "npu_dynamic_quant_asymmetric",
     "npu_anti_quant",
     "npu_convert_weight_to_int4pack",
     "pack_int4",

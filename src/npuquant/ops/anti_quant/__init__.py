@@ -11,9 +11,10 @@ from __future__ import annotations
 import torch
 
 from ..._args import check, to_dtype
-from . import reference
+from ..._native import use_native
+from . import native, reference
 
-__all__ = ["npu_anti_quant", "anti_quant", "output_shape"]
+__all__ = ["npu_anti_quant", "anti_quant", "dequant_int4_grouped", "output_shape"]
 
 MAX_DIMS = 8
 OUTPUT_DTYPES = (torch.float16, torch.bfloat16)
@@ -80,8 +81,28 @@ def anti_quant(
     dst_dtype: torch.dtype,
     sqrt_mode: bool = False,
 ) -> torch.Tensor:
-    """Device dispatch for validated arguments: native kernels on CPU, the reference elsewhere."""
+    """Device dispatch for validated arguments: native kernels on CPU, the reference elsewhere.
+
+    Also accepts ``dst_dtype=torch.float32`` (internal callers such as a w4a16 layer).
+    """
+    if x.dtype in (torch.int8, torch.int32) and dst_dtype in native.OUT_DTYPES and use_native(x, scale, offset):
+        return native.anti_quant(x, scale, offset, dst_dtype, sqrt_mode)
     return reference.anti_quant(x, scale, offset, dst_dtype, sqrt_mode)
+
+
+def dequant_int4_grouped(
+    packed: torch.Tensor,
+    scale: torch.Tensor,
+    offset: torch.Tensor | None = None,
+    out_dtype: torch.dtype = torch.float32,
+) -> torch.Tensor:
+    """Group-wise int4 weight dequantization (internal, for a w4a16 linear layer); device dispatch.
+
+    packed (rows, K/8) int32, scale / offset (rows, groups): see :func:`.reference.dequant_int4_grouped`.
+    """
+    if use_native(packed, scale, offset):
+        return native.dequant_int4_grouped(packed, scale, offset, out_dtype)
+    return reference.dequant_int4_grouped(packed, scale, offset, out_dtype)
 
 
 @torch.library.custom_op("npuquant::npu_anti_quant", mutates_args=())

@@ -7,8 +7,7 @@ PyPTO's rules and walks the output tile by tile, calling this op on each tile.
 
 Layers: :func:`dequantize_per_row_col` (public, keyword arguments) -> custom op
 ``torch.ops.npuquant.dequantize_per_row_col`` (validation, fake kernel for torch.compile)
--> :func:`dequantize` (device dispatch; today always the pure-torch reference, a native CPU
-kernel will plug in here).
+-> :func:`dequantize` (device dispatch: the native CPU kernel or the pure-torch reference).
 
 Shapes (x = ``[..., row, col]``):
     axis -1 (per-row):    scale / zero_points ``[..., row]``  = ``x.shape[:-1]``
@@ -21,7 +20,8 @@ from __future__ import annotations
 import torch
 
 from ..._args import check
-from . import reference
+from ..._native import use_native
+from . import native, reference
 
 __all__ = ["dequantize_per_row_col", "dequantize", "normalize_axis", "param_shape"]
 
@@ -63,11 +63,10 @@ def validate(x: torch.Tensor, scale: torch.Tensor, zero_points: torch.Tensor | N
 
 
 def dequantize(x: torch.Tensor, scale: torch.Tensor, zero_points: torch.Tensor | None, axis: int) -> torch.Tensor:
-    """Device dispatch for validated arguments (axis already -1 or -2).
-
-    Only the pure-torch reference exists today; a native CPU kernel will be chosen here
-    (``npuquant._native.use_native``) once it lands, with identical float32 operation order.
-    """
+    """Device dispatch for validated arguments (axis already -1 or -2): the native kernel on
+    CPU (bit-identical: same float32 operation order), the pure-torch reference elsewhere."""
+    if x.dtype in native.IN_DTYPES and use_native(x, scale, zero_points):
+        return native.dequantize(x, scale, zero_points, axis)
     return reference.dequantize(x, scale, zero_points, axis)
 
 

@@ -5,7 +5,8 @@ from __future__ import annotations
 import torch
 
 from ..._args import check
-from . import reference
+from ..._native import use_native
+from . import native, reference
 
 __all__ = ["pack_int4", "unpack_int4", "npu_convert_weight_to_int4pack"]
 
@@ -19,18 +20,39 @@ def _check_pack(values: torch.Tensor, name: str) -> None:
     check(values.shape[-1] % 8 == 0, f"the last dim of {name} must be a multiple of 8, but it is {values.shape[-1]}")
 
 
+def _check_bounds(lo: int | None, hi: int | None, name: str) -> None:
+    if lo is not None:
+        check(lo >= -8 and hi <= 7, f"{name} must hold int4 values in [-8, 7], but found values in [{lo}, {hi}]")
+
+
 def _check_range(values: torch.Tensor, name: str) -> None:
     # Data-dependent, so eager only: a value outside [-8, 7] would be silently truncated.
     if values.numel() and not isinstance(values, torch._subclasses.FakeTensor):
-        lo, hi = int(values.min()), int(values.max())
-        check(lo >= -8 and hi <= 7, f"{name} must hold int4 values in [-8, 7], but found values in [{lo}, {hi}]")
+        if values.dtype not in native.PACK_DTYPES:  # e.g. torch.uint16: torch has no min/max for it
+            values = values.to(torch.int64)
+        _check_bounds(int(values.min()), int(values.max()), name)
+
+
+def _pack(values: torch.Tensor, name: str) -> torch.Tensor:
+    """Range check + pack, dispatched: the native kernel finds min/max in the same pass."""
+    if values.dtype in native.PACK_DTYPES and use_native(values):
+        packed, lo, hi = native.pack_int4(values)
+        _check_bounds(lo, hi, name)
+        return packed
+    _check_range(values, name)
+    return reference.pack_int4(values)
+
+
+def _unpack(packed: torch.Tensor) -> torch.Tensor:
+    if use_native(packed):
+        return native.unpack_int4(packed)
+    return reference.unpack_int4(packed)
 
 
 @torch.library.custom_op("npuquant::pack_int4", mutates_args=())
 def _pack_int4_op(values: torch.Tensor) -> torch.Tensor:
     _check_pack(values, "values")
-    _check_range(values, "values")
-    return reference.pack_int4(values)
+    return _pack(values, "values")
 
 
 @_pack_int4_op.register_fake
@@ -42,7 +64,7 @@ def _(values: torch.Tensor) -> torch.Tensor:
 @torch.library.custom_op("npuquant::unpack_int4", mutates_args=())
 def _unpack_int4_op(packed: torch.Tensor) -> torch.Tensor:
     _check_unpack(packed)
-    return reference.unpack_int4(packed)
+    return _unpack(packed)
 
 
 def _check_unpack(packed: torch.Tensor) -> None:
@@ -76,8 +98,7 @@ def _check_convert(weight: torch.Tensor, inner_k_tiles: int) -> None:
 @torch.library.custom_op("npuquant::npu_convert_weight_to_int4pack", mutates_args=())
 def _convert_op(weight: torch.Tensor, inner_k_tiles: int = 0) -> torch.Tensor:
     _check_convert(weight, inner_k_tiles)
-    _check_range(weight, "weight")
-    return reference.pack_int4(weight)
+    return _pack(weight, "weight")
 
 
 @_convert_op.register_fake

@@ -1,0 +1,557 @@
+/* Per-token dynamic quantization (npu_dynamic_quant / npu_dynamic_quant_asymmetric, SPEC §3).
+ *
+ * Two passes per row, the row staying in L1/L2 between them:
+ *   pass 1: xs = float32(x) [* smooth row, widened to float32 once per expert] stored to a per-thread
+ *           float row buffer, row max/min,
+ *           and a NaN flag (vmaxps/vminps drop NaNs, but the reference propagates them);
+ *   scalar: scale / offset / 1/scale from max and min, exactly as reference.py orders the float ops;
+ *   pass 2: y = clamp(rint(xs * (1/scale) [+ offset])), NaN -> 0, packed to int8 or 8 x int4 per int32.
+ * Pass 2 has a "clean" fast path used when the row's bounds prove every value is finite and inside
+ * int32: then rounding + saturating packs equal the general NaN-mask + float clamp path bit for bit.
+ * Compiled with -ffp-contract=off: multiply and add stay separate roundings, as in the reference. */
+#include <math.h>
+#include <stdatomic.h>
+#include <stdlib.h>
+
+#include "npq.h"
+
+#if NPQ_X86
+#include <immintrin.h>
+#endif
+
+enum { DQ_F32 = 0, DQ_F16 = 1, DQ_BF16 = 2 };
+enum { DQ_OK = 0, DQ_EARG = -1, DQ_EGROUP = -2, DQ_ENOMEM = -3 };
+#define DQ_MAX_LEAD 8
+#define DQ_MAX_GROUPS 1024
+#define DQ_CLEAN_BOUND 1.0e9 /* |v| below this: float->int32 conversion is exact, no NaN/inf possible */
+
+typedef struct {
+    const char *x;
+    int dt, esize, nlead;
+    int64_t shape[DQ_MAX_LEAD], stride[DQ_MAX_LEAD]; /* leading dims, strides in elements */
+    int64_t rows, cols, col_stride;
+    const char *smooth; /* [cols] or [ngroups, cols], contiguous, same dtype as x */
+    const int32_t *gidx;
+    int64_t ngroups;
+    int8_t *y8;
+    uint32_t *y4;
+    float *scale, *offset; /* offset NULL: symmetric */
+    int int4, isa;
+    atomic_int error;
+} dq_ctx;
+
+/* ------------------------------------------------------------------ scalar pieces */
+
+static inline float dq_load1(const void *p, int dt, int64_t i) {
+    if (dt == DQ_F32) return ((const float *)p)[i];
+    if (dt == DQ_F16) return npq_f16_to_f32(((const uint16_t *)p)[i]);
+    return npq_bf16_to_f32(((const uint16_t *)p)[i]);
+}
+
+/* Row bounds accumulated by pass 1. */
+typedef struct {
+    float hi, lo;
+    int nan;
+} dq_bounds;
+
+/* s: the smooth row already in float32 (converted once per expert), or NULL. */
+static void pass1_scalar_from(const void *x, const float *s, int dt, int64_t i, int64_t n, float *buf, dq_bounds *b) {
+    float hi = b->hi, lo = b->lo;
+    int nan = b->nan;
+    for (; i < n; i++) {
+        float v = dq_load1(x, dt, i);
+        if (s) v = v * s[i];
+        if (buf) buf[i] = v;
+        if (v > hi) hi = v;
+        if (v < lo) lo = v;
+        nan |= v != v;
+    }
+    b->hi = hi;
+    b->lo = lo;
+    b->nan = nan;
+}
+
+static void pass1_scalar(const void *x, const float *s, int dt, int64_t n, float *buf, dq_bounds *b) {
+    b->hi = -INFINITY;
+    b->lo = INFINITY;
+    b->nan = 0;
+    pass1_scalar_from(x, s, dt, 0, n, buf, b);
+}
+
+/* Per-row parameters, in reference.py's order of float32 operations. */
+typedef struct {
+    float scale, offset, inv;
+    int clean;
+} dq_params;
+
+static dq_params row_params(dq_bounds b, int64_t n, int asym, int int4) {
+    dq_params p;
+    float hi = b.hi, lo = b.lo;
+    if (n == 0) hi = lo = 0.0f; /* an empty row counts as all zeros */
+    if (b.nan) hi = lo = NAN;
+    const float dmax = int4 ? 7.0f : 127.0f;
+    if (asym) {
+        float s = (hi - lo) / (int4 ? 15.0f : 255.0f);
+        if (s < 1e-12f) s = 1e-12f; /* clamp_min: NaN stays NaN */
+        p.scale = s;
+        p.offset = dmax - hi / s;
+        p.inv = 1.0f / s;
+    } else {
+        float amax = hi > -lo ? hi : -lo; /* == max|xs|; NaN row: -lo is NaN */
+        if (amax == 0.0f) amax = 0.0f;    /* +0, as abs().amax() gives */
+        float s = amax / dmax;
+        p.scale = s;
+        p.offset = 0.0f;
+        p.inv = s == 0.0f ? 0.0f : 1.0f / s;
+    }
+    /* Canonical NaN (0x7FC00000) for the stored scale / offset, as the reference does. */
+    if (p.scale != p.scale) p.scale = NAN;
+    if (p.offset != p.offset) p.offset = NAN;
+    double m = fabs((double)hi) > fabs((double)lo) ? fabs((double)hi) : fabs((double)lo);
+    p.clean = !b.nan && isfinite(hi) && isfinite(lo) && isfinite(p.inv) && isfinite(p.offset) &&
+              m * (double)p.inv + fabs((double)p.offset) < DQ_CLEAN_BOUND;
+    return p;
+}
+
+static inline int32_t quant1(float v, float inv, float off, int asym, float qlo, float qhi) {
+    v = v * inv;
+    if (asym) v = v + off;
+    if (v != v) return 0;
+    /* Clamping to integer bounds commutes with rounding; then adding and removing 1.5 * 2^23 rounds
+     * half to even (the default rounding mode, like torch.round) without a libm call. */
+    if (v < qlo) v = qlo;
+    if (v > qhi) v = qhi;
+    v = (v + 12582912.0f) - 12582912.0f;
+    return (int32_t)v;
+}
+
+static void pass2_scalar_from(const float *src, int64_t i, int64_t n, dq_params p, int asym, int int4, void *out) {
+    const float qlo = int4 ? -8.0f : -128.0f, qhi = int4 ? 7.0f : 127.0f;
+    if (!int4) {
+        int8_t *y = (int8_t *)out;
+        for (; i < n; i++) y[i] = (int8_t)quant1(src[i], p.inv, p.offset, asym, qlo, qhi);
+        return;
+    }
+    uint32_t *y = (uint32_t *)out;
+    for (; i < n; i += 8) { /* n is a multiple of 8 in int4 mode */
+        uint32_t word = 0;
+        for (int j = 0; j < 8; j++)
+            word |= ((uint32_t)quant1(src[i + j], p.inv, p.offset, asym, qlo, qhi) & 0xFu) << (4 * j);
+        y[i / 8] = word;
+    }
+}
+
+static void pass2_scalar(const float *src, int64_t n, dq_params p, int asym, int int4, void *out) {
+    pass2_scalar_from(src, 0, n, p, asym, int4, out);
+}
+
+#if NPQ_X86
+/* ------------------------------------------------------------------ AVX2 + FMA + F16C */
+
+NPQ_TARGET_AVX2 static inline __m256 load8(const void *p, int64_t i, const int dt) {
+    if (dt == DQ_F32) return _mm256_loadu_ps((const float *)p + i);
+    __m128i h = _mm_loadu_si128((const __m128i *)((const uint16_t *)p + i));
+    if (dt == DQ_F16) return _mm256_cvtph_ps(h);
+    return _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_cvtepu16_epi32(h), 16));
+}
+
+NPQ_TARGET_AVX2 static inline float hmax8(__m256 v) {
+    __m128 m = _mm_max_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
+    m = _mm_max_ps(m, _mm_movehl_ps(m, m));
+    m = _mm_max_ss(m, _mm_shuffle_ps(m, m, 1));
+    return _mm_cvtss_f32(m);
+}
+
+NPQ_TARGET_AVX2 static inline float hmin8(__m256 v) {
+    __m128 m = _mm_min_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
+    m = _mm_min_ps(m, _mm_movehl_ps(m, m));
+    m = _mm_min_ss(m, _mm_shuffle_ps(m, m, 1));
+    return _mm_cvtss_f32(m);
+}
+
+#define DQ_ALWAYS_INLINE __attribute__((always_inline)) inline
+
+NPQ_TARGET_AVX2 static DQ_ALWAYS_INLINE void pass1_avx2_body(const void *x, const float *s, const int dt, int64_t n,
+                                                             float *buf, dq_bounds *b) {
+    __m256 hi0 = _mm256_set1_ps(-INFINITY), hi1 = hi0, lo0 = _mm256_set1_ps(INFINITY), lo1 = lo0;
+    __m256 nan0 = _mm256_setzero_ps(), nan1 = nan0;
+    int64_t i = 0;
+    for (; i + 16 <= n; i += 16) {
+        __m256 v0 = load8(x, i, dt), v1 = load8(x, i + 8, dt);
+        if (s) {
+            v0 = _mm256_mul_ps(v0, _mm256_loadu_ps(s + i));
+            v1 = _mm256_mul_ps(v1, _mm256_loadu_ps(s + i + 8));
+        }
+        if (buf) {
+            _mm256_storeu_ps(buf + i, v0);
+            _mm256_storeu_ps(buf + i + 8, v1);
+        }
+        hi0 = _mm256_max_ps(hi0, v0);
+        hi1 = _mm256_max_ps(hi1, v1);
+        lo0 = _mm256_min_ps(lo0, v0);
+        lo1 = _mm256_min_ps(lo1, v1);
+        nan0 = _mm256_or_ps(nan0, _mm256_cmp_ps(v0, v0, _CMP_UNORD_Q));
+        nan1 = _mm256_or_ps(nan1, _mm256_cmp_ps(v1, v1, _CMP_UNORD_Q));
+    }
+    for (; i + 8 <= n; i += 8) {
+        __m256 v0 = load8(x, i, dt);
+        if (s) v0 = _mm256_mul_ps(v0, _mm256_loadu_ps(s + i));
+        if (buf) _mm256_storeu_ps(buf + i, v0);
+        hi0 = _mm256_max_ps(hi0, v0);
+        lo0 = _mm256_min_ps(lo0, v0);
+        nan0 = _mm256_or_ps(nan0, _mm256_cmp_ps(v0, v0, _CMP_UNORD_Q));
+    }
+    b->hi = hmax8(_mm256_max_ps(hi0, hi1));
+    b->lo = hmin8(_mm256_min_ps(lo0, lo1));
+    b->nan = _mm256_movemask_ps(_mm256_or_ps(nan0, nan1)) != 0;
+    pass1_scalar_from(x, s, dt, i, n, buf, b);
+}
+
+NPQ_TARGET_AVX2 static void pass1_avx2(const void *x, const float *s, int dt, int64_t n, float *buf, dq_bounds *b) {
+    if (dt == DQ_F16)
+        pass1_avx2_body(x, s, DQ_F16, n, buf, b);
+    else if (dt == DQ_BF16)
+        pass1_avx2_body(x, s, DQ_BF16, n, buf, b);
+    else
+        pass1_avx2_body(x, s, DQ_F32, n, buf, b);
+}
+
+/* 8 floats -> 8 int32 quantized values (not yet clamped in the clean path: packs saturate). */
+NPQ_TARGET_AVX2 static DQ_ALWAYS_INLINE __m256i quant8(const float *src, __m256 inv, __m256 off, const int asym,
+                                                      const int clean, __m256 qlo, __m256 qhi) {
+    __m256 v = _mm256_mul_ps(_mm256_loadu_ps(src), inv);
+    if (asym) v = _mm256_add_ps(v, off);
+    v = _mm256_round_ps(v, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+    if (!clean) {
+        v = _mm256_and_ps(v, _mm256_cmp_ps(v, v, _CMP_ORD_Q)); /* NaN -> +0 */
+        v = _mm256_min_ps(_mm256_max_ps(v, qlo), qhi);
+    }
+    return _mm256_cvttps_epi32(v);
+}
+
+/* 32 int32 (4 vectors) -> 32 int8 in element order, saturating. */
+NPQ_TARGET_AVX2 static inline __m256i pack32(__m256i q0, __m256i q1, __m256i q2, __m256i q3) {
+    __m256i b = _mm256_packs_epi16(_mm256_packs_epi32(q0, q1), _mm256_packs_epi32(q2, q3));
+    return _mm256_permutevar8x32_epi32(b, _mm256_setr_epi32(0, 4, 1, 5, 2, 6, 3, 7));
+}
+
+/* 32 int8 already in [-8, 7] -> 16 bytes = 4 int32 words of 8 nibbles, element 0 lowest. */
+NPQ_TARGET_AVX2 static inline __m128i nibbles32(__m256i b) {
+    __m256i nib = _mm256_and_si256(b, _mm256_set1_epi8(0x0F));
+    __m256i pairs = _mm256_maddubs_epi16(nib, _mm256_set1_epi16(0x1001)); /* lo + 16 * hi, in [0, 255] */
+    return _mm_packus_epi16(_mm256_castsi256_si128(pairs), _mm256_extracti128_si256(pairs, 1));
+}
+
+NPQ_TARGET_AVX2 static DQ_ALWAYS_INLINE void pass2_avx2_body(const float *src, int64_t n, dq_params p, const int asym,
+                                                             const int int4, const int clean, void *out) {
+    const __m256 inv = _mm256_set1_ps(p.inv), off = _mm256_set1_ps(p.offset);
+    const __m256 qlo = _mm256_set1_ps(int4 ? -8.0f : -128.0f), qhi = _mm256_set1_ps(int4 ? 7.0f : 127.0f);
+    int64_t i = 0;
+    for (; i + 32 <= n; i += 32) {
+        __m256i b = pack32(quant8(src + i, inv, off, asym, clean, qlo, qhi),
+                           quant8(src + i + 8, inv, off, asym, clean, qlo, qhi),
+                           quant8(src + i + 16, inv, off, asym, clean, qlo, qhi),
+                           quant8(src + i + 24, inv, off, asym, clean, qlo, qhi));
+        if (int4) {
+            b = _mm256_min_epi8(_mm256_max_epi8(b, _mm256_set1_epi8(-8)), _mm256_set1_epi8(7));
+            _mm_storeu_si128((__m128i *)((uint32_t *)out + i / 8), nibbles32(b));
+        } else {
+            _mm256_storeu_si256((__m256i *)((int8_t *)out + i), b);
+        }
+    }
+    pass2_scalar_from(src, i, n, p, asym, int4, out);
+}
+
+NPQ_TARGET_AVX2 static void pass2_avx2(const float *src, int64_t n, dq_params p, int asym, int int4, void *out) {
+#define DQ_P2(A, I, C) pass2_avx2_body(src, n, p, A, I, C, out)
+    if (asym) {
+        if (int4) {
+            if (p.clean) DQ_P2(1, 1, 1); else DQ_P2(1, 1, 0);
+        } else {
+            if (p.clean) DQ_P2(1, 0, 1); else DQ_P2(1, 0, 0);
+        }
+    } else {
+        if (int4) {
+            if (p.clean) DQ_P2(0, 1, 1); else DQ_P2(0, 1, 0);
+        } else {
+            if (p.clean) DQ_P2(0, 0, 1); else DQ_P2(0, 0, 0);
+        }
+    }
+#undef DQ_P2
+}
+
+/* ------------------------------------------------------------------ AVX-512 (F/BW/VL/DQ) */
+
+NPQ_TARGET_AVX512 static inline __m512 load16(const void *p, int64_t i, const int dt) {
+    if (dt == DQ_F32) return _mm512_loadu_ps((const float *)p + i);
+    __m256i h = _mm256_loadu_si256((const __m256i *)((const uint16_t *)p + i));
+    if (dt == DQ_F16) return _mm512_cvtph_ps(h);
+    return _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(h), 16));
+}
+
+NPQ_TARGET_AVX512 static DQ_ALWAYS_INLINE void pass1_avx512_body(const void *x, const float *s, const int dt,
+                                                                 int64_t n, float *buf, dq_bounds *b) {
+    __m512 hi0 = _mm512_set1_ps(-INFINITY), hi1 = hi0, lo0 = _mm512_set1_ps(INFINITY), lo1 = lo0;
+    __mmask16 nan = 0;
+    int64_t i = 0;
+    for (; i + 32 <= n; i += 32) {
+        __m512 v0 = load16(x, i, dt), v1 = load16(x, i + 16, dt);
+        if (s) {
+            v0 = _mm512_mul_ps(v0, _mm512_loadu_ps(s + i));
+            v1 = _mm512_mul_ps(v1, _mm512_loadu_ps(s + i + 16));
+        }
+        if (buf) {
+            _mm512_storeu_ps(buf + i, v0);
+            _mm512_storeu_ps(buf + i + 16, v1);
+        }
+        hi0 = _mm512_max_ps(hi0, v0);
+        hi1 = _mm512_max_ps(hi1, v1);
+        lo0 = _mm512_min_ps(lo0, v0);
+        lo1 = _mm512_min_ps(lo1, v1);
+        nan |= _mm512_cmp_ps_mask(v0, v0, _CMP_UNORD_Q) | _mm512_cmp_ps_mask(v1, v1, _CMP_UNORD_Q);
+    }
+    for (; i + 16 <= n; i += 16) {
+        __m512 v0 = load16(x, i, dt);
+        if (s) v0 = _mm512_mul_ps(v0, _mm512_loadu_ps(s + i));
+        if (buf) _mm512_storeu_ps(buf + i, v0);
+        hi0 = _mm512_max_ps(hi0, v0);
+        lo0 = _mm512_min_ps(lo0, v0);
+        nan |= _mm512_cmp_ps_mask(v0, v0, _CMP_UNORD_Q);
+    }
+    b->hi = _mm512_reduce_max_ps(_mm512_max_ps(hi0, hi1));
+    b->lo = _mm512_reduce_min_ps(_mm512_min_ps(lo0, lo1));
+    b->nan = nan != 0;
+    pass1_scalar_from(x, s, dt, i, n, buf, b);
+}
+
+NPQ_TARGET_AVX512 static void pass1_avx512(const void *x, const float *s, int dt, int64_t n, float *buf,
+                                           dq_bounds *b) {
+    if (dt == DQ_F16)
+        pass1_avx512_body(x, s, DQ_F16, n, buf, b);
+    else if (dt == DQ_BF16)
+        pass1_avx512_body(x, s, DQ_BF16, n, buf, b);
+    else
+        pass1_avx512_body(x, s, DQ_F32, n, buf, b);
+}
+
+/* 16 floats -> 16 int8 (saturating), in element order. */
+NPQ_TARGET_AVX512 static DQ_ALWAYS_INLINE __m128i quant16(const float *src, __m512 inv, __m512 off, const int asym,
+                                                         const int clean, __m512 qlo, __m512 qhi) {
+    __m512 v = _mm512_mul_ps(_mm512_loadu_ps(src), inv);
+    if (asym) v = _mm512_add_ps(v, off);
+    __m512i q;
+    if (clean) {
+        q = _mm512_cvt_roundps_epi32(v, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+    } else {
+        v = _mm512_roundscale_ps(v, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+        v = _mm512_maskz_mov_ps(_mm512_cmp_ps_mask(v, v, _CMP_ORD_Q), v); /* NaN -> +0 */
+        v = _mm512_min_ps(_mm512_max_ps(v, qlo), qhi);
+        q = _mm512_cvttps_epi32(v);
+    }
+    return _mm512_cvtsepi32_epi8(q);
+}
+
+NPQ_TARGET_AVX512 static DQ_ALWAYS_INLINE void pass2_avx512_body(const float *src, int64_t n, dq_params p,
+                                                                 const int asym, const int int4, const int clean,
+                                                                 void *out) {
+    const __m512 inv = _mm512_set1_ps(p.inv), off = _mm512_set1_ps(p.offset);
+    const __m512 qlo = _mm512_set1_ps(int4 ? -8.0f : -128.0f), qhi = _mm512_set1_ps(int4 ? 7.0f : 127.0f);
+    int64_t i = 0;
+    for (; i + 32 <= n; i += 32) {
+        __m128i a = quant16(src + i, inv, off, asym, clean, qlo, qhi);
+        __m128i c = quant16(src + i + 16, inv, off, asym, clean, qlo, qhi);
+        if (int4) {
+            __m256i b = _mm256_inserti128_si256(_mm256_castsi128_si256(a), c, 1);
+            b = _mm256_min_epi8(_mm256_max_epi8(b, _mm256_set1_epi8(-8)), _mm256_set1_epi8(7));
+            _mm_storeu_si128((__m128i *)((uint32_t *)out + i / 8), nibbles32(b));
+        } else {
+            _mm_storeu_si128((__m128i *)((int8_t *)out + i), a);
+            _mm_storeu_si128((__m128i *)((int8_t *)out + i + 16), c);
+        }
+    }
+    pass2_scalar_from(src, i, n, p, asym, int4, out);
+}
+
+NPQ_TARGET_AVX512 static void pass2_avx512(const float *src, int64_t n, dq_params p, int asym, int int4, void *out) {
+#define DQ_P2(A, I, C) pass2_avx512_body(src, n, p, A, I, C, out)
+    if (asym) {
+        if (int4) {
+            if (p.clean) DQ_P2(1, 1, 1); else DQ_P2(1, 1, 0);
+        } else {
+            if (p.clean) DQ_P2(1, 0, 1); else DQ_P2(1, 0, 0);
+        }
+    } else {
+        if (int4) {
+            if (p.clean) DQ_P2(0, 1, 1); else DQ_P2(0, 1, 0);
+        } else {
+            if (p.clean) DQ_P2(0, 0, 1); else DQ_P2(0, 0, 0);
+        }
+    }
+#undef DQ_P2
+}
+#endif /* NPQ_X86 */
+
+/* ------------------------------------------------------------------ driver */
+
+typedef void (*pass1_fn)(const void *, const float *, int, int64_t, float *, dq_bounds *);
+typedef void (*pass2_fn)(const float *, int64_t, dq_params, int, int, void *);
+
+static void dq_range(void *vctx, int64_t begin, int64_t end) {
+    dq_ctx *c = (dq_ctx *)vctx;
+    pass1_fn p1 = pass1_scalar;
+    pass2_fn p2 = pass2_scalar;
+#if NPQ_X86
+    if (c->isa >= NPQ_ISA_AVX512) {
+        p1 = pass1_avx512;
+        p2 = pass2_avx512;
+    } else if (c->isa >= NPQ_ISA_AVX2) {
+        p1 = pass1_avx2;
+        p2 = pass2_avx2;
+    }
+#endif
+    const int64_t cols = c->cols;
+    const int gather = c->col_stride != 1 && cols > 1;
+    /* fp32 rows without smoothing are quantized in place; everything else goes through a float row. */
+    const int direct = c->dt == DQ_F32 && !c->smooth && !gather;
+    const size_t fbytes = (size_t)((cols * 4 + 63) / 64 * 64);
+    float *buf = NULL, *smooth_f32 = NULL;
+    char *row_copy = NULL;
+    if (!direct && cols > 0) {
+        buf = (float *)aligned_alloc(64, fbytes);
+        if (!buf) goto oom;
+    }
+    if (c->smooth && c->dt != DQ_F32 && cols > 0) {
+        smooth_f32 = (float *)aligned_alloc(64, fbytes);
+        if (!smooth_f32) goto oom;
+    }
+    int64_t smooth_loaded = -1; /* expert whose smooth row smooth_f32 holds */
+    if (gather && cols > 0) {
+        row_copy = (char *)malloc((size_t)(cols * c->esize));
+        if (!row_copy) goto oom;
+    }
+
+    /* Multi-index of row `begin` over the leading dims, then advanced like an odometer. */
+    int64_t idx[DQ_MAX_LEAD] = {0}, elem = 0, rem = begin;
+    for (int d = c->nlead - 1; d >= 0; d--) {
+        idx[d] = rem % c->shape[d];
+        rem /= c->shape[d];
+        elem += idx[d] * c->stride[d];
+    }
+    /* Expert of row `begin`: the first g with gidx[g] > begin (validated: gidx[E-1] == rows). */
+    int64_t g = 0;
+    if (c->gidx) {
+        int64_t a = 0, z = c->ngroups - 1;
+        while (a < z) {
+            int64_t mid = (a + z) / 2;
+            if (c->gidx[mid] > begin) z = mid; else a = mid + 1;
+        }
+        g = a;
+    }
+    const int asym = c->offset != NULL;
+    for (int64_t r = begin; r < end; r++) {
+        const char *xrow = c->x + elem * c->esize;
+        if (gather) {
+            for (int64_t j = 0; j < cols; j++)
+                memcpy(row_copy + j * c->esize, xrow + j * c->col_stride * c->esize, (size_t)c->esize);
+            xrow = row_copy;
+        }
+        const float *srow = NULL;
+        if (c->smooth) {
+            if (c->gidx)
+                while (c->gidx[g] <= r) g++;
+            const char *raw = c->smooth + g * cols * c->esize;
+            if (!smooth_f32) {
+                srow = (const float *)raw;
+            } else {
+                if (smooth_loaded != g) { /* exact widening, once per expert and thread */
+                    dq_bounds unused;
+                    p1(raw, NULL, c->dt, cols, smooth_f32, &unused);
+                    smooth_loaded = g;
+                }
+                srow = smooth_f32;
+            }
+        }
+        dq_bounds b;
+        p1(xrow, srow, c->dt, cols, buf, &b);
+        dq_params p = row_params(b, cols, asym, c->int4);
+        c->scale[r] = p.scale;
+        if (asym) c->offset[r] = p.offset;
+        const float *src = direct ? (const float *)xrow : buf;
+        if (c->int4)
+            p2(src, cols, p, asym, 1, c->y4 + r * (cols / 8));
+        else
+            p2(src, cols, p, asym, 0, c->y8 + r * cols);
+        for (int d = c->nlead - 1; d >= 0; d--) { /* next row */
+            elem += c->stride[d];
+            if (++idx[d] < c->shape[d]) break;
+            elem -= idx[d] * c->stride[d];
+            idx[d] = 0;
+        }
+    }
+    free(buf);
+    free(smooth_f32);
+    free(row_copy);
+    return;
+oom:
+    free(buf);
+    free(smooth_f32);
+    free(row_copy);
+    atomic_store(&c->error, DQ_ENOMEM);
+}
+
+/* Quantizes every row of x (leading dims `lead_shape`/`lead_stride`, last dim `cols` with stride
+ * `col_stride`; strides in elements, x dtype 0 = float32, 1 = float16, 2 = bfloat16).
+ * smooth: NULL, [cols], or [ngroups, cols] with group_index (contiguous, x's dtype).
+ * y: int8 [rows, cols], or with int4 != 0 int32 [rows, cols / 8]; scale (and offset, NULL for the
+ * symmetric op) float32 [rows]. Returns 0 or a negative DQ_E* code; argument errors (DQ_EARG,
+ * DQ_EGROUP) are found before any memory is read or written. */
+NPQ_API int npq_dynamic_quant(const void *x, int x_dtype, int nlead, const int64_t *lead_shape,
+                              const int64_t *lead_stride, int64_t cols, int64_t col_stride, const void *smooth,
+                              const int32_t *group_index, int64_t ngroups, void *y, float *scale, float *offset,
+                              int int4, int nthreads) {
+    if (x_dtype < DQ_F32 || x_dtype > DQ_BF16 || nlead < 0 || nlead > DQ_MAX_LEAD || cols < 0 || col_stride < 0)
+        return DQ_EARG;
+    if (int4 && cols % 8 != 0) return DQ_EARG;
+    int64_t rows = 1;
+    for (int d = 0; d < nlead; d++) {
+        if (lead_shape[d] < 0 || lead_stride[d] < 0) return DQ_EARG;
+        rows *= lead_shape[d];
+    }
+    if (rows == 0) return DQ_OK;
+    if (!scale || (cols > 0 && (!x || !y))) return DQ_EARG; /* empty tensors may have NULL data */
+    if (group_index) {
+        if (!smooth || ngroups < 1 || ngroups > DQ_MAX_GROUPS) return DQ_EGROUP;
+        int32_t prev = 0;
+        for (int64_t i = 0; i < ngroups; i++) {
+            if (group_index[i] < prev || group_index[i] > rows) return DQ_EGROUP;
+            prev = group_index[i];
+        }
+        if (prev != rows) return DQ_EGROUP;
+    }
+    dq_ctx c;
+    memset(&c, 0, sizeof c);
+    c.x = (const char *)x;
+    c.dt = x_dtype;
+    c.esize = x_dtype == DQ_F32 ? 4 : 2;
+    c.nlead = nlead;
+    for (int d = 0; d < nlead; d++) {
+        c.shape[d] = lead_shape[d];
+        c.stride[d] = lead_stride[d];
+    }
+    c.rows = rows;
+    c.cols = cols;
+    c.col_stride = col_stride;
+    c.smooth = (const char *)smooth;
+    c.gidx = group_index;
+    c.ngroups = ngroups;
+    c.y8 = (int8_t *)y;
+    c.y4 = (uint32_t *)y;
+    c.scale = scale;
+    c.offset = offset;
+    c.int4 = int4 != 0;
+    c.isa = npq_isa();
+    atomic_init(&c.error, DQ_OK);
+    int64_t grain = cols > 0 ? 16384 / cols : 16384;
+    npq_parallel_for(rows, grain > 0 ? grain : 1, nthreads, dq_range, &c);
+    return atomic_load(&c.error);
+}

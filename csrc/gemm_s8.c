@@ -1,0 +1,758 @@
+/* Exact int8 x int8 -> int32 GEMM with fused npu_quant_matmul epilogues.
+ *
+ * Exactness (every int8 input, -128 included): accumulation is int32 and exact modulo 2^32,
+ * i.e. exact whenever |sum| < 2^31 (always for K <= 131071) and wrapping like a 32-bit
+ * accumulator register beyond, as the reference does.
+ *   - AVX-512 VNNI: vpdpbusd multiplies u8 x s8 and adds groups of 4 products straight into
+ *     int32 (no int16 stage). Activations go in as u8 = a + 128 (a ^ 0x80); the accumulator
+ *     starts at -128 * colsum(W) so it ends at sum(a * w) (mod 2^32).
+ *   - AVX2: vpmaddubsw would saturate u8 x s8 pair sums to int16 (255 * 127 * 2 > 32767), so it
+ *     is not used. Both operands are widened to int16 and multiplied with vpmaddwd, whose pair
+ *     sums are formed in int32: |a0*b0 + a1*b1| <= 2 * 128 * 128 = 32768 fits easily.
+ *   - scalar: int16 x int16 products summed in uint32 (wrap-defined C arithmetic).
+ *
+ * Layouts:
+ *   packed weights (per weight batch): panels of 16 columns; panel p holds, for every group of
+ *     4 consecutive k, 16 columns x 4 bytes = 64 bytes: byte [p][k/4][j][k%4] = W[k][16p + j].
+ *     K is zero-padded to a multiple of 4 and N to a multiple of 16. Column sums are kept
+ *     beside the panels (VNNI correction, asymmetric epilogue).
+ *   packed activations (per call): int16 rows (AVX2, scalar) or a ^ 0x80 bytes (VNNI), each row
+ *     K rounded up to a multiple of 4 (padding 0 / 0x80, which meets zero weights).
+ *
+ * Blocking: a task is (batch, block of MC rows, group of NG panels); it walks K in blocks of
+ * KC, keeping a small int32 tile buffer; after the last K block each micro-tile goes through
+ * the epilogue while it is still in L1. Tasks are spread over npq_parallel_for.
+ *
+ * Epilogue (float32, no FMA contraction; the same order in every ISA variant):
+ *   v = float32(acc [+ bias_i32])             (int32 sum, wrapping; one rounding)
+ *   v = v - row_offset[m] * float32(colsum[n])  (asymmetric entry point only)
+ *   v = v * scale[n]; v = v * pertoken[m]; v = v + add[n]   (each step when present)
+ *   cast: int8 = RNE then saturate (NaN -> 0, as torch); float16 / bfloat16 RNE (NaN bits as
+ *   torch's tensor casts); float32 as is.
+ *   int32 output: acc [+ bias_i32], wrapping like an int32 accumulator. */
+#include <math.h>
+#include <stdatomic.h>
+#include <stdlib.h>
+
+#include "npq.h"
+
+#if NPQ_X86
+#include <immintrin.h>
+#endif
+
+#define PANEL 16     /* columns per packed panel */
+#define KGROUP 4     /* k per packed group */
+#define GROUP_BYTES (PANEL * KGROUP)
+
+enum { OUT_INT32 = 0, OUT_INT8 = 1, OUT_F16 = 2, OUT_BF16 = 3, OUT_F32 = 4 };
+
+/* Error codes returned to Python (negative). */
+enum {
+    GEMM_OK = 0,
+    GEMM_EBADSIZE = -1,
+    GEMM_ENULL = -2,
+    GEMM_EINDEX = -4,
+    GEMM_EKIND = -5,
+    GEMM_ENOMEM = -6,
+};
+
+/* Mirrors the ctypes.Structure in npuquant/ops/quant_matmul/native.py: keep in sync. */
+typedef struct {
+    int64_t batch, m, n, k;
+    /* activations: logical int8 (m, k) per x1 batch, element strides */
+    const int8_t *a;
+    int64_t a_sm, a_sk;
+    int64_t a_nbatch;
+    const int64_t *a_boff; /* element offset of each x1 batch (a_nbatch) */
+    const int64_t *a_bidx; /* x1 batch of each output batch (batch) */
+    /* packed weights */
+    const uint8_t *w;
+    int64_t w_nbatch;
+    const int32_t *colsum;  /* (w_nbatch, n_panels * 16) */
+    const int64_t *w_bidx;  /* weight batch of each output batch (batch) */
+    /* epilogue */
+    int64_t out_kind;
+    const int32_t *bias_i32;
+    int64_t bias_i32_bstride;
+    const float *scale;
+    int64_t scale_nstride;
+    const float *pertoken;
+    const float *row_offset;
+    const float *add;
+    int64_t add_nstride, add_bstride;
+    void *out; /* contiguous (batch, m, n) */
+} npq_gemm_args;
+
+static int64_t ceil_div(int64_t a, int64_t b) { return (a + b - 1) / b; }
+
+NPQ_API int64_t npq_gemm_panels(int64_t n) { return n < 0 ? -1 : ceil_div(n, PANEL); }
+
+/* Bytes of one weight batch in the packed layout. */
+NPQ_API int64_t npq_gemm_packed_bytes(int64_t k, int64_t n) {
+    if (k < 0 || n < 0) return -1;
+    return ceil_div(n, PANEL) * ceil_div(k, KGROUP) * GROUP_BYTES;
+}
+
+/* ================================================================= weight packing */
+
+typedef struct {
+    const int8_t *w;
+    int64_t k, n, sk, sn, k4;
+    uint8_t *out;
+    int32_t *colsum;
+} pack_b_ctx;
+
+static void pack_b_range(void *vctx, int64_t p_begin, int64_t p_end) {
+    const pack_b_ctx *c = (const pack_b_ctx *)vctx;
+    for (int64_t p = p_begin; p < p_end; p++) {
+        uint8_t *dst = c->out + p * c->k4 * GROUP_BYTES;
+        int64_t n0 = p * PANEL;
+        int ncols = (int)(c->n - n0 < PANEL ? c->n - n0 : PANEL);
+        int64_t sums[PANEL] = {0};
+        memset(dst, 0, (size_t)(c->k4 * GROUP_BYTES));
+        if (c->sk == 1) {
+            /* columns contiguous along k (x2 = weight.t() of a row-major (n, k) weight): copy 4 k of
+             * each of the 16 columns per group, then sum each column in int32 chunks */
+            const int8_t *src[PANEL];
+            for (int j = 0; j < ncols; j++) src[j] = c->w + (n0 + j) * c->sn;
+            int64_t kfull = c->k & ~(int64_t)3;
+            for (int64_t kk = 0; kk < kfull; kk += 4) {
+                uint8_t *d = dst + (kk >> 2) * GROUP_BYTES;
+                for (int j = 0; j < ncols; j++) memcpy(d + j * KGROUP, src[j] + kk, 4);
+            }
+            for (int64_t kk = kfull; kk < c->k; kk++)
+                for (int j = 0; j < ncols; j++) dst[(kk >> 2) * GROUP_BYTES + j * KGROUP + (kk & 3)] = (uint8_t)src[j][kk];
+            for (int j = 0; j < ncols; j++) {
+                for (int64_t k0 = 0; k0 < c->k; k0 += 1 << 16) {
+                    int64_t k1 = c->k - k0 < (1 << 16) ? c->k : k0 + (1 << 16);
+                    int32_t part = 0; /* |part| <= 2^16 * 128: no overflow */
+                    for (int64_t kk = k0; kk < k1; kk++) part += src[j][kk];
+                    sums[j] += part;
+                }
+            }
+        } else {
+            for (int64_t kk = 0; kk < c->k; kk++) {
+                const int8_t *src = c->w + kk * c->sk + n0 * c->sn;
+                uint8_t *d = dst + (kk >> 2) * GROUP_BYTES + (kk & 3);
+                for (int j = 0; j < ncols; j++) {
+                    int8_t v = src[j * c->sn];
+                    d[j * KGROUP] = (uint8_t)v;
+                    sums[j] += v;
+                }
+            }
+        }
+        /* modulo 2^32 like the accumulator (exact while |sum| < 2^31, i.e. K < 2^24) */
+        for (int j = 0; j < PANEL; j++) c->colsum[n0 + j] = (int32_t)(uint32_t)(uint64_t)sums[j];
+    }
+}
+
+/* Packs one weight batch: w is the logical (k, n) int8 matrix with element strides (sk, sn).
+ * out: npq_gemm_packed_bytes(k, n) bytes; colsum: npq_gemm_panels(n) * 16 int32. */
+NPQ_API int npq_gemm_pack_b(const int8_t *w, int64_t k, int64_t n, int64_t sk, int64_t sn, uint8_t *out,
+                            int32_t *colsum, int nthreads) {
+    if (k < 0 || n < 0) return GEMM_EBADSIZE;
+    int64_t np = ceil_div(n, PANEL);
+    if (np == 0) return GEMM_OK;
+    if (!out || !colsum || (k > 0 && !w)) return GEMM_ENULL;
+    pack_b_ctx c = {w, k, n, sk, sn, ceil_div(k, KGROUP), out, colsum};
+    int64_t grain = ceil_div(1 << 16, c.k4 * GROUP_BYTES + 1);
+    npq_parallel_for(np, grain, nthreads, pack_b_range, &c);
+    return GEMM_OK;
+}
+
+/* ================================================================= activation packing */
+
+enum { APACK_S16 = 0, APACK_U8X = 1 };
+
+typedef struct {
+    const npq_gemm_args *args;
+    int mode;
+    int64_t kp;    /* padded row length (elements) */
+    int64_t lda;   /* row stride (elements): kp plus a little, so rows are not 4 KiB apart */
+    void *dst;     /* (a_nbatch, m, kp) */
+    int isa;
+} pack_a_ctx;
+
+static inline int8_t a_elem(const npq_gemm_args *g, int64_t base, int64_t m, int64_t kk) {
+    return g->a[base + m * g->a_sm + kk * g->a_sk];
+}
+
+#if NPQ_X86
+NPQ_TARGET_AVX2 static void pack_row_s16_avx2(const int8_t *src, int16_t *dst, int64_t k) {
+    int64_t kk = 0;
+    for (; kk + 16 <= k; kk += 16)
+        _mm256_storeu_si256((__m256i *)(dst + kk), _mm256_cvtepi8_epi16(_mm_loadu_si128((const __m128i *)(src + kk))));
+    for (; kk < k; kk++) dst[kk] = src[kk];
+}
+
+NPQ_TARGET_AVX2 static void pack_row_u8x_avx2(const int8_t *src, uint8_t *dst, int64_t k) {
+    const __m256i flip = _mm256_set1_epi8((char)0x80);
+    int64_t kk = 0;
+    for (; kk + 32 <= k; kk += 32)
+        _mm256_storeu_si256((__m256i *)(dst + kk),
+                            _mm256_xor_si256(_mm256_loadu_si256((const __m256i *)(src + kk)), flip));
+    for (; kk < k; kk++) dst[kk] = (uint8_t)src[kk] ^ 0x80;
+}
+#endif
+
+static void pack_a_range(void *vctx, int64_t r_begin, int64_t r_end) {
+    const pack_a_ctx *c = (const pack_a_ctx *)vctx;
+    const npq_gemm_args *g = c->args;
+    int64_t m = g->m, k = g->k, kp = c->kp;
+    for (int64_t r = r_begin; r < r_end; r++) {
+        int64_t ab = r / m, row = r % m;
+        int64_t base = g->a_boff[ab];
+        int contiguous = g->a_sk == 1;
+        if (c->mode == APACK_S16) {
+            int16_t *dst = (int16_t *)c->dst + r * c->lda;
+#if NPQ_X86
+            if (contiguous && c->isa >= NPQ_ISA_AVX2) {
+                pack_row_s16_avx2(g->a + base + row * g->a_sm, dst, k);
+            } else
+#endif
+            {
+                for (int64_t kk = 0; kk < k; kk++) dst[kk] = a_elem(g, base, row, kk);
+            }
+            for (int64_t kk = k; kk < kp; kk++) dst[kk] = 0;
+        } else {
+            uint8_t *dst = (uint8_t *)c->dst + r * c->lda;
+#if NPQ_X86
+            if (contiguous && c->isa >= NPQ_ISA_AVX2) {
+                pack_row_u8x_avx2(g->a + base + row * g->a_sm, dst, k);
+            } else
+#endif
+            {
+                for (int64_t kk = 0; kk < k; kk++) dst[kk] = (uint8_t)a_elem(g, base, row, kk) ^ 0x80;
+            }
+            for (int64_t kk = k; kk < kp; kk++) dst[kk] = 0x80;
+        }
+    }
+}
+
+/* ================================================================= micro-kernels
+ *
+ * Every kernel adds an (mr x cols) tile over kq groups of 4 k into c (row stride ldc); the
+ * driver initialises c (0, or -128 * colsum for VNNI) before the first K block.
+ * GCC 12 shuffles and spills accumulators held in arrays, so the VNNI kernel names them through
+ * the FOR_ROWS8 macros, and the AVX2 kernels (16 ymm registers only) are asm. */
+
+#define FOR_ROWS8(X) X(0) X(1) X(2) X(3) X(4) X(5) X(6) X(7)
+
+/* ---- scalar: int16 activations, one panel, any mr */
+#define SCALAR_MR 4
+
+static void ukr_scalar(int mr, int64_t kq, const int16_t *a, int64_t lda, const uint8_t *w, int32_t *c,
+                       int64_t ldc) {
+    for (int r = 0; r < mr; r++) {
+        const int16_t *ar = a + r * lda;
+        for (int j = 0; j < PANEL; j++) {
+            uint32_t s = (uint32_t)c[r * ldc + j];
+            for (int64_t q = 0; q < kq; q++) {
+                const int8_t *wq = (const int8_t *)w + q * GROUP_BYTES + j * KGROUP;
+                const int16_t *aq = ar + q * KGROUP;
+                int32_t dot = aq[0] * wq[0] + aq[1] * wq[1] + aq[2] * wq[2] + aq[3] * wq[3];
+                s += (uint32_t)dot;
+            }
+            c[r * ldc + j] = (int32_t)s;
+        }
+    }
+}
+
+#if NPQ_X86
+/* ---- AVX2: int16 activations, weights widened in registers, vpmaddwd (exact).
+ * One call covers 8 columns (half a panel). A 16-byte chunk of a panel group (4 columns x 4 k)
+ * widens to [c0k0..c0k3 c1k0..c1k3 | c2.. c3..]; times the broadcast row (a0 a1 a2 a3) through
+ * vpmaddwd, lane 2j+h holds column j's k-pair h; the pairs are folded into columns at the end. */
+#define AVX2_MR 6
+
+/* mr x 8 tile, mr <= 6: accumulators in ymm0..ymm(2mr-1), widened weights ymm12/13, broadcast
+ * ymm14, product ymm15. GCC hoists the broadcasts and spills accumulators when this is written
+ * with intrinsics, so the kernel (pair folding and the store included) is one asm block per mr.
+ * Folding: vphaddd gives [c0 c1 c4 c5 | c2 c3 c6 c7], vpermq 0xD8 puts the columns in order. */
+#define A2_ROW(addr, lo, hi)                             \
+    "vpbroadcastq " addr ", %%ymm14\n\t"                 \
+    "vpmaddwd %%ymm14, %%ymm12, %%ymm15\n\t"             \
+    "vpaddd %%ymm15, %%" lo ", %%" lo "\n\t"             \
+    "vpmaddwd %%ymm14, %%ymm13, %%ymm15\n\t"             \
+    "vpaddd %%ymm15, %%" hi ", %%" hi "\n\t"
+#define A2_OUT(addr, lo, hi)                             \
+    "vphaddd %%" hi ", %%" lo ", %%" lo "\n\t"           \
+    "vpermq $0xD8, %%" lo ", %%" lo "\n\t"               \
+    "vpaddd " addr ", %%" lo ", %%" lo "\n\t"            \
+    "vmovdqu %%" lo ", " addr "\n\t"
+#define A2_ZERO(lo, hi) "vpxor %%x" lo ", %%x" lo ", %%x" lo "\n\t" "vpxor %%x" hi ", %%x" hi ", %%x" hi "\n\t"
+
+#define A2_Z1 A2_ZERO("mm0", "mm1")
+#define A2_Z2 A2_Z1 A2_ZERO("mm2", "mm3")
+#define A2_Z3 A2_Z2 A2_ZERO("mm4", "mm5")
+#define A2_Z4 A2_Z3 A2_ZERO("mm6", "mm7")
+#define A2_Z5 A2_Z4 A2_ZERO("mm8", "mm9")
+#define A2_Z6 A2_Z5 A2_ZERO("mm10", "mm11")
+#define A2_S1 A2_ROW("(%[a0])", "ymm0", "ymm1")
+#define A2_S2 A2_S1 A2_ROW("(%[a0],%[ldb],1)", "ymm2", "ymm3")
+#define A2_S3 A2_S2 A2_ROW("(%[a0],%[ldb],2)", "ymm4", "ymm5")
+#define A2_S4 A2_S3 A2_ROW("(%[a3])", "ymm6", "ymm7")
+#define A2_S5 A2_S4 A2_ROW("(%[a3],%[ldb],1)", "ymm8", "ymm9")
+#define A2_S6 A2_S5 A2_ROW("(%[a3],%[ldb],2)", "ymm10", "ymm11")
+#define A2_O1 A2_OUT("(%[c])", "ymm0", "ymm1")
+#define A2_O2 A2_O1 A2_OUT("(%[c],%[ldcb],1)", "ymm2", "ymm3")
+#define A2_O3 A2_O2 A2_OUT("(%[c],%[ldcb],2)", "ymm4", "ymm5")
+#define A2_O4 A2_O3 A2_OUT("(%[c3])", "ymm6", "ymm7")
+#define A2_O5 A2_O4 A2_OUT("(%[c3],%[ldcb],1)", "ymm8", "ymm9")
+#define A2_O6 A2_O5 A2_OUT("(%[c3],%[ldcb],2)", "ymm10", "ymm11")
+
+#define A2_KERNEL(MR)                                                                                     \
+    NPQ_TARGET_AVX2 static void ukr_avx2_##MR(int64_t kq, const int16_t *a, int64_t lda, const uint8_t *w, \
+                                              int32_t *c, int64_t ldc, const uint8_t *pf) {             \
+        const int16_t *a0 = a, *a3 = a + 3 * lda;                                                          \
+        const uint8_t *wp = w;                                                                             \
+        int32_t *c3 = c + 3 * ldc;                                                                         \
+        int64_t ldb = lda * 2, ldcb = ldc * 4, n = kq;                                                     \
+        __asm__ volatile(A2_Z##MR                                                                          \
+                         "test %[n], %[n]\n\t"                                                             \
+                         "jle 2f\n\t"                                                                      \
+                         ".p2align 5\n"                                                                    \
+                         "1:\n\t"                                                                          \
+                         "vpmovsxbw (%[wp]), %%ymm12\n\t"                                                  \
+                         "vpmovsxbw 16(%[wp]), %%ymm13\n\t"                                               \
+                         "prefetcht0 (%[pf])\n\t" A2_S##MR "add $64, %[wp]\n\t"                          \
+                         "add $64, %[pf]\n\t"                                                             \
+                         "add $8, %[a0]\n\t"                                                               \
+                         "add $8, %[a3]\n\t"                                                               \
+                         "dec %[n]\n\t"                                                                    \
+                         "jnz 1b\n"                                                                        \
+                         "2:\n\t" A2_O##MR                                                                 \
+                         : [a0] "+r"(a0), [a3] "+r"(a3), [wp] "+r"(wp), [n] "+r"(n), [pf] "+r"(pf)         \
+                         : [ldb] "r"(ldb), [c] "r"(c), [c3] "r"(c3), [ldcb] "r"(ldcb)                      \
+                         : "xmm0", "xmm1", "xmm2", "xmm3", "xmm4", "xmm5", "xmm6", "xmm7", "xmm8", "xmm9",  \
+                           "xmm10", "xmm11", "xmm12", "xmm13", "xmm14", "xmm15", "cc", "memory");          \
+    }
+
+A2_KERNEL(3)
+A2_KERNEL(4)
+A2_KERNEL(5)
+A2_KERNEL(6)
+
+/* mr <= 2, all 16 columns in one pass (decode: one weight line per k group feeds every row,
+ * so halving the passes halves the loop overhead per weight byte). Row r's four 4-column
+ * chunks accumulate in ymm(4r)..ymm(4r+3); weights ymm8-11; broadcasts ymm12/13; product ymm15. */
+#define A2F_ROW(bc, c0, c1, c2, c3)                      \
+    "vpmaddwd %%" bc ", %%ymm8, %%ymm15\n\t"             \
+    "vpaddd %%ymm15, %%" c0 ", %%" c0 "\n\t"             \
+    "vpmaddwd %%" bc ", %%ymm9, %%ymm15\n\t"             \
+    "vpaddd %%ymm15, %%" c1 ", %%" c1 "\n\t"             \
+    "vpmaddwd %%" bc ", %%ymm10, %%ymm15\n\t"            \
+    "vpaddd %%ymm15, %%" c2 ", %%" c2 "\n\t"             \
+    "vpmaddwd %%" bc ", %%ymm11, %%ymm15\n\t"            \
+    "vpaddd %%ymm15, %%" c3 ", %%" c3 "\n\t"
+#define A2F_Z1 A2_ZERO("mm0", "mm1") A2_ZERO("mm2", "mm3")
+#define A2F_Z2 A2F_Z1 A2_ZERO("mm4", "mm5") A2_ZERO("mm6", "mm7")
+#define A2F_S1 "vpbroadcastq (%[a0]), %%ymm12\n\t" A2F_ROW("ymm12", "ymm0", "ymm1", "ymm2", "ymm3")
+#define A2F_S2 A2F_S1 "vpbroadcastq (%[a0],%[ldb],1), %%ymm13\n\t" A2F_ROW("ymm13", "ymm4", "ymm5", "ymm6", "ymm7")
+#define A2F_O1 A2_OUT("(%[c])", "ymm0", "ymm1") A2_OUT("32(%[c])", "ymm2", "ymm3")
+#define A2F_O2 A2F_O1 A2_OUT("(%[c],%[ldcb],1)", "ymm4", "ymm5") A2_OUT("32(%[c],%[ldcb],1)", "ymm6", "ymm7")
+
+#define A2F_KERNEL(MR)                                                                                     \
+    NPQ_TARGET_AVX2 static void ukr_avx2_full_##MR(int64_t kq, const int16_t *a, int64_t lda,             \
+                                                   const uint8_t *w, int32_t *c, int64_t ldc,             \
+                                                   const uint8_t *pf) {                                   \
+        const int16_t *a0 = a;                                                                             \
+        const uint8_t *wp = w;                                                                             \
+        int64_t ldb = lda * 2, ldcb = ldc * 4, n = kq;                                                     \
+        __asm__ volatile(A2F_Z##MR                                                                         \
+                         "test %[n], %[n]\n\t"                                                             \
+                         "jle 2f\n\t"                                                                      \
+                         ".p2align 5\n"                                                                    \
+                         "1:\n\t"                                                                          \
+                         "vpmovsxbw (%[wp]), %%ymm8\n\t"                                                   \
+                         "vpmovsxbw 16(%[wp]), %%ymm9\n\t"                                                 \
+                         "vpmovsxbw 32(%[wp]), %%ymm10\n\t"                                                \
+                         "vpmovsxbw 48(%[wp]), %%ymm11\n\t"                                                \
+                         "prefetcht0 (%[pf])\n\t" A2F_S##MR "add $64, %[wp]\n\t"                           \
+                         "add $64, %[pf]\n\t"                                                              \
+                         "add $8, %[a0]\n\t"                                                               \
+                         "dec %[n]\n\t"                                                                    \
+                         "jnz 1b\n"                                                                        \
+                         "2:\n\t" A2F_O##MR                                                                \
+                         : [a0] "+r"(a0), [wp] "+r"(wp), [n] "+r"(n), [pf] "+r"(pf)                        \
+                         : [ldb] "r"(ldb), [c] "r"(c), [ldcb] "r"(ldcb)                                    \
+                         : "xmm0", "xmm1", "xmm2", "xmm3", "xmm4", "xmm5", "xmm6", "xmm7", "xmm8", "xmm9",  \
+                           "xmm10", "xmm11", "xmm12", "xmm13", "xmm15", "cc", "memory");                   \
+    }
+
+A2F_KERNEL(1)
+A2F_KERNEL(2)
+
+/* One panel (16 columns) as two 8-column halves. pf: the weight block the caller reads next;
+ * the first half streams one line of it per k group (8 KB blocks jump 64 KB between panels, so
+ * the hardware prefetcher alone falls behind when few rows share each weight line). */
+NPQ_TARGET_AVX2 static void ukr_avx2(int mr, int64_t kq, const int16_t *a, int64_t lda, const uint8_t *w,
+                                     int32_t *c, int64_t ldc, const uint8_t *pf) {
+    if (mr <= 2) {
+        if (mr == 2)
+            ukr_avx2_full_2(kq, a, lda, w, c, ldc, pf);
+        else
+            ukr_avx2_full_1(kq, a, lda, w, c, ldc, pf);
+        return;
+    }
+    for (int h = 0; h < 2; h++) {
+        const uint8_t *wh = w + h * 32;
+        const uint8_t *ph = h == 0 ? pf : w; /* second half: lines already in L1 */
+        int32_t *ch = c + h * 8;
+        switch (mr) {
+        case 6: ukr_avx2_6(kq, a, lda, wh, ch, ldc, ph); break;
+        case 5: ukr_avx2_5(kq, a, lda, wh, ch, ldc, ph); break;
+        case 4: ukr_avx2_4(kq, a, lda, wh, ch, ldc, ph); break;
+        default: ukr_avx2_3(kq, a, lda, wh, ch, ldc, ph); break;
+        }
+    }
+}
+
+/* ---- AVX-512 VNNI: u8 (a ^ 0x80) activations x s8 weights, vpdpbusd; tile mr x 16*np with
+ * mr <= 8, np <= 2, or mr <= 4, np <= 4 (small M: more independent accumulator chains). */
+#define VNNI_MR 8
+
+NPQ_TARGET_AVX512VNNI static inline __attribute__((always_inline)) void ukr_vnni_t(
+    const int MR, const int NP, int64_t kq, const uint8_t *a, int64_t lda, const uint8_t *w, int64_t wps,
+    int32_t *c, int64_t ldc, const uint8_t *pf) {
+#define V_DECL(r)                                                                   \
+    __m512i c##r##_0 = _mm512_setzero_si512(), c##r##_1 = _mm512_setzero_si512();   \
+    __m512i c##r##_2 = _mm512_setzero_si512(), c##r##_3 = _mm512_setzero_si512();   \
+    if (MR > r) {                                                                   \
+        c##r##_0 = _mm512_loadu_si512(c + r * ldc);                                 \
+        if (NP > 1) c##r##_1 = _mm512_loadu_si512(c + r * ldc + PANEL);             \
+        if (NP > 2) c##r##_2 = _mm512_loadu_si512(c + r * ldc + 2 * PANEL);         \
+        if (NP > 3) c##r##_3 = _mm512_loadu_si512(c + r * ldc + 3 * PANEL);         \
+    }
+    FOR_ROWS8(V_DECL)
+    for (int64_t q = 0; q < kq; q++) {
+        const uint8_t *wq = w + q * GROUP_BYTES;
+        for (int p = 0; p < NP; p++) _mm_prefetch((const char *)(pf + p * wps + q * GROUP_BYTES), _MM_HINT_T0);
+        __m512i w0 = _mm512_loadu_si512(wq), w1 = w0, w2 = w0, w3 = w0;
+        if (NP > 1) w1 = _mm512_loadu_si512(wq + wps);
+        if (NP > 2) w2 = _mm512_loadu_si512(wq + 2 * wps);
+        if (NP > 3) w3 = _mm512_loadu_si512(wq + 3 * wps);
+#define V_STEP(r)                                                                   \
+    if (MR > r) {                                                                   \
+        int32_t bits;                                                               \
+        memcpy(&bits, a + r * lda + q * KGROUP, 4);                                 \
+        __m512i av = _mm512_set1_epi32(bits);                                       \
+        c##r##_0 = _mm512_dpbusd_epi32(c##r##_0, av, w0);                           \
+        if (NP > 1) c##r##_1 = _mm512_dpbusd_epi32(c##r##_1, av, w1);               \
+        if (NP > 2) c##r##_2 = _mm512_dpbusd_epi32(c##r##_2, av, w2);               \
+        if (NP > 3) c##r##_3 = _mm512_dpbusd_epi32(c##r##_3, av, w3);               \
+    }
+        FOR_ROWS8(V_STEP)
+    }
+#define V_STORE(r)                                                                  \
+    if (MR > r) {                                                                   \
+        _mm512_storeu_si512(c + r * ldc, c##r##_0);                                 \
+        if (NP > 1) _mm512_storeu_si512(c + r * ldc + PANEL, c##r##_1);             \
+        if (NP > 2) _mm512_storeu_si512(c + r * ldc + 2 * PANEL, c##r##_2);         \
+        if (NP > 3) _mm512_storeu_si512(c + r * ldc + 3 * PANEL, c##r##_3);         \
+    }
+    FOR_ROWS8(V_STORE)
+}
+
+#define VNNI_NP124(MRV)                                                             \
+    do {                                                                            \
+        if (np == 4 && (MRV) <= 4)                                                  \
+            ukr_vnni_t(MRV, 4, kq, a, lda, w, wps, c, ldc, pf);                     \
+        else if (np >= 2)                                                           \
+            ukr_vnni_t(MRV, 2, kq, a, lda, w, wps, c, ldc, pf);                     \
+        else                                                                        \
+            ukr_vnni_t(MRV, 1, kq, a, lda, w, wps, c, ldc, pf);                     \
+    } while (0)
+
+/* Any mr <= 8 and np <= 4; the driver sends np 4 only with mr <= 4, other cases split here. */
+NPQ_TARGET_AVX512VNNI static void ukr_vnni(int mr, int np, int64_t kq, const uint8_t *a, int64_t lda,
+                                           const uint8_t *w, int64_t wps, int32_t *c, int64_t ldc,
+                                           const uint8_t *pf) {
+    if (np == 3 || (np == 4 && mr > 4)) {
+        ukr_vnni(mr, 2, kq, a, lda, w, wps, c, ldc, pf);
+        ukr_vnni(mr, np - 2, kq, a, lda, w + 2 * wps, wps, c + 2 * PANEL, ldc, pf + 2 * wps);
+        return;
+    }
+    switch (mr) {
+    case 8: VNNI_NP124(8); break;
+    case 7: VNNI_NP124(7); break;
+    case 6: VNNI_NP124(6); break;
+    case 5: VNNI_NP124(5); break;
+    case 4: VNNI_NP124(4); break;
+    case 3: VNNI_NP124(3); break;
+    case 2: VNNI_NP124(2); break;
+    default: VNNI_NP124(1); break;
+    }
+}
+#endif
+
+/* ================================================================= epilogue */
+
+/* float32 -> bfloat16 as torch's (vectorized) tensor cast: RNE, every NaN -> 0xFFFF. (c10's scalar
+ * conversion, npq_f32_to_bf16, gives 0x7FC0; tensors never take that path for a contiguous cast.) */
+static inline uint16_t bf16_like_torch(float v) { return v != v ? 0xFFFF : npq_f32_to_bf16(v); }
+
+static inline uint8_t sat_rne_i8(float v) {
+    if (v != v) return 0; /* NaN -> 0, as torch's float -> int8 cast gives here */
+    v = v < -128.0f ? -128.0f : (v > 127.0f ? 127.0f : v);
+    return (uint8_t)(int8_t)(int32_t)nearbyintf(v);
+}
+
+/* One output element; the scalar reference for the SIMD epilogue (and its tail). */
+static inline void epi_one(const npq_gemm_args *g, int64_t b, int64_t m, int64_t n, const int32_t *colsum,
+                           int32_t acc) {
+    int32_t s = acc;
+    if (g->bias_i32) s = (int32_t)((uint32_t)s + (uint32_t)g->bias_i32[b * g->bias_i32_bstride + n]);
+    int64_t o = (b * g->m + m) * g->n + n;
+    if (g->out_kind == OUT_INT32) {
+        ((int32_t *)g->out)[o] = s;
+        return;
+    }
+    float v = (float)s;
+    if (g->row_offset) {
+        float corr = g->row_offset[m] * (float)colsum[n];
+        v = v - corr;
+    }
+    if (g->scale) v = v * g->scale[n * g->scale_nstride];
+    if (g->pertoken) v = v * g->pertoken[m];
+    if (g->add) v = v + g->add[b * g->add_bstride + n * g->add_nstride];
+    switch (g->out_kind) {
+    case OUT_INT8: ((uint8_t *)g->out)[o] = sat_rne_i8(v); break;
+    case OUT_F16: ((uint16_t *)g->out)[o] = npq_f32_to_f16(v); break;
+    case OUT_BF16: ((uint16_t *)g->out)[o] = bf16_like_torch(v); break;
+    default: ((float *)g->out)[o] = v; break;
+    }
+}
+
+static void epi_tile_scalar(const npq_gemm_args *g, int64_t b, int64_t m0, int mr, int64_t n0, int nc,
+                            const int32_t *c, int64_t ldc, const int32_t *colsum) {
+    for (int r = 0; r < mr; r++)
+        for (int j = 0; j < nc; j++) epi_one(g, b, m0 + r, n0 + j, colsum, c[r * ldc + j]);
+}
+
+#if NPQ_X86
+NPQ_TARGET_AVX2 static void epi_tile_avx2(const npq_gemm_args *g, int64_t b, int64_t m0, int mr, int64_t n0,
+                                          int nc, const int32_t *c, int64_t ldc, const int32_t *colsum) {
+    const int kind = (int)g->out_kind;
+    for (int r = 0; r < mr; r++) {
+        int64_t m = m0 + r;
+        int64_t orow = (b * g->m + m) * g->n;
+        const int32_t *cr = c + r * ldc;
+        int j = 0;
+        for (; j + 8 <= nc; j += 8) {
+            int64_t n = n0 + j;
+            __m256i acc = _mm256_loadu_si256((const __m256i *)(cr + j));
+            if (g->bias_i32)
+                acc = _mm256_add_epi32(acc, _mm256_loadu_si256((const __m256i *)(g->bias_i32 + b * g->bias_i32_bstride + n)));
+            if (kind == OUT_INT32) {
+                _mm256_storeu_si256((__m256i *)((int32_t *)g->out + orow + n), acc);
+                continue;
+            }
+            __m256 v = _mm256_cvtepi32_ps(acc);
+            if (g->row_offset) {
+                __m256 cs = _mm256_cvtepi32_ps(_mm256_loadu_si256((const __m256i *)(colsum + n)));
+                v = _mm256_sub_ps(v, _mm256_mul_ps(_mm256_set1_ps(g->row_offset[m]), cs));
+            }
+            if (g->scale)
+                v = _mm256_mul_ps(v, g->scale_nstride ? _mm256_loadu_ps(g->scale + n) : _mm256_set1_ps(g->scale[0]));
+            if (g->pertoken) v = _mm256_mul_ps(v, _mm256_set1_ps(g->pertoken[m]));
+            if (g->add) {
+                const float *ad = g->add + b * g->add_bstride;
+                v = _mm256_add_ps(v, g->add_nstride ? _mm256_loadu_ps(ad + n) : _mm256_set1_ps(ad[0]));
+            }
+            switch (kind) {
+            case OUT_INT8: {
+                v = _mm256_and_ps(v, _mm256_cmp_ps(v, v, _CMP_ORD_Q)); /* NaN -> 0 */
+                v = _mm256_min_ps(_mm256_max_ps(v, _mm256_set1_ps(-128.0f)), _mm256_set1_ps(127.0f));
+                __m256i i = _mm256_cvtps_epi32(v); /* RNE (default MXCSR) */
+                __m128i p16 = _mm_packs_epi32(_mm256_castsi256_si128(i), _mm256_extracti128_si256(i, 1));
+                _mm_storel_epi64((__m128i *)((int8_t *)g->out + orow + n), _mm_packs_epi16(p16, p16));
+                break;
+            }
+            case OUT_F16:
+                _mm_storeu_si128((__m128i *)((uint16_t *)g->out + orow + n), _mm256_cvtps_ph(v, _MM_FROUND_TO_NEAREST_INT));
+                break;
+            case OUT_BF16: {
+                __m256i u = _mm256_castps_si256(v);
+                __m256i lsb = _mm256_and_si256(_mm256_srli_epi32(u, 16), _mm256_set1_epi32(1));
+                __m256i rounded = _mm256_srli_epi32(_mm256_add_epi32(u, _mm256_add_epi32(lsb, _mm256_set1_epi32(0x7FFF))), 16);
+                __m256i nan = _mm256_castps_si256(_mm256_cmp_ps(v, v, _CMP_UNORD_Q));
+                rounded = _mm256_blendv_epi8(rounded, _mm256_set1_epi32(0xFFFF), nan);
+                __m128i p = _mm_packus_epi32(_mm256_castsi256_si128(rounded), _mm256_extracti128_si256(rounded, 1));
+                _mm_storeu_si128((__m128i *)((uint16_t *)g->out + orow + n), p);
+                break;
+            }
+            default: _mm256_storeu_ps((float *)g->out + orow + n, v); break;
+            }
+        }
+        for (; j < nc; j++) epi_one(g, b, m, n0 + j, colsum, cr[j]);
+    }
+}
+#endif
+
+/* ================================================================= driver */
+
+typedef struct {
+    const npq_gemm_args *g;
+    int isa, vnni;
+    int64_t k4, np, kp, lda;
+    const void *apack;
+    int64_t a_rows_stride; /* elements between x1 batches in apack (m * kp) */
+    int64_t w_bstride;     /* bytes per weight batch */
+    int64_t colsum_bstride;
+    int64_t mr, mc, ng, kc4;
+    int64_t mblocks, ngroups;
+    int32_t *cbufs;          /* one tile buffer per worker range (at most nthreads) */
+    int64_t cbuf_elems;
+    atomic_int next_cbuf;
+} gemm_ctx;
+
+static void tile_epilogue(const gemm_ctx *x, int64_t b, int64_t m0, int mr, int64_t n0, int cols,
+                          const int32_t *c, int64_t ldc, const int32_t *colsum) {
+    const npq_gemm_args *g = x->g;
+    int nc = (int)(g->n - n0 < cols ? g->n - n0 : cols);
+    if (nc <= 0) return;
+#if NPQ_X86
+    if (x->isa >= NPQ_ISA_AVX2) {
+        epi_tile_avx2(g, b, m0, mr, n0, nc, c, ldc, colsum);
+        return;
+    }
+#endif
+    epi_tile_scalar(g, b, m0, mr, n0, nc, c, ldc, colsum);
+}
+
+/* Starting value of the tile buffer: 0, or -128 * colsum for VNNI's a + 128 activations. */
+static void init_tile(const gemm_ctx *x, int32_t *cbuf, int64_t ldc, int64_t rows, int64_t cols,
+                      const int32_t *colsum) {
+    for (int64_t r = 0; r < rows; r++) {
+        int32_t *cr = cbuf + r * ldc;
+        if (x->vnni) {
+            for (int64_t j = 0; j < cols; j++) cr[j] = (int32_t)(0u - ((uint32_t)colsum[j] << 7));
+        } else {
+            memset(cr, 0, (size_t)cols * 4);
+        }
+    }
+}
+
+static void gemm_range(void *vctx, int64_t t_begin, int64_t t_end) {
+    gemm_ctx *x = (gemm_ctx *)vctx;
+    const npq_gemm_args *g = x->g;
+    int64_t ldc = x->ng * PANEL;
+    int32_t *cbuf = x->cbufs + (int64_t)atomic_fetch_add(&x->next_cbuf, 1) * x->cbuf_elems;
+    int64_t nkb = x->k4 == 0 ? 1 : ceil_div(x->k4, x->kc4);
+    int64_t wps = x->k4 * GROUP_BYTES; /* bytes per panel */
+    for (int64_t t = t_begin; t < t_end; t++) {
+        int64_t b = t / (x->mblocks * x->ngroups);
+        int64_t rem = t % (x->mblocks * x->ngroups);
+        int64_t mb = rem / x->ngroups, gi = rem % x->ngroups;
+        int64_t m0 = mb * x->mc, rows = g->m - m0 < x->mc ? g->m - m0 : x->mc;
+        int64_t p0 = gi * x->ng, npan = x->np - p0 < x->ng ? x->np - p0 : x->ng;
+        int64_t wb = g->w_bidx[b], ab = g->a_bidx[b];
+        const uint8_t *wbase = g->w + wb * x->w_bstride;
+        const int32_t *colsum = g->colsum + wb * x->colsum_bstride;
+        /* VNNI: 4 panels per call when the block has few rows (more independent chains), else 2 */
+        int64_t pstep = x->vnni ? (rows <= 4 ? 4 : 2) : 1;
+        init_tile(x, cbuf, ldc, rows, npan * PANEL, colsum + p0 * PANEL);
+        int64_t nparts = ceil_div(rows, x->mr);
+        for (int64_t kb = 0; kb < nkb; kb++) {
+            int64_t q0 = kb * x->kc4;
+            int64_t kq = x->k4 - q0 < x->kc4 ? x->k4 - q0 : x->kc4;
+            int last = kb == nkb - 1;
+            for (int64_t pj = 0; pj < npan;) {
+                int np = (int)(npan - pj < pstep ? npan - pj : pstep);
+                if (np == 3) np = 2; /* kernels exist for 1, 2 and 4 panels */
+                int64_t p = p0 + pj;
+                const uint8_t *wp = wbase + p * wps + q0 * GROUP_BYTES;
+                /* the block read after this one: next panels, else the group's first at the next K block */
+                const uint8_t *next = pj + np < npan ? wp + np * wps
+                                      : (kb + 1 < nkb ? wbase + p0 * wps + (q0 + x->kc4) * GROUP_BYTES : wp);
+                for (int64_t part = 0; part < nparts; part++) {
+                    /* balanced micro-rows (8 rows on AVX2: 4 + 4, not 6 + 2) */
+                    int64_t ir = part * rows / nparts;
+                    int mr = (int)((part + 1) * rows / nparts - ir);
+                    const uint8_t *pf = part == 0 ? next : wp; /* the first pass brings the lines in */
+                    int32_t *c = cbuf + ir * ldc + pj * PANEL;
+                    int64_t arow = ab * x->a_rows_stride + (m0 + ir) * x->lda + q0 * KGROUP;
+#if NPQ_X86
+                    if (x->vnni) {
+                        ukr_vnni(mr, np, kq, (const uint8_t *)x->apack + arow, x->lda, wp, wps, c, ldc, pf);
+                    } else if (x->isa >= NPQ_ISA_AVX2) {
+                        ukr_avx2(mr, kq, (const int16_t *)x->apack + arow, x->lda, wp, c, ldc, pf);
+                    } else
+#endif
+                    {
+                        ukr_scalar(mr, kq, (const int16_t *)x->apack + arow, x->lda, wp, c, ldc);
+                    }
+                    if (last) tile_epilogue(x, b, m0 + ir, mr, p * PANEL, np * PANEL, c, ldc, colsum);
+                }
+                pj += np;
+            }
+        }
+    }
+}
+
+/* Runs the GEMM + epilogue. Returns 0 or a negative GEMM_E* code (nothing written on error). */
+NPQ_API int npq_gemm_s8(const npq_gemm_args *g, int nthreads) {
+    if (!g) return GEMM_ENULL;
+    if (g->batch < 0 || g->m < 0 || g->n < 0 || g->k < 0 || g->a_nbatch < 0 || g->w_nbatch < 0)
+        return GEMM_EBADSIZE;
+    if (g->out_kind < OUT_INT32 || g->out_kind > OUT_F32) return GEMM_EKIND;
+    if (g->batch == 0 || g->m == 0 || g->n == 0) return GEMM_OK;
+    if (!g->out || !g->a_bidx || !g->w_bidx || !g->w || !g->colsum || (g->k > 0 && (!g->a || !g->a_boff)))
+        return GEMM_ENULL;
+    for (int64_t b = 0; b < g->batch; b++) {
+        if (g->a_bidx[b] < 0 || g->a_bidx[b] >= g->a_nbatch || g->w_bidx[b] < 0 || g->w_bidx[b] >= g->w_nbatch)
+            return GEMM_EINDEX;
+    }
+
+    gemm_ctx x;
+    memset(&x, 0, sizeof x);
+    x.g = g;
+    x.isa = npq_isa();
+    x.vnni = x.isa >= NPQ_ISA_AVX512 && npq_has(NPQ_CPU_AVX512VNNI);
+    x.k4 = ceil_div(g->k, KGROUP);
+    x.kp = x.k4 * KGROUP;
+    x.lda = x.kp + 32;
+    x.np = ceil_div(g->n, PANEL);
+    x.w_bstride = x.np * x.k4 * GROUP_BYTES;
+    x.colsum_bstride = x.np * PANEL;
+    x.mr = x.vnni ? VNNI_MR : (x.isa >= NPQ_ISA_AVX2 ? AVX2_MR : SCALAR_MR);
+    x.mc = x.mr * ceil_div(64, x.mr);
+    x.kc4 = x.vnni ? 256 : 128;
+    x.mblocks = ceil_div(g->m, x.mc);
+
+    int64_t macs = g->batch * g->m * g->n * (g->k + 1);
+    if (macs < (1 << 20)) nthreads = 1; /* a few microseconds of work: waking a thread costs as much */
+    if (nthreads < 1) nthreads = 1;
+    int64_t outer = g->batch * x.mblocks;
+    int64_t groups_wanted = ceil_div(4 * (int64_t)nthreads, outer);
+    x.ng = ceil_div(x.np, groups_wanted);
+    if (x.ng > 16) x.ng = 16;
+    if (x.ng < 1) x.ng = 1;
+    if (x.vnni && x.ng > 1) x.ng = (x.ng + 3) / 4 * 4; /* whole 4-panel steps */
+    x.ngroups = ceil_div(x.np, x.ng);
+
+    /* pack activations once per call (every x1 batch) */
+    size_t esz = x.vnni ? 1 : 2;
+    size_t abytes = (size_t)(g->a_nbatch * g->m * x.lda) * esz + 64;
+    void *apack = aligned_alloc(64, (abytes + 63) / 64 * 64);
+    x.cbuf_elems = x.mc * x.ng * PANEL;
+    if (nthreads > 256) nthreads = 256;
+    x.cbufs = (int32_t *)aligned_alloc(64, (size_t)(nthreads * x.cbuf_elems * 4));
+    atomic_init(&x.next_cbuf, 0);
+    if (!apack || !x.cbufs) {
+        free(apack);
+        free(x.cbufs);
+        return GEMM_ENOMEM;
+    }
+    pack_a_ctx pa = {g, x.vnni ? APACK_U8X : APACK_S16, x.kp, x.lda, apack, x.isa};
+    int64_t arows = g->a_nbatch * g->m;
+    if (x.kp > 0) npq_parallel_for(arows, ceil_div(1 << 15, x.kp), nthreads, pack_a_range, &pa);
+    x.apack = apack;
+    x.a_rows_stride = g->m * x.lda;
+
+    npq_parallel_for(g->batch * x.mblocks * x.ngroups, 1, nthreads, gemm_range, &x);
+    free(apack);
+    free(x.cbufs);
+    return GEMM_OK;
+}

@@ -1,0 +1,224 @@
+"""``npu_dynamic_quant_asymmetric`` and ``npu_dynamic_quant``: per-token dynamic quantization (SPEC §3).
+
+Layers: public functions (torch_npu's signatures; dtype codes) -> custom ops
+``torch.ops.npuquant.npu_dynamic_quant_asymmetric`` / ``torch.ops.npuquant.npu_dynamic_quant``
+(validation with torch_npu's messages in the real op and the fake kernel) -> :func:`dynamic_quant`
+(native CPU kernels or the pure-torch reference). The exact float32 formula is in ``reference.py``.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from ... import _native
+from ..._args import check, to_dtype
+from . import native, reference
+
+__all__ = ["npu_dynamic_quant_asymmetric", "npu_dynamic_quant", "dynamic_quant"]
+
+X_DTYPES = (torch.float16, torch.bfloat16, torch.float32)
+MAX_GROUPS = 1024
+# torch_npu's seed-era texts (SPEC §3.2): the asymmetric one really says "when int4 quantization".
+_DST_TYPE_MESSAGE = {
+    True: "dtype must be torch.int8 for int8 or torch.quint4x2 for int4 when int4 quantization",
+    False: "dtype must be torch.int8 for int8 or torch.quint4x2 for int4",
+}
+
+
+def _rows(x: torch.Tensor) -> int:
+    rows = 1
+    for size in x.shape[:-1]:
+        rows *= size
+    return rows
+
+
+def validate(
+    x: torch.Tensor,
+    smooth_scales: torch.Tensor | None,
+    group_index: torch.Tensor | None,
+    dst_type: torch.dtype | None,
+    asymmetric: bool,
+) -> bool:
+    """Every metadata rule of SPEC §3.2/§3.6, torch_npu's order and words; returns True for int4 output."""
+    check(dst_type in (None, torch.int8, torch.quint4x2), f"{_DST_TYPE_MESSAGE[asymmetric]}, but got {dst_type}")
+    check(x.dim() > 1, f"Input shape dim should be greater than 1, but got {x.dim()}")
+    check(x.dtype in X_DTYPES, f"Input x must be float16, bfloat16 or float32, but got {x.dtype}")
+    int4_out = dst_type == torch.quint4x2
+    if int4_out:
+        check(
+            x.shape[-1] % 8 == 0,
+            f"input shape last dim must be divded by 8 when int4 quantization, but it is {x.shape[-1]}",
+        )
+    if group_index is not None:
+        check(smooth_scales is not None, "group_index is only supported together with smooth_scales")
+    if smooth_scales is None:
+        return int4_out
+    check(
+        smooth_scales.dtype == x.dtype,
+        f"smooth_scales dtype must be the same as x dtype, but smooth_scales is {smooth_scales.dtype} and x is {x.dtype}",
+    )
+    check(smooth_scales.device == x.device, f"smooth_scales must be on x's device ({x.device})")
+    if group_index is None:
+        check(smooth_scales.dim() == 1, f"The shape dim of smooth_scales must be 1, but it is {smooth_scales.dim()}")
+    else:
+        check(group_index.dtype == torch.int32, f"group_index dtype must be int32, but got {group_index.dtype}")
+        check(group_index.dim() == 1, f"group_index must be 1-D, but it has {group_index.dim()} dims")
+        check(group_index.device == x.device, f"group_index must be on x's device ({x.device})")
+        groups = group_index.shape[0]
+        check(groups >= 1, "group_index must hold at least one value (the number of groups)")
+        check(
+            groups <= MAX_GROUPS,
+            f"The value of groupNum must be less than or equal to {MAX_GROUPS}, but it is {groups}",
+        )
+        check(
+            smooth_scales.dim() == 2,
+            "When groupNum is more than 0, the shape dim of smooth_scales must be equal to 2, "
+            f"but it is {smooth_scales.dim()}",
+        )
+        check(
+            smooth_scales.shape[0] == groups,
+            f"The value of smooth_scales first dim and group_num must be the same, "
+            f"but they are {smooth_scales.shape[0]} and {groups}",
+        )
+    check(
+        smooth_scales.shape[-1] == x.shape[-1],
+        f"last dim of x and smooth_scales must be equal, but they are {x.shape[-1]} and {smooth_scales.shape[-1]}",
+    )
+    return int4_out
+
+
+def check_group_values(group_index: torch.Tensor | None, rows: int) -> None:
+    """Data rule (eager only): values non-decreasing, within [0, rows], the last equal to rows."""
+    if group_index is None or isinstance(group_index, torch._subclasses.FakeTensor):
+        return
+    g = group_index.to(torch.int64)
+    ok = bool((g[1:] >= g[:-1]).all()) and int(g[0]) >= 0 and int(g[-1]) == rows
+    check(
+        ok,
+        f"group_index values must be non-decreasing, within [0, {rows}] and end at {rows} (the row count of x), "
+        f"but got {g.tolist() if g.numel() <= 16 else g}",
+    )
+
+
+def dynamic_quant(
+    x: torch.Tensor,
+    smooth_scales: torch.Tensor | None,
+    group_index: torch.Tensor | None,
+    int4_out: bool,
+    asymmetric: bool,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+    """Device dispatch for validated arguments: native kernels on CPU, the reference elsewhere."""
+    if _native.use_native(x, smooth_scales, group_index):
+        return native.dynamic_quant(x, smooth_scales, group_index, asymmetric=asymmetric, int4=int4_out)
+    return reference.dynamic_quant(x, smooth_scales, group_index, int4_out, asymmetric)
+
+
+def _fake_outputs(x: torch.Tensor, int4_out: bool, asymmetric: bool) -> tuple[torch.Tensor, ...]:
+    y_shape, s_shape = native.output_shapes(x, int4_out)
+    y = x.new_empty(y_shape, dtype=torch.int32 if int4_out else torch.int8)
+    outs = [y, x.new_empty(s_shape, dtype=torch.float32)]
+    if asymmetric:
+        outs.append(x.new_empty(s_shape, dtype=torch.float32))
+    return tuple(outs)
+
+
+@torch.library.custom_op("npuquant::npu_dynamic_quant_asymmetric", mutates_args=())
+def _asymmetric_op(
+    x: torch.Tensor,
+    smooth_scales: torch.Tensor | None = None,
+    group_index: torch.Tensor | None = None,
+    dst_type: torch.dtype | None = None,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    int4_out = validate(x, smooth_scales, group_index, dst_type, True)
+    check_group_values(group_index, _rows(x))
+    y, scale, offset = dynamic_quant(x, smooth_scales, group_index, int4_out, True)
+    assert offset is not None
+    return y, scale, offset
+
+
+@_asymmetric_op.register_fake
+def _(
+    x: torch.Tensor,
+    smooth_scales: torch.Tensor | None = None,
+    group_index: torch.Tensor | None = None,
+    dst_type: torch.dtype | None = None,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    int4_out = validate(x, smooth_scales, group_index, dst_type, True)
+    y, scale, offset = _fake_outputs(x, int4_out, True)
+    return y, scale, offset
+
+
+@torch.library.custom_op("npuquant::npu_dynamic_quant", mutates_args=())
+def _symmetric_op(
+    x: torch.Tensor,
+    smooth_scales: torch.Tensor | None = None,
+    group_index: torch.Tensor | None = None,
+    dst_type: torch.dtype | None = None,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    int4_out = validate(x, smooth_scales, group_index, dst_type, False)
+    check_group_values(group_index, _rows(x))
+    y, scale, _ = dynamic_quant(x, smooth_scales, group_index, int4_out, False)
+    return y, scale
+
+
+@_symmetric_op.register_fake
+def _(
+    x: torch.Tensor,
+    smooth_scales: torch.Tensor | None = None,
+    group_index: torch.Tensor | None = None,
+    dst_type: torch.dtype | None = None,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    int4_out = validate(x, smooth_scales, group_index, dst_type, False)
+    y, scale = _fake_outputs(x, int4_out, False)
+    return y, scale
+
+
+def npu_dynamic_quant_asymmetric(
+    x: torch.Tensor,
+    *,
+    smooth_scales: torch.Tensor | None = None,
+    group_index: torch.Tensor | None = None,
+    dst_type: torch.dtype | int | None = None,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """torch_npu.npu_dynamic_quant_asymmetric: per-token asymmetric quantization of x's last axis.
+
+    Per row, in float32 after optional smoothing (exact op order in ``reference.py``):
+    ``scale = max((max - min) / 255, 1e-12)``, ``offset = 127 - max / scale``,
+    ``y = clamp(round_half_even(xs * (1 / scale) + offset), -128, 127)``; int4: 15, 7 and [-8, 7].
+
+    Args:
+        x: float16 or bfloat16 (float32 accepted), dim > 1, any strides.
+        smooth_scales: x's dtype; ``[H]``, or ``[E, H]`` with ``group_index`` (MoE, E <= 1024).
+        group_index: int32 ``[E]``, non-decreasing in [0, rows], last value == rows (flattened leading
+            dims); row r uses ``smooth_scales[i]`` for the first i with ``group_index[i] > r``.
+        dst_type: None / ``torch.int8`` (int8 y of x's shape) or ``torch.quint4x2`` (int32 y with 8
+            int4 per word, last dim of x a multiple of 8); torch_npu integer codes accepted.
+
+    Returns:
+        ``(y, scale, offset)``; scale and offset float32 of shape ``x.shape[:-1]``.
+
+    Raises:
+        RuntimeError: containing torch_npu's message for every rule of SPEC §3.2 / §3.6.
+    """
+    dst = to_dtype(dst_type, _DST_TYPE_MESSAGE[True])
+    return torch.ops.npuquant.npu_dynamic_quant_asymmetric(x, smooth_scales, group_index, dst)
+
+
+def npu_dynamic_quant(
+    x: torch.Tensor,
+    *,
+    smooth_scales: torch.Tensor | None = None,
+    group_index: torch.Tensor | None = None,
+    dst_type: torch.dtype | int | None = None,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """torch_npu.npu_dynamic_quant: per-token symmetric quantization of x's last axis.
+
+    Per row, in float32 after optional smoothing: ``scale = max|xs| / 127`` (int4: 7),
+    ``y = clamp(round_half_even(xs * (1 / scale)), -128, 127)`` (int4: [-8, 7]); an all-zero row
+    gives scale 0 and y 0. Arguments and errors as :func:`npu_dynamic_quant_asymmetric`.
+
+    Returns:
+        ``(y, scale)``; scale float32 of shape ``x.shape[:-1]``.
+    """
+    dst = to_dtype(dst_type, _DST_TYPE_MESSAGE[False])
+    return torch.ops.npuquant.npu_dynamic_quant(x, smooth_scales, group_index, dst)

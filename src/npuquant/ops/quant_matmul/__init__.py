@@ -1,0 +1,490 @@
+"""``npu_quant_matmul`` (A8W8 / A4W4) and ``npu_trans_quant_param`` (SPEC §4, §5).
+
+Layers: public function (torch_npu signature, dtype codes) -> custom op ``torch.ops.npuquant.<name>``
+(validation with torch_npu's messages in the real op and the fake kernel) -> normalisation (int64
+scales decoded, float32 scales FP19-encoded where torch_npu does so, int4 unpacked, batch
+broadcast resolved) -> :func:`_compute`, the single dispatch point for the integer GEMM and its
+epilogue.
+"""
+
+from __future__ import annotations
+
+from typing import NamedTuple
+
+import torch
+
+from ..._args import check, to_dtype
+from ..int4 import reference as int4
+from . import reference
+
+__all__ = ["npu_quant_matmul", "npu_trans_quant_param", "validate", "output_shape"]
+
+MIN_DIMS, MAX_DIMS = 2, 6
+MAX_LAST_DIM = 65535
+INT4_PER_INT32 = 8
+GROUP_MAX = 65535
+OUTPUT_DTYPES = (torch.int8, torch.float16, torch.bfloat16, torch.int32)
+SCALE_DTYPES = (torch.float32, torch.int64, torch.bfloat16)
+BIAS_DTYPES = (torch.int32, torch.bfloat16, torch.float16, torch.float32)
+PER_BLOCK_GROUPS = [1, 128, 128]
+
+
+class Plan(NamedTuple):
+    """What validation learnt about a call: everything the fake kernel and the normalisation need."""
+
+    out_dtype: torch.dtype
+    batch: tuple  # broadcast batch dims (may be empty)
+    m: int
+    k: int  # logical k (int4 elements for A4W4)
+    n: int
+    is_a4w4: bool
+    x2_packed_along_k: bool  # A4W4 x2 given as (k/8, n), the transpose of a (n, k/8) tensor
+
+    @property
+    def shape(self) -> tuple:
+        return (*self.batch, self.m, self.n)
+
+
+def fp19_applies(scale: torch.Tensor, pertoken_scale: torch.Tensor | None, out_dtype: torch.dtype) -> bool:
+    """torch_npu converts a float32 scale with npu_trans_quant_param (FP19, integer offset) exactly in this case."""
+    return scale.dtype == torch.float32 and pertoken_scale is None and out_dtype in (torch.int8, torch.float16)
+
+
+def _check_group_sizes_format(group_sizes: list[int] | None) -> bool:
+    """OP-CPP ``check_and_get_groups``; returns whether any group size is non-zero."""
+    if not group_sizes:
+        return False
+    check(len(group_sizes) == 3, f"group_sizes only support input with three elements, but got {len(group_sizes)}")
+    check(all(0 <= g <= GROUP_MAX for g in group_sizes), "group param value must conform to range [0, 65535]")
+    return any(g != 0 for g in group_sizes)
+
+
+def _check_dtypes(x1, x2, scale, offset, pertoken_scale, bias, output_dtype) -> torch.dtype:
+    check(
+        x1.dtype == x2.dtype,
+        f"x1's type and x2's type should be same, but x1.dtype is {x1.dtype} and x2.dtype is {x2.dtype}",
+    )
+    check(x1.dtype in (torch.int8, torch.int32), f"input's type supported for int8 and int32, but now is {x1.dtype}")
+    check(
+        scale.dtype in SCALE_DTYPES,
+        f"scale's type supported for float32, int64 and bfloat16, but scale.dtype is {scale.dtype}",
+    )
+    if offset is not None:
+        check(offset.dtype == torch.float32, f"offset's type supported for float32, but offset.dtype is {offset.dtype}")
+    if pertoken_scale is not None:
+        check(
+            pertoken_scale.dtype == torch.float32,
+            f"pertoken_scale's type supported for float32, but pertoken_scale.dtype is {pertoken_scale.dtype}",
+        )
+    out = torch.int8 if output_dtype is None else output_dtype
+    check(out in OUTPUT_DTYPES, f"Not supportted output dtype is {output_dtype}")
+    if bias is not None:
+        check(
+            bias.dtype in BIAS_DTYPES,
+            f"bias's type supported for int32, bfloat16, float16 and float32, but bias.dtype is {bias.dtype}",
+        )
+        if bias.dtype == torch.bfloat16:
+            check(
+                out == torch.bfloat16,
+                f"When bias dtype is bfloat16, output_dtype must be bfloat16, but it is {output_dtype}",
+            )
+        if out == torch.int32:
+            check(
+                bias.dtype == torch.int32,
+                f"When output_dtype dtype is int32, bias_dtype must be int32, but it is {bias.dtype}",
+            )
+        if pertoken_scale is not None:
+            if bias.dtype == torch.float16:
+                check(
+                    out == torch.float16,
+                    "When bias dtype is float16 and pertoken is given, output_dtype must be float16, "
+                    f"but it is {output_dtype}",
+                )
+        else:
+            check(bias.dtype != torch.float16, "Bias dtype cannot be float16 when pertoken not given.")
+            if bias.dtype == torch.float32:
+                check(
+                    out == torch.bfloat16,
+                    "When bias dtype is float32 and pertoken not given, output_dtype must be bfloat16, "
+                    f"but it is {output_dtype}",
+                )
+    return out
+
+
+def _check_scale_offset_output(scale, offset, pertoken_scale, output_dtype, out, is_a4w4) -> None:
+    if scale.dtype == torch.bfloat16:
+        check(
+            out in (torch.bfloat16, torch.int32),
+            f"When scale's dtype is bfloat16, output_dtype must be bfloat16 or int32, but output_dtype is {output_dtype}",
+        )
+    if out == torch.bfloat16:
+        check(
+            scale.dtype in (torch.bfloat16, torch.float32),
+            f"When output_dtype is bfloat16, scale's dtype must be bfloat16 or float32, but scale's dtype is {scale.dtype}",
+        )
+    if out == torch.int32:
+        check(
+            scale.dtype in (torch.bfloat16, torch.float32),
+            f"When output_dtype is int32, scale's dtype must be bfloat16 or float32, but scale's dtype is {scale.dtype}",
+        )
+    if offset is not None:
+        check(
+            out == torch.int8,
+            f"offset only exists when output_dtype is int8, but output_dtype is {output_dtype}",
+        )
+    if pertoken_scale is not None:
+        if out == torch.float16:
+            check(
+                scale.dtype == torch.float32,
+                "When output_dtype is float16 and pertoken_scale is not none, scale's dtype must be float32, "
+                f"but scale's dtype is {scale.dtype}",
+            )
+        check(
+            out in (torch.float16, torch.bfloat16),
+            f"When pertoken_scale is not none, output_dtype must be float16 or bfloat16, but output_dtype is {output_dtype}",
+        )
+    if is_a4w4 and pertoken_scale is None:
+        check(
+            out == torch.float16,
+            f"When input's dtype is int32, output_dtype must be float16, but output_dtype is {output_dtype}",
+        )
+
+
+def _broadcast_batch(x1: torch.Tensor, x2: torch.Tensor) -> tuple:
+    """Right-aligned numpy broadcasting of the batch dims (all but the last two)."""
+    b1, b2 = tuple(x1.shape[:-2]), tuple(x2.shape[:-2])
+    rank = max(len(b1), len(b2))
+    b1, b2 = (1,) * (rank - len(b1)) + b1, (1,) * (rank - len(b2)) + b2
+    batch = []
+    for d1, d2 in zip(b1, b2):
+        short, long = (d1, d2) if len(x1.shape) <= len(x2.shape) else (d2, d1)
+        check(
+            d1 == d2 or d1 == 1 or d2 == 1,
+            "the batch shape cannot be broadcast: the x1 shape and x2 shape not supported for broadcast, "
+            f"the short_dim is {short} and  the long_dim is {long}",
+        )
+        batch.append(d2 if d1 == 1 else d1)
+    return tuple(batch)
+
+
+def _check_bias_shape(bias: torch.Tensor, plan: Plan) -> None:
+    if bias.dim() == 3:
+        check(len(plan.shape) == 3, "when bias dim is 3, out dim need to be 3")
+    if plan.is_a4w4:
+        check(bias.dim() == 1, "bias_dim_num should be 1 when x1's dtype is int32, please check bias dim num ")
+    else:
+        check(bias.dim() in (1, 3), "bias_dim_num should be 1 or 3 when x1's dtype is int8, please check bias dim num ")
+    if bias.dim() == 1:
+        check(bias.shape[0] == plan.n, "bias_first_dim should be equal to x2 n dim, please check bias 1st dim value ")
+        return
+    batch = plan.batch[0]
+    check(
+        bias.shape[0] == batch,
+        "infered batch value should be equal to bias batch dim value, please check bias batch dim value",
+    )
+    check(bias.shape[1] == 1, "bias_second_dim should be 1, please check bias second dim value ")
+    check(bias.shape[2] == plan.n, "bias_third_dim should be equal to x2_n_dim, please check bias third dim value ")
+
+
+def validate(
+    x1: torch.Tensor,
+    x2: torch.Tensor,
+    scale: torch.Tensor,
+    offset: torch.Tensor | None,
+    pertoken_scale: torch.Tensor | None,
+    bias: torch.Tensor | None,
+    output_dtype: torch.dtype | None,
+    group_sizes: list[int] | None,
+) -> Plan:
+    """Every rule of SPEC §4.6 and §4.8 (torch_npu's messages); metadata only, so the fake kernel runs it too."""
+    grouped = _check_group_sizes_format(group_sizes)
+    out = _check_dtypes(x1, x2, scale, offset, pertoken_scale, bias, output_dtype)
+    is_a4w4 = x1.dtype == torch.int32
+    _check_scale_offset_output(scale, offset, pertoken_scale, output_dtype, out, is_a4w4)
+    if grouped:  # only the plain (all-zero) mode is implemented
+        groups = list(group_sizes)
+        if is_a4w4:
+            check(False, f"group_sizes {groups} (A4W4 per-group quantization) is not supported by npuquant")
+        check(
+            groups == PER_BLOCK_GROUPS,
+            f"when the dtype of input is int8, group_sizes's value must be 0 or [1,128,128], but got {groups}",
+        )
+        check(False, "group_sizes [1, 128, 128] (per-block quantization, Ascend 950 only) is not supported by npuquant")
+
+    check(MIN_DIMS <= x1.dim() <= MAX_DIMS, "x1 dim num should be 2 ~ 6, please check x1 dim num")
+    if is_a4w4:
+        check(x2.dim() == MIN_DIMS, "x2 dim num should be 2 when x1's dtype is int32, please check x2 dim num")
+    else:
+        check(
+            MIN_DIMS <= x2.dim() <= MAX_DIMS,
+            "x2 dim num should be 2 ~ 6 when x1's dtype is int8, please check x2 dim num",
+        )
+    # A4W4 x2 is (k, n/8) packed along n, or (k/8, n) packed along k (the .t() of a (n, k/8) tensor);
+    # torch_npu tells them apart by shape, as done here.
+    packed_along_k = is_a4w4 and x1.shape[-1] == x2.shape[-2]
+    if is_a4w4 and not packed_along_k:
+        check(
+            x1.shape[-1] * INT4_PER_INT32 == x2.shape[-2],
+            "k dim of x2 should be 8 multiple of k dim of x1, please check k dim of x1 and x2",
+        )
+    else:
+        check(x1.shape[-1] == x2.shape[-2], "k dim of x1 and x2 need be same, please check k dim of x1 and x2")
+    m = x1.shape[-2]
+    k = x1.shape[-1] * INT4_PER_INT32 if is_a4w4 else x1.shape[-1]
+    n = x2.shape[-1] * INT4_PER_INT32 if is_a4w4 and not packed_along_k else x2.shape[-1]
+
+    if offset is not None:
+        check(offset.dim() == 1, "the offset dim num must be 1, please check offset dim num ")
+        check(
+            offset.shape[0] == 1 or offset.shape[0] == n,
+            "the offset 1st dim value must be 1 or x2 n dim value, please check offset 1st dim value",
+        )
+    if pertoken_scale is not None:
+        check(pertoken_scale.dim() == 1, "the pertoken_scale dim num must be 1, please check scale dim num")
+        check(
+            pertoken_scale.shape[0] == m,
+            "the pertoken_scale 1st dim value must be x1 m dim value, please check scale 1st dim value ",
+        )
+    check(scale.dim() == 1, "the scale dim num must be 1, please check scale dim num")
+    check(
+        scale.shape[0] == 1 or scale.shape[0] == n,
+        "the scale 1st dim value must be 1 or x2 n dim value, please check scale 1st dim value ",
+    )
+
+    plan = Plan(out, _broadcast_batch(x1, x2), m, k, n, is_a4w4, packed_along_k)
+    if bias is not None:
+        _check_bias_shape(bias, plan)
+
+    # The device lifts the 65535 limit only for int8 inputs whose kernel sees a float32/bfloat16 scale.
+    kernel_scale_is_float = scale.dtype != torch.int64 and not fp19_applies(scale, pertoken_scale, out)
+    if is_a4w4 or not kernel_scale_is_float:
+        check(
+            x1.shape[-1] <= MAX_LAST_DIM and x2.shape[-1] <= MAX_LAST_DIM,
+            f"x1 last dim or x2 last dim is larger than 65535, x1 is {x1.shape[-1]}, x2 is {x2.shape[-1]}.",
+        )
+    check(x1.numel() != 0 and x2.numel() != 0, "QuantMatmul not support to process empty tensor currently.")
+    others = {"x2": x2, "scale": scale, "offset": offset, "pertoken_scale": pertoken_scale, "bias": bias}
+    for name, t in others.items():
+        if t is not None:
+            check(t.device == x1.device, f"{name} must be on the same device as x1 ({x1.device}), but is on {t.device}")
+    return plan
+
+
+def output_shape(plan: Plan) -> tuple:
+    """Shape of the result: broadcast batch dims, then (m, n)."""
+    return plan.shape
+
+
+def _normalise(x1, x2, scale, offset, pertoken_scale, bias, plan: Plan):
+    """Validated torch_npu arguments -> the arguments of :func:`_compute` (see its docstring)."""
+    if plan.is_a4w4:
+        x1 = int4.unpack_int4(x1)
+        from ... import _native
+        from . import native
+
+        if _native.use_native(x2):  # cached per weight: a model's int4 weights are unpacked and packed once
+            x2 = native.unpacked_int4_weight(x2, plan.x2_packed_along_k)
+        elif plan.x2_packed_along_k:
+            x2 = int4.unpack_int4(x2.transpose(-1, -2)).transpose(-1, -2)
+        else:
+            x2 = int4.unpack_int4(x2)
+    batch_size = 1
+    for d in plan.batch:
+        batch_size *= d
+    x1 = x1.expand(*plan.batch, plan.m, plan.k).reshape(batch_size, plan.m, plan.k)
+    x2 = x2.expand(*plan.batch, plan.k, plan.n).reshape(batch_size, plan.k, plan.n)
+
+    out = plan.out_dtype
+    effective_offset = None
+    if scale.dtype == torch.int64 or fp19_applies(scale, pertoken_scale, out):
+        # What the kernel receives: an int64 quant param; its encoded offset is the one used (SPEC §4.3).
+        quant_param = scale if scale.dtype == torch.int64 else reference.trans_quant_param(scale, offset)
+        scale_f32, decoded_offset = reference.decode_quant_param(quant_param)
+        if out == torch.int8 and (scale.dtype == torch.int64 or offset is not None):
+            effective_offset = decoded_offset
+    else:
+        scale_f32 = scale.to(torch.float32)
+    if bias is not None:
+        bias = bias.reshape(1, plan.n) if bias.dim() == 1 else bias.reshape(batch_size, plan.n)
+    return x1, x2, scale_f32, effective_offset, pertoken_scale, bias, out
+
+
+def _compute(
+    x1: torch.Tensor,
+    x2: torch.Tensor,
+    scale: torch.Tensor,
+    offset: torch.Tensor | None,
+    pertoken_scale: torch.Tensor | None,
+    bias: torch.Tensor | None,
+    out_dtype: torch.dtype,
+) -> torch.Tensor:
+    """The one dispatch point of npu_quant_matmul: exact int8 GEMM + epilogue on normalised arguments.
+
+    Contract (everything is validated and normalised before this call; all tensors on one device):
+
+    * ``x1``: int8 ``(B, m, k)`` logical values (A4W4 already unpacked to [-8, 7]); any strides,
+      including a batch stride of 0 (broadcast).
+    * ``x2``: int8 ``(B, k, n)`` logical values; any strides (typically the transpose of a
+      contiguous ``(B, n, k)`` weight, or batch stride 0 for one weight shared by every batch).
+    * ``scale``: float32 1-D, length 1 or n: the *effective* scale. Already FP19-truncated where
+      the hardware does it (int64 scales decoded, float32 scales with int8/float16 output and no
+      pertoken_scale encoded then decoded). Not read for int32 output.
+    * ``offset``: None, or float32 1-D (1 or n) of integers in [-256, 255]; only for int8 output.
+    * ``pertoken_scale``: None, or float32 ``(m,)``.
+    * ``bias``: None, or 2-D ``(1, n)`` / ``(B, n)`` of int32 (joins the int32 accumulator),
+      or bfloat16 / float16 / float32 (added in float32 after the scales).
+    * ``out_dtype``: torch.int8, torch.float16, torch.bfloat16 or torch.int32.
+
+    Returns a new contiguous ``(B, m, n)`` tensor of ``out_dtype``, bit-identical to
+    ``reference.quant_matmul`` (int32 accumulation wrapping modulo 2**32, then
+    ``reference.epilogue``'s float32 operation order).
+    """
+    from ... import _native
+    from . import native  # exact int8 GEMM with the epilogue fused (csrc/gemm_s8.c)
+
+    if _native.use_native(x1, x2, scale, offset, pertoken_scale, bias):
+        return native.quant_matmul(x1, x2, scale, offset, pertoken_scale, bias, out_dtype)
+    return reference.quant_matmul(x1, x2, scale, offset, pertoken_scale, bias, out_dtype)
+
+
+@torch.library.custom_op("npuquant::npu_quant_matmul", mutates_args=())
+def _npu_quant_matmul_op(
+    x1: torch.Tensor,
+    x2: torch.Tensor,
+    scale: torch.Tensor,
+    offset: torch.Tensor | None = None,
+    pertoken_scale: torch.Tensor | None = None,
+    bias: torch.Tensor | None = None,
+    output_dtype: torch.dtype | None = None,
+    group_sizes: list[int] | None = None,
+) -> torch.Tensor:
+    plan = validate(x1, x2, scale, offset, pertoken_scale, bias, output_dtype, group_sizes)
+    args = _normalise(x1, x2, scale, offset, pertoken_scale, bias, plan)
+    return _compute(*args).reshape(plan.shape)
+
+
+@_npu_quant_matmul_op.register_fake
+def _(
+    x1: torch.Tensor,
+    x2: torch.Tensor,
+    scale: torch.Tensor,
+    offset: torch.Tensor | None = None,
+    pertoken_scale: torch.Tensor | None = None,
+    bias: torch.Tensor | None = None,
+    output_dtype: torch.dtype | None = None,
+    group_sizes: list[int] | None = None,
+) -> torch.Tensor:
+    plan = validate(x1, x2, scale, offset, pertoken_scale, bias, output_dtype, group_sizes)
+    return x1.new_empty(plan.shape, dtype=plan.out_dtype)
+
+
+def npu_quant_matmul(
+    x1: torch.Tensor,
+    x2: torch.Tensor,
+    scale: torch.Tensor,
+    *,
+    offset: torch.Tensor | None = None,
+    pertoken_scale: torch.Tensor | None = None,
+    bias: torch.Tensor | None = None,
+    output_dtype: torch.dtype | int | None = None,
+    group_sizes: list[int] | tuple[int, ...] | None = None,
+) -> torch.Tensor:
+    """torch_npu.npu_quant_matmul: quantized matmul with exact integer accumulation (SPEC §4).
+
+    ``acc = x1 @ x2`` in int32, then ``out = cast((acc [+ bias_int32]) * scale [* pertoken_scale]
+    [+ bias_float | + offset])`` in float32; int32 output returns ``acc [+ bias]`` (scale unused).
+
+    Args:
+        x1: int8 ``(*b1, m, k)`` (2–6 dims), or int32 ``(m, k/8)`` holding 8 int4 per word (A4W4).
+        x2: int8 ``(*b2, k, n)`` (2–6 dims, e.g. ``w.t()`` of a ``(n, k)`` weight); A4W4: int32
+            ``(k, n/8)`` or the ``.t()`` view of a contiguous ``(n, k/8)``. Batch dims broadcast.
+        scale: 1-D, length 1 or n: float32, bfloat16, or int64 from :func:`npu_trans_quant_param`.
+            A float32 scale with int8/float16 output and no pertoken_scale acts exactly as its
+            int64 encoding (FP19 scale, integer offset), as on the device.
+        offset: float32 ``(1,)``/``(n,)``, int8 output only (rounded to an integer in [-256, 255]).
+        pertoken_scale: float32 ``(m,)``, for float16/bfloat16 output.
+        bias: int32, bfloat16, float16 or float32; ``(n,)``, or ``(batch, 1, n)`` for 3-D output.
+        output_dtype: torch.int8 (default), torch.float16, torch.bfloat16 or torch.int32
+            (torch.dtype or ScalarType code).
+        group_sizes: None or ``[0, 0, 0]``; other values (per-group / per-block modes) raise.
+
+    Returns:
+        Contiguous tensor ``(*broadcast(b1, b2), m, n)`` of ``output_dtype``.
+
+    Raises:
+        RuntimeError: containing torch_npu's message for every rule of SPEC §4.6 / §4.8.
+    """
+    out = to_dtype(output_dtype, f"Not supportted output dtype is {output_dtype}")
+    groups = None if group_sizes is None else [int(g) for g in group_sizes]
+    return torch.ops.npuquant.npu_quant_matmul(x1, x2, scale, offset, pertoken_scale, bias, out, groups)
+
+
+# ---------------------------------------------------------------------------------------------
+# npu_trans_quant_param
+
+
+def _trans_output_shape(scale: torch.Tensor, offset: torch.Tensor | None) -> tuple:
+    if scale.dim() == 2:
+        return tuple(scale.shape)
+    length = scale.shape[0] if offset is None else max(scale.shape[0], offset.shape[0])
+    return (length,)
+
+
+def validate_trans_quant_param(scale: torch.Tensor, offset: torch.Tensor | None, round_mode: int) -> tuple:
+    """SPEC §5.1 rules (metadata only); returns the output shape."""
+    check(scale.dtype == torch.float32, f"scale's type supported for float32, but scale.dtype is {scale.dtype}")
+    check(
+        scale.dim() == 1 or (scale.dim() == 2 and scale.shape[0] == 1),
+        "the scale shape support only (1, ) and (1, n)",
+    )
+    check(round_mode in (0, 1), f"round_mode must be 0 or 1. but now is {round_mode}")
+    check(scale.numel() != 0, "scale must not be an empty tensor")
+    if offset is not None:
+        check(offset.dtype == torch.float32, f"offset's type supported for float32, but offset.dtype is {offset.dtype}")
+        check(offset.numel() != 0, "offset must not be an empty tensor")
+        check(offset.device == scale.device, f"offset must be on the same device as scale ({scale.device})")
+        if scale.dim() == 1:
+            check(offset.dim() == 1, f"offset must be 1-D when scale is 1-D, but offset has {offset.dim()} dims")
+            check(
+                offset.shape[0] == 1 or scale.shape[0] == 1 or offset.shape[0] == scale.shape[0],
+                "offset first dim should be equal to scale first dim if none of them are equal to one",
+            )
+        else:
+            check(
+                offset.shape == scale.shape,
+                "when the input shape of scale is (1, n), shape of scale and offset should be equal",
+            )
+    return _trans_output_shape(scale, offset)
+
+
+@torch.library.custom_op("npuquant::npu_trans_quant_param", mutates_args=())
+def _npu_trans_quant_param_op(
+    scale: torch.Tensor, offset: torch.Tensor | None = None, round_mode: int = 0
+) -> torch.Tensor:
+    validate_trans_quant_param(scale, offset, round_mode)
+    return reference.trans_quant_param(scale, offset, round_mode)
+
+
+@_npu_trans_quant_param_op.register_fake
+def _(scale: torch.Tensor, offset: torch.Tensor | None = None, round_mode: int = 0) -> torch.Tensor:
+    shape = validate_trans_quant_param(scale, offset, round_mode)
+    return scale.new_empty(shape, dtype=torch.int64)
+
+
+def npu_trans_quant_param(scale: torch.Tensor, offset: torch.Tensor | None = None, round_mode: int = 0) -> torch.Tensor:
+    """torch_npu.npu_trans_quant_param: float32 scale (+ offset) -> int64 quant parameter (SPEC §5).
+
+    Bits 13..31 hold the FP19 scale (float32 with the low 13 mantissa bits truncated, or rounded
+    half-to-even with ``round_mode=1``), bits 37..45 the offset rounded half-to-even and clamped
+    to [-256, 255] as 9-bit two's complement, bit 46 is set.
+
+    Args:
+        scale: float32 ``(t,)`` or ``(1, n)``, non-empty.
+        offset: optional float32; ``(t,)``/``(1,)`` for a 1-D scale (length-1 sides broadcast),
+            the scale's shape for a ``(1, n)`` scale.
+        round_mode: 0 (truncate) or 1 (round to nearest even).
+
+    Returns:
+        int64 tensor: ``(max(t, len(offset)),)`` for a 1-D scale, else the scale's shape.
+    """
+    return torch.ops.npuquant.npu_trans_quant_param(scale, offset, int(round_mode))

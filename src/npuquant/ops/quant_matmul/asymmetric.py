@@ -1,0 +1,181 @@
+"""``quant_matmul_asymmetric``: the A8W8 matmul for per-token *asymmetric* activations.
+
+``npu_dynamic_quant_asymmetric`` gives ``x_q = round(x / x_scale + x_offset)`` per row (SPEC §3.4),
+so ``x ~ (x_q - x_offset) * x_scale``; with per-column weights ``W ~ W_q * w_scale``::
+
+    x @ W ~ (x_q @ W_q - x_offset (outer) colsum(W_q)) * w_scale * x_scale
+
+The integer product is exact and the zero-point correction uses the weight's exact column sums
+(kept with the packed weight), so an asymmetric activation costs one multiply-subtract per output.
+
+Exact operation order, float32, one rounding per step, no fused multiply-add (the native kernel
+and :func:`reference` here are bit-identical)::
+
+    acc[i, j]    = sum_k x_q[i, k] * W[k, j]                 int32, exact (k <= 131071)
+    colsum[j]    = sum_k W[k, j]                             exact integer, exact in float32
+    v = float32(acc[i, j]) - x_offset[i] * float32(colsum[j])
+    v = v * w_scale[j]
+    v = v * x_scale[i]
+    v = v + float32(bias[j])                                 (when bias is given)
+    out = cast(v)                                            round half to even
+"""
+
+from __future__ import annotations
+
+import torch
+
+from ... import _native
+from ..._args import check, to_dtype
+from . import native
+from . import reference as qm_reference
+
+__all__ = ["quant_matmul_asymmetric", "reference", "validate", "MAX_K"]
+
+MAX_K = 131071  # |acc| < 2**31 and |colsum| <= 2**24: exact int32 sums, exact float32 column sums
+OUTPUT_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
+SCALE_DTYPES = (torch.float32, torch.bfloat16)
+BIAS_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
+
+
+def validate(
+    x_q: torch.Tensor,
+    x_scale: torch.Tensor,
+    x_offset: torch.Tensor,
+    weight_shape: tuple[int, ...],
+    weight_dtype: torch.dtype,
+    w_scale: torch.Tensor,
+    bias: torch.Tensor | None,
+    output_dtype: torch.dtype | None,
+) -> torch.dtype:
+    """Metadata checks (run by the real op and the fake kernel); returns the output dtype."""
+    check(x_q.dtype == torch.int8, f"x_q must be int8, but got {x_q.dtype}")
+    check(x_q.dim() >= 1, "x_q must have at least 1 dimension")
+    rows = tuple(x_q.shape[:-1])
+    for name, t in (("x_scale", x_scale), ("x_offset", x_offset)):
+        check(t.dtype == torch.float32, f"{name} must be float32, but got {t.dtype}")
+        check(tuple(t.shape) == rows, f"{name} must have shape x_q.shape[:-1] = {rows}, but got {tuple(t.shape)}")
+    check(weight_dtype == torch.int8, f"weight must be int8 (k, n), but got {weight_dtype}")
+    check(len(weight_shape) == 2, f"weight must be 2-D (k, n), but got shape {tuple(weight_shape)}")
+    k, n = weight_shape
+    check(k == x_q.shape[-1], f"k of x_q ({x_q.shape[-1]}) and of weight ({k}) must be equal")
+    check(k <= MAX_K, f"k must be at most {MAX_K} for exact int32 accumulation, but it is {k}")
+    check(w_scale.dtype in SCALE_DTYPES, f"w_scale must be float32 or bfloat16, but got {w_scale.dtype}")
+    check(
+        w_scale.dim() == 1 and w_scale.shape[0] in (1, n),
+        f"w_scale must be 1-D of length 1 or n ({n}), but got shape {tuple(w_scale.shape)}",
+    )
+    if bias is not None:
+        check(bias.dtype in BIAS_DTYPES, f"bias must be float32, float16 or bfloat16, but got {bias.dtype}")
+        check(
+            bias.dim() == 1 and bias.shape[0] == n, f"bias must be 1-D of length n ({n}), but got {tuple(bias.shape)}"
+        )
+    out = torch.float32 if output_dtype is None else output_dtype
+    check(out in OUTPUT_DTYPES, f"output_dtype must be float32, float16 or bfloat16, but got {output_dtype}")
+    for name, t in (("x_scale", x_scale), ("x_offset", x_offset), ("w_scale", w_scale), ("bias", bias)):
+        if t is not None:
+            check(t.device == x_q.device, f"{name} must be on x_q's device ({x_q.device}), but is on {t.device}")
+    return out
+
+
+def reference(
+    x_q: torch.Tensor,
+    x_scale: torch.Tensor,
+    x_offset: torch.Tensor,
+    weight: torch.Tensor,
+    w_scale: torch.Tensor,
+    bias: torch.Tensor | None,
+    out_dtype: torch.dtype,
+) -> torch.Tensor:
+    """Pure-torch golden (any device) on 2-D x_q ``(m, k)``, 1-D x_scale/x_offset ``(m,)``, weight ``(k, n)``."""
+    acc = qm_reference.int_matmul(x_q.unsqueeze(0), weight.unsqueeze(0))[0]
+    colsum = weight.to(torch.int64).sum(0).to(torch.float32)
+    v = acc.to(torch.float32) - x_offset.to(torch.float32).unsqueeze(-1) * colsum
+    v = v * w_scale.to(torch.float32)
+    v = v * x_scale.to(torch.float32).unsqueeze(-1)
+    if bias is not None:
+        v = v + bias.to(torch.float32)
+    return v.to(out_dtype).contiguous()
+
+
+def _compute(x_q, x_scale, x_offset, weight, w_scale, bias, out_dtype) -> torch.Tensor:
+    """Dispatch on validated arguments; ``weight`` is an int8 ``(k, n)`` tensor or a PackedWeight."""
+    k = x_q.shape[-1]
+    lead = tuple(x_q.shape[:-1])
+    x2d = x_q.reshape(-1, k)
+    scale1d, offset1d = x_scale.reshape(-1), x_offset.reshape(-1)
+    is_packed = isinstance(weight, native.PackedWeight)
+    dense = None if is_packed else weight
+    if _native.use_native(x2d, scale1d, offset1d, dense, w_scale, bias):
+        packed = weight if is_packed else native.packed_weight(weight)
+        out = native.quant_matmul_asymmetric(x2d, scale1d, offset1d, packed, w_scale, bias, out_dtype)
+    else:
+        if is_packed:
+            dense = weight.unpack().to(x_q.device)
+        out = reference(x2d, scale1d, offset1d, dense, w_scale, bias, out_dtype)
+    return out.reshape(*lead, out.shape[-1])
+
+
+@torch.library.custom_op("npuquant::quant_matmul_asymmetric", mutates_args=())
+def _quant_matmul_asymmetric_op(
+    x_q: torch.Tensor,
+    x_scale: torch.Tensor,
+    x_offset: torch.Tensor,
+    weight: torch.Tensor,
+    w_scale: torch.Tensor,
+    bias: torch.Tensor | None = None,
+    output_dtype: torch.dtype | None = None,
+) -> torch.Tensor:
+    out = validate(x_q, x_scale, x_offset, tuple(weight.shape), weight.dtype, w_scale, bias, output_dtype)
+    return _compute(x_q, x_scale, x_offset, weight, w_scale, bias, out)
+
+
+@_quant_matmul_asymmetric_op.register_fake
+def _(
+    x_q: torch.Tensor,
+    x_scale: torch.Tensor,
+    x_offset: torch.Tensor,
+    weight: torch.Tensor,
+    w_scale: torch.Tensor,
+    bias: torch.Tensor | None = None,
+    output_dtype: torch.dtype | None = None,
+) -> torch.Tensor:
+    out = validate(x_q, x_scale, x_offset, tuple(weight.shape), weight.dtype, w_scale, bias, output_dtype)
+    return x_q.new_empty((*x_q.shape[:-1], weight.shape[-1]), dtype=out)
+
+
+def quant_matmul_asymmetric(
+    x_q: torch.Tensor,
+    x_scale: torch.Tensor,
+    x_offset: torch.Tensor,
+    weight,
+    w_scale: torch.Tensor,
+    bias: torch.Tensor | None = None,
+    output_dtype: torch.dtype | int | None = torch.float32,
+) -> torch.Tensor:
+    """``(x_q - x_offset) @ W * x_scale * w_scale (+ bias)`` with an exact integer core.
+
+    Feed it ``npu_dynamic_quant_asymmetric``'s outputs and per-output-channel int8 weights.
+    See the module docstring for the exact float32 operation order.
+
+    Args:
+        x_q: int8 ``(..., k)``.
+        x_scale, x_offset: float32 ``x_q.shape[:-1]`` (the per-token scale and float zero point).
+        weight: int8 ``(k, n)`` tensor (any strides, e.g. ``w.t()`` of a ``(n, k)`` weight: packed
+            on first use and cached, see ``native.packed_weight``), or a ``native.PackedWeight``.
+        w_scale: float32/bfloat16 ``(n,)`` or ``(1,)``.
+        bias: optional float32/float16/bfloat16 ``(n,)``, added last.
+        output_dtype: torch.float32 (default), torch.float16 or torch.bfloat16 (or a ScalarType code).
+
+    Returns:
+        ``(..., n)`` tensor of ``output_dtype``.
+
+    Raises:
+        RuntimeError: naming the argument and the rule it breaks.
+    """
+    out = to_dtype(output_dtype, f"output_dtype must be float32, float16 or bfloat16, but got {output_dtype}")
+    if isinstance(weight, native.PackedWeight):
+        check(weight.batch == 1, f"weight must be a 2-D (k, n) pack, but it holds {weight.batch} matrices")
+        out = validate(x_q, x_scale, x_offset, (weight.k, weight.n), torch.int8, w_scale, bias, out)
+        return _compute(x_q, x_scale, x_offset, weight, w_scale, bias, out)
+    check(isinstance(weight, torch.Tensor), f"weight must be a tensor or a PackedWeight, but got {type(weight)}")
+    return torch.ops.npuquant.quant_matmul_asymmetric(x_q, x_scale, x_offset, weight, w_scale, bias, out)

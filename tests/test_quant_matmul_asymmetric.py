@@ -1,0 +1,188 @@
+"""quant_matmul_asymmetric: native == pure-torch twin bit for bit; twin == the documented float32 steps."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+import npuquant
+from npuquant import _native
+from npuquant.ops.quant_matmul import asymmetric, native
+
+needs_native = pytest.mark.skipif(not _native.available(), reason=f"native library missing: {_native.load_error}")
+OUT_DTYPES = [torch.float32, torch.float16, torch.bfloat16]
+
+
+def bits(t: torch.Tensor) -> torch.Tensor:
+    return t.view({torch.float32: torch.int32, torch.float16: torch.int16, torch.bfloat16: torch.int16}[t.dtype])
+
+
+def make_case(seed: int, m: int, k: int, n: int, mode: str = "full"):
+    gen = torch.Generator().manual_seed(seed)
+    if mode == "neg128":
+        x_q = torch.full((m, k), -128, dtype=torch.int8)
+        w = torch.full((n, k), -128, dtype=torch.int8)
+    else:
+        x_q = torch.randint(-128, 128, (m, k), generator=gen, dtype=torch.int8)
+        w = torch.randint(-128, 128, (n, k), generator=gen, dtype=torch.int8)
+    x_scale = torch.rand(m, generator=gen) / 100
+    x_offset = (torch.rand(m, generator=gen) - 0.5) * 600  # float zero points, as dynamic quant makes them
+    w_scale = torch.rand(n, generator=gen) / 100
+    bias = torch.randn(n, generator=gen)
+    return x_q, x_scale, x_offset, w.t(), w_scale, bias
+
+
+@needs_native
+@given(
+    m=st.integers(1, 19),
+    k=st.integers(1, 200),
+    n=st.integers(1, 40),
+    out=st.sampled_from(OUT_DTYPES),
+    with_bias=st.booleans(),
+    scalar_w_scale=st.booleans(),
+    mode=st.sampled_from(["full", "neg128"]),
+    seed=st.integers(0, 2**31 - 1),
+)
+@settings(suppress_health_check=[HealthCheck.function_scoped_fixture])  # the ISA cap holds for every example
+def test_native_matches_twin(isa, m, k, n, out, with_bias, scalar_w_scale, mode, seed):
+    x_q, x_scale, x_offset, w, w_scale, bias = make_case(seed, m, k, n, mode)
+    if scalar_w_scale:
+        w_scale = w_scale[:1]
+    bias = bias if with_bias else None
+    got = npuquant.quant_matmul_asymmetric(x_q, x_scale, x_offset, w, w_scale, bias, output_dtype=out)
+    want = asymmetric.reference(x_q, x_scale, x_offset, w, w_scale, bias, out)
+    assert got.dtype == out and got.shape == (m, n) and got.is_contiguous()
+    assert torch.equal(bits(got), bits(want))
+
+
+def test_twin_follows_documented_steps():
+    """Independent numpy float32 evaluation of the docstring's steps (numpy float32 math has no FMA)."""
+    x_q, x_scale, x_offset, w, w_scale, bias = make_case(7, 6, 50, 9)
+    acc = x_q.numpy().astype(np.int64) @ w.numpy().astype(np.int64)
+    colsum = w.numpy().astype(np.int64).sum(0)
+    f = np.float32
+    expected = np.empty(acc.shape, dtype=np.float32)
+    for i in range(acc.shape[0]):
+        for j in range(acc.shape[1]):
+            v = f(acc[i, j]) - f(f(x_offset[i].item()) * f(colsum[j]))
+            v = f(v * f(w_scale[j].item()))
+            v = f(v * f(x_scale[i].item()))
+            expected[i, j] = f(v + f(bias[j].item()))
+    got = asymmetric.reference(x_q, x_scale, x_offset, w, w_scale, bias, torch.float32)
+    assert torch.equal(bits(got), bits(torch.from_numpy(expected)))
+
+
+def test_approximates_float_matmul():
+    """End to end with npu_dynamic_quant_asymmetric: close to the float matmul it stands for."""
+    gen = torch.Generator().manual_seed(3)
+    x = torch.randn(8, 256, generator=gen) + 0.7  # not centred: the zero point matters
+    w_float = torch.randn(64, 256, generator=gen) / 16
+    w_scale = w_float.abs().amax(1) / 127
+    w_q = torch.round(w_float / w_scale.unsqueeze(1)).to(torch.int8)
+    x_q, x_scale, x_offset = npuquant.npu_dynamic_quant_asymmetric(x.to(torch.float16))
+    got = npuquant.quant_matmul_asymmetric(x_q, x_scale, x_offset, w_q.t(), w_scale)
+    want = x @ w_float.t()
+    assert (got - want).abs().max() < 0.05 * want.abs().max()
+
+
+@needs_native
+def test_packed_weight_and_tensor_agree(isa):
+    x_q, x_scale, x_offset, w, w_scale, bias = make_case(11, 5, 70, 33)
+    packed = native.pack_weight(w)
+    from_tensor = npuquant.quant_matmul_asymmetric(x_q, x_scale, x_offset, w, w_scale, bias)
+    from_pack = npuquant.quant_matmul_asymmetric(x_q, x_scale, x_offset, packed, w_scale, bias)
+    assert torch.equal(bits(from_tensor), bits(from_pack))
+    with _native.force_reference():  # the reference path unpacks the pack
+        ref_pack = npuquant.quant_matmul_asymmetric(x_q, x_scale, x_offset, packed, w_scale, bias)
+        ref_tensor = npuquant.quant_matmul_asymmetric(x_q, x_scale, x_offset, w, w_scale, bias)
+    assert torch.equal(bits(from_pack), bits(ref_pack))
+    assert torch.equal(bits(from_pack), bits(ref_tensor))
+
+
+def test_leading_dims_and_strides():
+    x_q, x_scale, x_offset, w, w_scale, bias = make_case(5, 12, 40, 17)
+    x3 = x_q.reshape(3, 4, 40)
+    got = npuquant.quant_matmul_asymmetric(
+        x3, x_scale.reshape(3, 4), x_offset.reshape(3, 4), w, w_scale, bias, output_dtype=torch.bfloat16
+    )
+    flat = npuquant.quant_matmul_asymmetric(x_q, x_scale, x_offset, w, w_scale, bias, output_dtype=torch.bfloat16)
+    assert got.shape == (3, 4, 17)
+    assert torch.equal(bits(got.reshape(12, 17)), bits(flat))
+    strided = torch.randint(-128, 128, (12, 80), dtype=torch.int8)[:, ::2]
+    got = npuquant.quant_matmul_asymmetric(strided, x_scale, x_offset, w, w_scale, bias)
+    want = asymmetric.reference(strided, x_scale, x_offset, w, w_scale, bias, torch.float32)
+    assert torch.equal(bits(got), bits(want))
+
+
+def test_dtype_codes_and_low_precision_inputs():
+    x_q, x_scale, x_offset, w, w_scale, bias = make_case(2, 4, 30, 8)
+    got = npuquant.quant_matmul_asymmetric(
+        x_q, x_scale, x_offset, w, w_scale.to(torch.bfloat16), bias.to(torch.float16), output_dtype=5
+    )
+    want = asymmetric.reference(
+        x_q, x_scale, x_offset, w, w_scale.to(torch.bfloat16), bias.to(torch.float16), torch.float16
+    )
+    assert got.dtype == torch.float16 and torch.equal(bits(got), bits(want))
+
+
+@pytest.mark.parametrize(
+    "change, message",
+    [
+        (dict(x_q=torch.zeros(4, 30)), "x_q must be int8"),
+        (dict(x_scale=torch.zeros(4, dtype=torch.float64)), "x_scale must be float32"),
+        (dict(x_offset=torch.zeros(5)), "x_offset must have shape"),
+        (dict(weight=torch.zeros(30, 8)), "weight must be int8"),
+        (dict(weight=torch.zeros(2, 30, 8, dtype=torch.int8)), "weight must be 2-D"),
+        (dict(weight=torch.zeros(31, 8, dtype=torch.int8)), "k of x_q"),
+        (dict(w_scale=torch.zeros(3)), "w_scale must be 1-D of length 1 or n"),
+        (dict(w_scale=torch.zeros(8, dtype=torch.float16)), "w_scale must be float32 or bfloat16"),
+        (dict(bias=torch.zeros(8, dtype=torch.int32)), "bias must be float32"),
+        (dict(bias=torch.zeros(7)), "bias must be 1-D of length n"),
+        (dict(output_dtype=torch.int8), "output_dtype must be float32"),
+        (dict(output_dtype=999), "output_dtype must be float32"),
+        (dict(x_scale=torch.zeros(4, device="meta")), "x_scale must be on x_q's device"),
+    ],
+)
+def test_errors(change, message):
+    x_q, x_scale, x_offset, w, w_scale, bias = make_case(1, 4, 30, 8)
+    args = dict(x_q=x_q, x_scale=x_scale, x_offset=x_offset, weight=w, w_scale=w_scale, bias=bias)
+    args.update(change)
+    with pytest.raises(RuntimeError, match=message):
+        npuquant.quant_matmul_asymmetric(**args)
+
+
+def test_errors_k_limit_and_weight_type():
+    k = asymmetric.MAX_K + 1
+    x_q = torch.zeros(1, k, dtype=torch.int8)
+    w = torch.zeros(1, k, dtype=torch.int8).t()
+    with pytest.raises(RuntimeError, match="k must be at most 131071"):
+        npuquant.quant_matmul_asymmetric(x_q, torch.ones(1), torch.zeros(1), w, torch.ones(1))
+    with pytest.raises(RuntimeError, match="weight must be a tensor or a PackedWeight"):
+        npuquant.quant_matmul_asymmetric(x_q[:, :4], torch.ones(1), torch.zeros(1), [[1]], torch.ones(1))
+
+
+@needs_native
+def test_errors_batched_pack():
+    packed = native.pack_weight(torch.zeros(2, 4, 3, dtype=torch.int8))
+    with pytest.raises(RuntimeError, match="2-D"):
+        npuquant.quant_matmul_asymmetric(
+            torch.zeros(1, 4, dtype=torch.int8), torch.ones(1), torch.zeros(1), packed, torch.ones(1)
+        )
+
+
+def test_custom_op_registration_and_compile():
+    x_q, x_scale, x_offset, w, w_scale, bias = make_case(4, 6, 24, 10)
+    torch.library.opcheck(
+        torch.ops.npuquant.quant_matmul_asymmetric.default,
+        (x_q, x_scale, x_offset, w, w_scale, bias, torch.bfloat16),
+        test_utils=("test_schema", "test_faketensor"),
+    )
+
+    def f(xq, xs, xo, weight, ws, b):
+        return npuquant.quant_matmul_asymmetric(xq, xs, xo, weight, ws, b, output_dtype=torch.bfloat16) * 2
+
+    compiled = torch.compile(f, backend="aot_eager", fullgraph=True)
+    assert torch.equal(compiled(x_q, x_scale, x_offset, w, w_scale, bias), f(x_q, x_scale, x_offset, w, w_scale, bias))
