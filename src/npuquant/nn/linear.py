@@ -1,0 +1,299 @@
+"""Quantized drop-in replacements for ``nn.Linear``, one per scheme of :func:`npuquant.quantize_model`.
+
+* :class:`W8A8Linear` (``"w8a8"``): int8 per-channel symmetric weights; activations quantized per
+  token, asymmetric, by ``npu_dynamic_quant_asymmetric``; exact int8 GEMM with the zero-point
+  correction fused: ``out = (acc - offset * colsum(W)) * scale_token * scale_channel``.
+* :class:`W8A8SymLinear` (``"w8a8-sym"``): the same weights; ``npu_dynamic_quant`` (symmetric)
+  and ``npu_quant_matmul`` with ``pertoken_scale``.
+* :class:`W4A16Linear` (``"w4a16"``): int4 weights with one scale and offset per group of
+  ``group_size`` input channels, packed 8 per int32 along K (SPEC §2); the forward pass
+  anti-quantizes a tile of output rows at a time and multiplies in the activation dtype.
+
+Weights are quantized with the library's own ops (``npu_dynamic_quant`` per output channel for
+int8, ``npu_dynamic_quant_asymmetric`` with int4 output per group for int4), so a layer's
+numerics are the ops' numerics. Every quantized tensor is a registered buffer: ``state_dict()``
+holds the quantized model, and ``load_state_dict`` restores it without re-quantizing.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any, ClassVar
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ..ops.dynamic_quant import npu_dynamic_quant, npu_dynamic_quant_asymmetric
+from . import _kernels
+
+__all__ = ["QuantizedLinear", "W8A8Linear", "W8A8SymLinear", "W4A16Linear", "SCHEMES"]
+
+ACTIVATION_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
+
+
+class QuantizedLinear(nn.Module):
+    """Common part of the quantized linear layers: shapes, bias, construction from ``nn.Linear``.
+
+    Subclasses define ``scheme``, their quantized buffers in ``__init__`` (zero-filled, right
+    shapes, so an instance can receive a saved ``state_dict``), ``_quantize_from`` and ``forward``.
+    """
+
+    scheme: ClassVar[str]
+    supports_smoothing: ClassVar[bool] = False
+
+    def __init__(self, in_features: int, out_features: int, bias: bool = True, dtype: torch.dtype | None = None):
+        super().__init__()
+        if in_features <= 0 or out_features <= 0:
+            raise ValueError(f"in_features and out_features must be positive, got {in_features} and {out_features}")
+        self.in_features = int(in_features)
+        self.out_features = int(out_features)
+        self.dtype = dtype or torch.get_default_dtype()
+        self.register_buffer("bias", torch.zeros(out_features, dtype=self.dtype) if bias else None)
+
+    # ---- construction ----
+
+    @classmethod
+    def from_linear(cls, linear: nn.Linear, **options: Any) -> QuantizedLinear:
+        """Quantizes ``linear`` (left unchanged) into a new layer on the same device.
+
+        Options are the subclass's constructor keywords; ``smooth_scales`` (w8a8 schemes) is the
+        SmoothQuant factor ``s`` per input channel: the weight's columns are multiplied by ``s``
+        before quantization and activations by ``1 / s`` inside the dynamic quantization op.
+        """
+        weight = linear.weight.detach()
+        if weight.dtype not in ACTIVATION_DTYPES:
+            raise ValueError(f"cannot quantize a linear layer with {weight.dtype} weights")
+        smooth = options.pop("smooth_scales", None)
+        if smooth is not None:
+            if not cls.supports_smoothing:
+                raise ValueError(f"smooth_scales apply to the w8a8 schemes only, not {cls.scheme}")
+            if smooth.shape != (linear.in_features,):
+                raise ValueError(f"smooth_scales must have shape ({linear.in_features},), got {tuple(smooth.shape)}")
+            options["smooth"] = True
+        layer = cls(linear.in_features, linear.out_features, bias=linear.bias is not None, dtype=weight.dtype, **options)
+        layer.to(weight.device)
+        with torch.no_grad():
+            layer._quantize_from(weight.to(torch.float32), smooth)
+            if linear.bias is not None:
+                layer.bias.copy_(linear.bias.detach())
+        return layer
+
+    def _quantize_from(self, weight: torch.Tensor, smooth_scales: torch.Tensor | None) -> None:
+        raise NotImplementedError
+
+    def options(self) -> dict[str, Any]:
+        """Constructor keywords beyond the shapes (JSON-serialisable), recorded by ``save_quantized``."""
+        return {}
+
+    def extra_repr(self) -> str:
+        extra = "".join(f", {k}={v}" for k, v in self.options().items())
+        return f"in_features={self.in_features}, out_features={self.out_features}, bias={self.bias is not None}{extra}"
+
+    # ---- per-call helpers ----
+
+    def _rows(self, x: torch.Tensor) -> torch.Tensor:
+        """x as a 2-D ``(tokens, in_features)`` tensor; the few checks the ops rely on."""
+        if x.dtype not in ACTIVATION_DTYPES:
+            raise ValueError(f"{type(self).__name__} expects float32, float16 or bfloat16 input, got {x.dtype}")
+        if x.dim() == 0 or x.shape[-1] != self.in_features:
+            raise ValueError(
+                f"{type(self).__name__} expects input of shape (..., {self.in_features}), got {tuple(x.shape)}"
+            )
+        return x.reshape(-1, self.in_features)
+
+    def _finish(self, out: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+        return out.reshape(*x.shape[:-1], self.out_features)
+
+    def _load_from_state_dict(self, *args: Any, **kwargs: Any) -> None:
+        super()._load_from_state_dict(*args, **kwargs)
+        self._invalidate()  # derived (packed) data was built from the old buffers
+
+    def _apply(self, fn: Any, recurse: bool = True) -> QuantizedLinear:
+        result = super()._apply(fn, recurse)
+        # .half() / .to(dtype) convert every float buffer; quantization parameters stay float32
+        # (the ops read them so); the bias and the recorded dtype follow the model.
+        for name in ("weight_scale", "weight_offset", "smooth_scales"):
+            t = self._buffers.get(name)
+            if t is not None and t.dtype != torch.float32:
+                self._buffers[name] = t.to(torch.float32)
+        self.dtype = fn(torch.empty(0, dtype=self.dtype)).dtype  # the float dtype the model now has
+        self._invalidate()  # derived data (packed weights, converted smooth scales) is stale
+        return result
+
+    def _invalidate(self) -> None:
+        pass
+
+
+class _Int8WeightLinear(QuantizedLinear):
+    """int8 per-output-channel symmetric weights (values in [-127, 127]) and optional smooth scales."""
+
+    supports_smoothing = True
+
+    def __init__(
+        self,
+        in_features: int,
+        out_features: int,
+        bias: bool = True,
+        dtype: torch.dtype | None = None,
+        smooth: bool = False,
+    ):
+        super().__init__(in_features, out_features, bias, dtype)
+        self.register_buffer("weight", torch.zeros(out_features, in_features, dtype=torch.int8))
+        self.register_buffer("weight_scale", torch.zeros(out_features, dtype=torch.float32))
+        # Multiplies activations inside the dynamic quantization op (1 / SmoothQuant factor).
+        self.register_buffer("smooth_scales", torch.ones(in_features, dtype=torch.float32) if smooth else None)
+        self._smooth_by_dtype: dict[torch.dtype, torch.Tensor] = {}
+
+    def _quantize_from(self, weight: torch.Tensor, smooth_scales: torch.Tensor | None) -> None:
+        if smooth_scales is not None:
+            s = smooth_scales.to(device=weight.device, dtype=torch.float32)
+            weight = weight * s
+            self.smooth_scales.copy_(torch.reciprocal(s))
+        # Per-row symmetric int8 = per-output-channel weight quantization: scale = max|w| / 127.
+        q, scale = npu_dynamic_quant(weight.contiguous())
+        self.weight.copy_(q)
+        self.weight_scale.copy_(scale)
+
+    def options(self) -> dict[str, Any]:
+        return {"smooth": self.smooth_scales is not None}
+
+    def _smooth_for(self, dtype: torch.dtype) -> torch.Tensor | None:
+        # The op wants smooth_scales in x's dtype; convert once per dtype.
+        if self.smooth_scales is None:
+            return None
+        s = self._smooth_by_dtype.get(dtype)
+        if s is None:
+            s = self._smooth_by_dtype[dtype] = self.smooth_scales.to(dtype).contiguous()
+        return s
+
+    def _invalidate(self) -> None:
+        self._smooth_by_dtype = {}
+
+
+class W8A8Linear(_Int8WeightLinear):
+    """``w8a8``: per-token asymmetric int8 activations x per-channel symmetric int8 weights.
+
+    ``q, s, o = npu_dynamic_quant_asymmetric(x, smooth_scales=...)`` (so ``x ≈ (q - o) * s``), then the
+    exact int8 GEMM ``acc = q @ W.T`` with the correction fused:
+    ``out = (acc - o * colsum(W)) * s * weight_scale (+ bias)``, cast to x's dtype.
+    """
+
+    scheme = "w8a8"
+
+    def __init__(self, *args: Any, **kwargs: Any):
+        super().__init__(*args, **kwargs)
+        self._packed: Any = None
+
+    def _invalidate(self) -> None:
+        super()._invalidate()
+        self._packed = None
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        rows = self._rows(x)
+        packed = self._packed
+        if packed is None:
+            packed = self._packed = _kernels.prepare_asymmetric(self.weight)
+        q, scale, offset = _kernels.dynamic_quant_asymmetric(rows, self._smooth_for(x.dtype))
+        out = _kernels.asymmetric_matmul(packed, q, scale, offset, self.weight_scale, self.bias, x.dtype)
+        return self._finish(out, x)
+
+
+class W8A8SymLinear(_Int8WeightLinear):
+    """``w8a8-sym``: ``npu_dynamic_quant`` (symmetric per token) + ``npu_quant_matmul`` with ``pertoken_scale``.
+
+    ``out = acc * weight_scale * scale_token`` in float32, cast to x's dtype. The public op's
+    per-token mode only offers float16/bfloat16 outputs; the layer asks its dispatch point for
+    x's dtype directly (float32 activations skip a float16 rounding and its ±65504 range).
+    The bias is added after, in x's dtype.
+    """
+
+    scheme = "w8a8-sym"
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        rows = self._rows(x)
+        q, scale = _kernels.dynamic_quant_symmetric(rows, self._smooth_for(x.dtype))
+        out = _kernels.quant_matmul_pertoken(q, self.weight.t(), self.weight_scale, scale, x.dtype)
+        if self.bias is not None:
+            out = out + self.bias
+        return self._finish(out, x)
+
+
+class W4A16Linear(QuantizedLinear):
+    """``w4a16``: int4 weights, one scale and offset per group of ``group_size`` input channels.
+
+    Buffers: ``weight`` int32 ``(out_features, K/8)`` with K = in_features rounded up to a multiple
+    of ``group_size`` (8 int4 per word along K, SPEC §2; the padding columns are never used),
+    ``weight_scale`` and ``weight_offset`` float32 ``(out_features, K / group_size)``:
+    ``w = (v + offset) * scale`` as in ``npu_anti_quant``. The forward pass anti-quantizes
+    ``tile_rows`` output rows at a time (never the whole weight) and multiplies them in x's dtype.
+    """
+
+    scheme = "w4a16"
+    # Dequantized elements per tile: 4 MiB of float32, written and read back within the L3 cache.
+    # Smaller tiles cost more calls per layer (decode is dominated by per-call work); larger
+    # ones spill. Measured on a 2-core Zen4: 1M elements was best for decode and prefill.
+    TILE_ELEMENTS = 1 << 20
+
+    def __init__(
+        self,
+        in_features: int,
+        out_features: int,
+        bias: bool = True,
+        dtype: torch.dtype | None = None,
+        group_size: int = 128,
+    ):
+        super().__init__(in_features, out_features, bias, dtype)
+        if group_size <= 0 or group_size % 8:
+            raise ValueError(f"group_size must be a positive multiple of 8, got {group_size}")
+        self.group_size = int(group_size)
+        groups = math.ceil(in_features / group_size)
+        self.padded_in_features = groups * group_size
+        self.register_buffer("weight", torch.zeros(out_features, self.padded_in_features // 8, dtype=torch.int32))
+        self.register_buffer("weight_scale", torch.zeros(out_features, groups, dtype=torch.float32))
+        self.register_buffer("weight_offset", torch.zeros(out_features, groups, dtype=torch.float32))
+        self.tile_rows = max(1, min(out_features, self.TILE_ELEMENTS // self.padded_in_features))
+
+    def options(self) -> dict[str, Any]:
+        return {"group_size": self.group_size}
+
+    def _quantize_from(self, weight: torch.Tensor, smooth_scales: torch.Tensor | None) -> None:
+        pad = self.padded_in_features - self.in_features
+        if pad:
+            # Repeat the last column: padding stays inside the last group's [min, max].
+            weight = F.pad(weight.unsqueeze(0), (0, pad), mode="replicate").squeeze(0)
+        groups = weight.reshape(-1, self.group_size).contiguous()
+        # Per-group asymmetric int4 (scale = (max - min) / 15, y = round(w / scale + o)): w ≈ (y - o) * scale.
+        q, scale, offset = npu_dynamic_quant_asymmetric(groups, dst_type=torch.quint4x2)
+        self.weight.copy_(q.reshape(self.out_features, -1))
+        self.weight_scale.copy_(scale.reshape(self.out_features, -1))
+        self.weight_offset.copy_(offset.neg().reshape(self.out_features, -1))
+
+    def dequantize(self, dtype: torch.dtype = torch.float32) -> torch.Tensor:
+        """The whole float weight ``(out_features, in_features)`` (for inspection; forward never builds it)."""
+        w = _kernels.dequant_int4_grouped(self.weight, self.weight_scale, self.weight_offset, dtype)
+        return w[:, : self.in_features]
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        rows = self._rows(x)
+        k, n, step = self.in_features, self.out_features, self.tile_rows
+        # out^T (n, m): each tile of weight rows fills a contiguous block of rows of it.
+        out_t = torch.empty((n, rows.shape[0]), dtype=x.dtype, device=x.device)
+        rows_t = rows.t()
+        for r0 in range(0, n, step):
+            r1 = min(r0 + step, n)
+            tile = _kernels.dequant_int4_grouped(
+                self.weight[r0:r1], self.weight_scale[r0:r1], self.weight_offset[r0:r1], x.dtype
+            )
+            torch.mm(tile[:, :k], rows_t, out=out_t[r0:r1])
+        out = out_t.t()
+        if self.bias is not None:
+            out = out + self.bias
+        return self._finish(out, x)
+
+
+SCHEMES: dict[str, type[QuantizedLinear]] = {
+    W8A8Linear.scheme: W8A8Linear,
+    W8A8SymLinear.scheme: W8A8SymLinear,
+    W4A16Linear.scheme: W4A16Linear,
+}
