@@ -4,10 +4,7 @@
  *
  * The golden is the pure-torch reference (ops/anti_quant/reference.py). Results are
  * bit-identical to it: the same two float32 operations in the same order (no FMA), then
- * one round-half-to-even conversion. NaN outputs follow PyTorch's vectorized casts:
- * float16 keeps sign and top payload bits (F16C semantics), bfloat16 NaN is a single
- * pattern the caller passes in (PyTorch's AVX2/AVX-512 casts give 0xFFFF, its scalar
- * cast 0x7FC0; Python probes torch once and passes what it found).
+ * one round-half-to-even conversion, NaN included (npq.h: NaN as torch's own casts).
  *
  * A missing offset is an offset of +0: x is an integer, so float32(x) + 0 == float32(x)
  * exactly, and one code path serves both cases.
@@ -16,101 +13,13 @@
  * element stride inside the row, and up to 8 leading dims of any strides that number the
  * rows. The output is contiguous. Work is split over the flat unit index, so one huge row
  * and many tiny rows both spread over the threads. */
-#define _GNU_SOURCE /* MADV_HUGEPAGE */
-#include <stdatomic.h>
-#include <stdlib.h>
-
 #include "npq.h"
-#if NPQ_X86
-#include <immintrin.h>
-#endif
-#if defined(__linux__)
-#include <sys/mman.h>
-#endif
 
 enum { AQ_OUT_F32 = 0, AQ_OUT_F16 = 1, AQ_OUT_BF16 = 2 };
 enum { AQ_IN_INT8 = 0, AQ_IN_INT4X8 = 1 };
-enum { AQ_OK = 0, AQ_ERR_ARG = -1, AQ_ERR_BOUNDS = -2 };
 
-#define AQ_MAX_LEAD 8
 #define AQ_GATHER 256   /* units gathered per step when a row is not contiguous */
 #define AQ_GRAIN 32768  /* output elements per thread, at least */
-
-#define AQ_HUGE_MIN (4u << 20) /* outputs this large get transparent huge pages */
-
-/* A fresh large output is untouched memory: faulting it in 4 KiB at a time costs several
- * times the conversion itself (measured: 64 MiB fp16 output, ~1.5 vs 4-7 Gelem/s). Asking
- * for transparent huge pages on its 2 MiB-aligned interior before the first write removes
- * most of that cost; torch does the same for its own allocations under
- * THP_MEM_ALLOC_ENABLE. Advice only: contents and ownership are unchanged, errors ignored.
- * Shared with int4.c (hidden symbol). */
-void npq_aq_advise_hugepages(void *p, size_t bytes) {
-#if defined(__linux__) && defined(MADV_HUGEPAGE)
-    const uintptr_t huge = (uintptr_t)1 << 21;
-    if (bytes < AQ_HUGE_MIN) return;
-    uintptr_t a = ((uintptr_t)p + huge - 1) & ~(huge - 1), e = ((uintptr_t)p + bytes) & ~(huge - 1);
-    if (e > a) (void)madvise((void *)a, e - a, MADV_HUGEPAGE);
-#else
-    (void)p;
-    (void)bytes;
-#endif
-}
-
-/* Dynamic split for memory-bound loops: threads claim fixed chunks of [0, n) from a shared
- * counter instead of owning one n/threads slice each. On a busy machine a descheduled
- * thread then delays only its current chunk, not half of the job (measured on a shared
- * 2-core VM: the static split ran no faster with 2 threads than with 1). Shared with int4.c. */
-typedef struct {
-    npq_range_fn fn;
-    void *ctx;
-    int64_t n, chunk;
-    _Atomic int64_t next;
-} aq_dynamic;
-
-static void aq_dynamic_part(void *ctx, int64_t begin, int64_t end) {
-    aq_dynamic *d = (aq_dynamic *)ctx;
-    (void)begin;
-    (void)end;
-    for (;;) {
-        int64_t c = atomic_fetch_add_explicit(&d->next, 1, memory_order_relaxed);
-        if (c >= (d->n + d->chunk - 1) / d->chunk) return;
-        int64_t b = c * d->chunk, e = b + d->chunk < d->n ? b + d->chunk : d->n;
-        d->fn(d->ctx, b, e);
-    }
-}
-
-void npq_aq_parallel_dynamic(int64_t n, int64_t grain, int64_t chunk, int nthreads, npq_range_fn fn, void *ctx) {
-    if (n <= 0) return;
-    if (grain < 1) grain = 1;
-    if (chunk < 1) chunk = 1;
-    int64_t parts = (n + grain - 1) / grain;
-    if (parts > nthreads) parts = nthreads;
-    if (parts <= 1) {
-        fn(ctx, 0, n);
-        return;
-    }
-    aq_dynamic d = {fn, ctx, n, chunk, 0};
-    npq_parallel_for(parts, 1, (int)parts, aq_dynamic_part, &d);
-}
-
-/* ---------------------------------------------------------------- scalar conversions */
-
-/* float32 -> float16 exactly as F16C's vcvtps2ph (round to nearest even): NaN keeps its
- * sign and top 10 payload bits, quiet bit set. Non-NaN values use npq.h's exact routine. */
-static inline uint16_t aq_f32_to_f16(float f) {
-    if (f != f) {
-        uint32_t u = npq_f32_bits(f);
-        return (uint16_t)(((u >> 16) & 0x8000u) | 0x7E00u | ((u >> 13) & 0x3FFu));
-    }
-    return npq_f32_to_f16(f);
-}
-
-static inline uint16_t aq_f32_to_bf16(float f, uint16_t nan_bits) {
-    if (f != f) return nan_bits;
-    uint32_t u = npq_f32_bits(f);
-    u += 0x7FFFu + ((u >> 16) & 1u);
-    return (uint16_t)(u >> 16);
-}
 
 /* Scalar kernels: one loop per output type (the type test stays out of the loop). */
 #define AQ_SCALAR_LOOP(STORE)                                               \
@@ -124,20 +33,20 @@ static inline uint16_t aq_f32_to_bf16(float f, uint16_t nan_bits) {
         AQ_SCALAR_LOOP(y[i] = v)                                            \
     } else if (out_t == AQ_OUT_F16) {                                       \
         uint16_t *y = (uint16_t *)out;                                      \
-        AQ_SCALAR_LOOP(y[i] = aq_f32_to_f16(v))                             \
+        AQ_SCALAR_LOOP(y[i] = npq_f32_to_f16(v))                            \
     } else {                                                                \
         uint16_t *y = (uint16_t *)out;                                      \
-        AQ_SCALAR_LOOP(y[i] = aq_f32_to_bf16(v, nan_bits))                  \
+        AQ_SCALAR_LOOP(y[i] = npq_f32_to_bf16(v))                           \
     }
 
 /* Chunk kernels: n units of contiguous input -> n (int8) or 8n (int4) contiguous outputs.
  * s / o point at the per-column values for this chunk's first output, or at a single
  * value when the matching *_bcast flag is set. */
 typedef void (*aq_chunk_fn)(const void *x, int64_t n, const float *s, int s_bcast, const float *o, int o_bcast,
-                            void *out, int out_t, uint16_t nan_bits);
+                            void *out, int out_t);
 
 static void aq_i8_scalar(const void *xv, int64_t n, const float *s, int sb, const float *o, int ob, void *out,
-                         int out_t, uint16_t nan_bits) {
+                         int out_t) {
     const int8_t *x = (const int8_t *)xv;
     const int64_t total = n;
 #define AQ_VALUE(i) x[i]
@@ -152,7 +61,7 @@ static inline int32_t aq_nibble(const int32_t *w, int64_t i) {
 }
 
 static void aq_i4_scalar(const void *xv, int64_t n, const float *s, int sb, const float *o, int ob, void *out,
-                         int out_t, uint16_t nan_bits) {
+                         int out_t) {
     const int32_t *x = (const int32_t *)xv;
     const int64_t total = n * 8;
 #define AQ_VALUE(i) aq_nibble(x, i)
@@ -165,13 +74,6 @@ static void aq_i4_scalar(const void *xv, int64_t n, const float *s, int sb, cons
 
 #define AQ_INLINE static inline __attribute__((always_inline))
 
-NPQ_TARGET_AVX2 AQ_INLINE __m256i aq_bf16_bits_avx2(__m256 v, __m256i nan_v) {
-    __m256i u = _mm256_castps_si256(v);
-    __m256i lsb = _mm256_and_si256(_mm256_srli_epi32(u, 16), _mm256_set1_epi32(1));
-    __m256i t = _mm256_srli_epi32(_mm256_add_epi32(u, _mm256_add_epi32(lsb, _mm256_set1_epi32(0x7FFF))), 16);
-    return _mm256_blendv_epi8(nan_v, t, _mm256_castps_si256(_mm256_cmp_ps(v, v, _CMP_ORD_Q)));
-}
-
 /* Converts 8 floats and stores them at out[i..i+8). */
 NPQ_TARGET_AVX2 AQ_INLINE void aq_store8_avx2(void *out, int64_t i, __m256 v, int out_t, __m256i nan_v) {
     if (out_t == AQ_OUT_F32) {
@@ -179,7 +81,7 @@ NPQ_TARGET_AVX2 AQ_INLINE void aq_store8_avx2(void *out, int64_t i, __m256 v, in
     } else if (out_t == AQ_OUT_F16) {
         _mm_storeu_si128((__m128i *)((uint16_t *)out + i), _mm256_cvtps_ph(v, _MM_FROUND_TO_NEAREST_INT));
     } else {
-        __m256i t = aq_bf16_bits_avx2(v, nan_v);
+        __m256i t = npq_bf16_bits_avx2(v, nan_v);
         __m128i packed = _mm_packus_epi32(_mm256_castsi256_si128(t), _mm256_extracti128_si256(t, 1));
         _mm_storeu_si128((__m128i *)((uint16_t *)out + i), packed);
     }
@@ -188,7 +90,7 @@ NPQ_TARGET_AVX2 AQ_INLINE void aq_store8_avx2(void *out, int64_t i, __m256 v, in
 /* Converts 16 floats (two vectors) and stores them at out[i..i+16): one pack for bf16. */
 NPQ_TARGET_AVX2 AQ_INLINE void aq_store16_avx2(void *out, int64_t i, __m256 v0, __m256 v1, int out_t, __m256i nan_v) {
     if (out_t == AQ_OUT_BF16) {
-        __m256i t = _mm256_packus_epi32(aq_bf16_bits_avx2(v0, nan_v), aq_bf16_bits_avx2(v1, nan_v));
+        __m256i t = _mm256_packus_epi32(npq_bf16_bits_avx2(v0, nan_v), npq_bf16_bits_avx2(v1, nan_v));
         _mm256_storeu_si256((__m256i *)((uint16_t *)out + i), _mm256_permute4x64_epi64(t, 0xD8));
     } else if (out_t == AQ_OUT_F16) {
         __m128i h0 = _mm256_cvtps_ph(v0, _MM_FROUND_TO_NEAREST_INT), h1 = _mm256_cvtps_ph(v1, _MM_FROUND_TO_NEAREST_INT);
@@ -215,9 +117,9 @@ NPQ_TARGET_AVX2 AQ_INLINE __m256 aq_apply8_avx2(__m256i xi, const float *s, int 
  * tail (fewer than 8 outputs) runs the same vector code on zero-padded copies, so every
  * element goes through identical instructions. */
 NPQ_TARGET_AVX2 AQ_INLINE void aq_body_avx2(const void *xv, int64_t n, const float *s, const int sb, const float *o,
-                                            const int ob, void *out, const int out_t, uint16_t nan_bits, const int kind) {
+                                            const int ob, void *out, const int out_t, const int kind) {
     const __m256 s_b = _mm256_set1_ps(s[0]), o_b = _mm256_set1_ps(o[0]);
-    const __m256i nan_v = _mm256_set1_epi32(nan_bits);
+    const __m256i nan_v = _mm256_set1_epi32(npq_bf16_nan);
     int64_t total = kind == AQ_IN_INT8 ? n : n * 8, i = 0;
     if (kind == AQ_IN_INT8) {
         const int8_t *x = (const int8_t *)xv;
@@ -259,21 +161,21 @@ NPQ_TARGET_AVX2 AQ_INLINE void aq_body_avx2(const void *xv, int64_t n, const flo
 
 #define AQ_SPECIALIZE(NAME, TARGET, BODY, KIND)                                                                  \
     TARGET static void NAME(const void *x, int64_t n, const float *s, int sb, const float *o, int ob, void *out, \
-                            int out_t, uint16_t nan_bits) {                                                     \
-        switch (out_t * 4 + sb * 2 + ob) {                                                                      \
-        case 0: BODY(x, n, s, 0, o, 0, out, 0, nan_bits, KIND); break;                                          \
-        case 1: BODY(x, n, s, 0, o, 1, out, 0, nan_bits, KIND); break;                                          \
-        case 2: BODY(x, n, s, 1, o, 0, out, 0, nan_bits, KIND); break;                                          \
-        case 3: BODY(x, n, s, 1, o, 1, out, 0, nan_bits, KIND); break;                                          \
-        case 4: BODY(x, n, s, 0, o, 0, out, 1, nan_bits, KIND); break;                                          \
-        case 5: BODY(x, n, s, 0, o, 1, out, 1, nan_bits, KIND); break;                                          \
-        case 6: BODY(x, n, s, 1, o, 0, out, 1, nan_bits, KIND); break;                                          \
-        case 7: BODY(x, n, s, 1, o, 1, out, 1, nan_bits, KIND); break;                                          \
-        case 8: BODY(x, n, s, 0, o, 0, out, 2, nan_bits, KIND); break;                                          \
-        case 9: BODY(x, n, s, 0, o, 1, out, 2, nan_bits, KIND); break;                                          \
-        case 10: BODY(x, n, s, 1, o, 0, out, 2, nan_bits, KIND); break;                                         \
-        default: BODY(x, n, s, 1, o, 1, out, 2, nan_bits, KIND); break;                                         \
-        }                                                                                                       \
+                            int out_t) {                                                                         \
+        switch (out_t * 4 + sb * 2 + ob) {                                                                       \
+        case 0: BODY(x, n, s, 0, o, 0, out, 0, KIND); break;                                                     \
+        case 1: BODY(x, n, s, 0, o, 1, out, 0, KIND); break;                                                     \
+        case 2: BODY(x, n, s, 1, o, 0, out, 0, KIND); break;                                                     \
+        case 3: BODY(x, n, s, 1, o, 1, out, 0, KIND); break;                                                     \
+        case 4: BODY(x, n, s, 0, o, 0, out, 1, KIND); break;                                                     \
+        case 5: BODY(x, n, s, 0, o, 1, out, 1, KIND); break;                                                     \
+        case 6: BODY(x, n, s, 1, o, 0, out, 1, KIND); break;                                                     \
+        case 7: BODY(x, n, s, 1, o, 1, out, 1, KIND); break;                                                     \
+        case 8: BODY(x, n, s, 0, o, 0, out, 2, KIND); break;                                                     \
+        case 9: BODY(x, n, s, 0, o, 1, out, 2, KIND); break;                                                     \
+        case 10: BODY(x, n, s, 1, o, 0, out, 2, KIND); break;                                                    \
+        default: BODY(x, n, s, 1, o, 1, out, 2, KIND); break;                                                    \
+        }                                                                                                        \
     }
 
 AQ_SPECIALIZE(aq_i8_avx2, NPQ_TARGET_AVX2, aq_body_avx2, AQ_IN_INT8)
@@ -308,10 +210,9 @@ NPQ_TARGET_AVX512 AQ_INLINE __m512i aq_nibbles16_avx512(__m512i words, __m512i i
 }
 
 NPQ_TARGET_AVX512 AQ_INLINE void aq_body_avx512(const void *xv, int64_t n, const float *s, const int sb, const float *o,
-                                                const int ob, void *out, const int out_t, uint16_t nan_bits,
-                                                const int kind) {
+                                                const int ob, void *out, const int out_t, const int kind) {
     const __m512 s_b = _mm512_set1_ps(s[0]), o_b = _mm512_set1_ps(o[0]);
-    const __m512i nan_v = _mm512_set1_epi32(nan_bits);
+    const __m512i nan_v = _mm512_set1_epi32(npq_bf16_nan);
     int64_t total = kind == AQ_IN_INT8 ? n : n * 8, i = 0;
     const __m512 zero = _mm512_setzero_ps();
     if (kind == AQ_IN_INT8) {
@@ -360,7 +261,7 @@ NPQ_TARGET_AVX512 AQ_INLINE void aq_body_avx512(const void *xv, int64_t n, const
         }
         /* Remaining 1..7 words, 8 outputs each: whole 8-lane groups, so 256-bit code. */
         const __m256 s_b8 = _mm256_set1_ps(s[0]), o_b8 = _mm256_set1_ps(o[0]);
-        const __m256i nan_v8 = _mm256_set1_epi32(nan_bits);
+        const __m256i nan_v8 = _mm256_set1_epi32(npq_bf16_nan);
         for (; w < n; w++, i += 8)
             aq_store8_avx2(out, i, aq_apply8_avx2(aq_nibbles8_avx2(x + w), s, sb, s_b8, o, ob, o_b8, i), out_t, nan_v8);
     }
@@ -382,47 +283,9 @@ static aq_chunk_fn aq_pick(int kind) {
 /* ---------------------------------------------------------------- layout and driver */
 
 typedef struct {
-    int nd;                      /* leading dims numbering the rows */
-    int64_t size[AQ_MAX_LEAD];
-    int64_t stride[AQ_MAX_LEAD]; /* in units */
-    int64_t inner;               /* units per row */
-    int64_t inner_stride;        /* in units */
-} aq_layout;
-
-/* Checks sizes and strides, and that every unit addressed lies in [0, extent). */
-static int aq_layout_check(const aq_layout *l, int64_t extent, int64_t *rows_out) {
-    if (l->nd < 0 || l->nd > AQ_MAX_LEAD || l->inner < 0 || l->inner_stride < 0 || extent < 0) return AQ_ERR_ARG;
-    int64_t rows = 1, last = 0, t;
-    for (int d = 0; d < l->nd; d++) {
-        if (l->size[d] < 0 || l->stride[d] < 0) return AQ_ERR_ARG;
-        if (__builtin_mul_overflow(rows, l->size[d], &rows)) return AQ_ERR_ARG;
-    }
-    if (__builtin_mul_overflow(rows, l->inner, &t)) return AQ_ERR_ARG;
-    *rows_out = rows;
-    if (rows == 0 || l->inner == 0) return AQ_OK;
-    for (int d = 0; d < l->nd; d++) {
-        if (__builtin_mul_overflow(l->size[d] - 1, l->stride[d], &t) || __builtin_add_overflow(last, t, &last))
-            return AQ_ERR_BOUNDS;
-    }
-    if (__builtin_mul_overflow(l->inner - 1, l->inner_stride, &t) || __builtin_add_overflow(last, t, &last))
-        return AQ_ERR_BOUNDS;
-    return last < extent ? AQ_OK : AQ_ERR_BOUNDS;
-}
-
-static inline int64_t aq_row_offset(const aq_layout *l, int64_t row) {
-    int64_t off = 0;
-    for (int d = l->nd - 1; d >= 0; d--) {
-        int64_t sz = l->size[d];
-        off += (row % sz) * l->stride[d];
-        row /= sz;
-    }
-    return off;
-}
-
-typedef struct {
     const char *x;
     int kind; /* AQ_IN_* */
-    aq_layout lay;
+    npq_layout lay; /* in units */
     const float *scale;
     int64_t scale_row_stride; /* grouped mode: scale/offset values per row; else 0 */
     int64_t group_units;      /* grouped mode: units sharing one scale; 0 = per element / per tensor */
@@ -431,7 +294,6 @@ typedef struct {
     int o_bcast;
     char *out;
     int out_t;
-    uint16_t nan_bits;
     aq_chunk_fn fn;
 } aq_job;
 
@@ -442,7 +304,7 @@ static void aq_range(void *ctx, int64_t begin, int64_t end) {
     const int64_t inner = j->lay.inner, per_unit = j->kind == AQ_IN_INT8 ? 1 : 8;
     const size_t unit_bytes = j->kind == AQ_IN_INT8 ? 1 : 4, out_bytes = j->out_t == AQ_OUT_F32 ? 4 : 2;
     int64_t row = begin / inner, col = begin % inner;
-    int64_t row_off = aq_row_offset(&j->lay, row);
+    int64_t row_off = npq_row_offset(&j->lay, row);
     _Alignas(64) int32_t gather[AQ_GATHER];
     while (begin < end) {
         int64_t take = inner - col < end - begin ? inner - col : end - begin;
@@ -472,44 +334,30 @@ static void aq_range(void *ctx, int64_t begin, int64_t end) {
                 src = (const char *)gather;
             }
             char *dst = j->out + (row * inner + col) * per_unit * (int64_t)out_bytes;
-            j->fn(src, n, s, j->s_bcast, o, j->o_bcast, dst, j->out_t, j->nan_bits);
+            j->fn(src, n, s, j->s_bcast, o, j->o_bcast, dst, j->out_t);
             col += n;
         }
         begin += take;
         if (begin < end) {
             row++;
             col = 0;
-            row_off = aq_row_offset(&j->lay, row);
+            row_off = npq_row_offset(&j->lay, row);
         }
     }
 }
 
-static int aq_run(aq_job *j, int64_t extent, int nthreads) {
-    int64_t rows;
-    int rc = aq_layout_check(&j->lay, extent, &rows);
-    if (rc != AQ_OK) return rc;
-    if (j->out_t < AQ_OUT_F32 || j->out_t > AQ_OUT_BF16) return AQ_ERR_ARG;
+static int aq_run(aq_job *j, int64_t rows, int64_t extent, int nthreads) {
+    int rc = npq_layout_check(&j->lay, extent);
+    if (rc != NPQ_OK) return rc;
+    if (j->out_t < AQ_OUT_F32 || j->out_t > AQ_OUT_BF16) return NPQ_ERR_ARG;
     int64_t units = rows * j->lay.inner;
-    if (units == 0) return AQ_OK;
-    if (!j->x || !j->out || !j->scale) return AQ_ERR_ARG;
+    if (units == 0) return NPQ_OK;
+    if (!j->x || !j->out || !j->scale) return NPQ_ERR_ARG;
     j->fn = aq_pick(j->kind);
     int64_t grain = j->kind == AQ_IN_INT8 ? AQ_GRAIN : AQ_GRAIN / 8;
-    npq_aq_advise_hugepages(j->out, (size_t)(units * (j->kind == AQ_IN_INT8 ? 1 : 8)) * (j->out_t == AQ_OUT_F32 ? 4 : 2));
-    npq_aq_parallel_dynamic(units, grain, 2 * grain, nthreads, aq_range, j);
-    return AQ_OK;
-}
-
-static int aq_fill_layout(aq_layout *l, int nd, const int64_t *sizes, const int64_t *strides, int64_t inner,
-                          int64_t inner_stride) {
-    if (nd < 0 || nd > AQ_MAX_LEAD || (nd > 0 && (!sizes || !strides))) return AQ_ERR_ARG;
-    l->nd = nd;
-    for (int d = 0; d < nd; d++) {
-        l->size[d] = sizes[d];
-        l->stride[d] = strides[d];
-    }
-    l->inner = inner;
-    l->inner_stride = inner_stride;
-    return AQ_OK;
+    npq_advise_hugepages(j->out, (size_t)(units * (j->kind == AQ_IN_INT8 ? 1 : 8)) * (j->out_t == AQ_OUT_F32 ? 4 : 2));
+    npq_parallel_for_dynamic(units, grain, 2 * grain, nthreads, aq_range, j);
+    return NPQ_OK;
 }
 
 /* out[r, c] = cast((float32(unit value) + offset[c]) * scale[c]), rows numbered by the
@@ -519,15 +367,15 @@ static int aq_fill_layout(aq_layout *l, int nd, const int64_t *sizes, const int6
  * 1 = f16, 2 = bf16. Returns 0, or a negative code on bad arguments (nothing touched). */
 NPQ_API int npq_anti_quant(const void *x, int x_kind, int64_t x_extent, int nd, const int64_t *lead_sizes,
                            const int64_t *lead_strides, int64_t inner, int64_t inner_stride, const float *scale,
-                           int64_t n_scale, const float *offset, void *out, int out_dtype, int bf16_nan_bits,
-                           int nthreads) {
+                           int64_t n_scale, const float *offset, void *out, int out_dtype, int nthreads) {
     aq_job j;
     memset(&j, 0, sizeof j);
-    if (x_kind != AQ_IN_INT8 && x_kind != AQ_IN_INT4X8) return AQ_ERR_ARG;
-    int rc = aq_fill_layout(&j.lay, nd, lead_sizes, lead_strides, inner, inner_stride);
-    if (rc != AQ_OK) return rc;
+    int64_t rows;
+    if (x_kind != AQ_IN_INT8 && x_kind != AQ_IN_INT4X8) return NPQ_ERR_ARG;
+    int rc = npq_layout_init(&j.lay, nd, lead_sizes, lead_strides, inner, inner_stride, &rows);
+    if (rc != NPQ_OK) return rc;
     int64_t out_last = x_kind == AQ_IN_INT8 ? inner : inner * 8;
-    if (n_scale != 1 && n_scale != out_last) return AQ_ERR_ARG;
+    if (n_scale != 1 && n_scale != out_last) return NPQ_ERR_ARG;
     j.x = (const char *)x;
     j.kind = x_kind;
     j.scale = scale;
@@ -536,8 +384,7 @@ NPQ_API int npq_anti_quant(const void *x, int x_kind, int64_t x_extent, int nd, 
     j.o_bcast = offset ? n_scale == 1 : 1;
     j.out = (char *)out;
     j.out_t = out_dtype;
-    j.nan_bits = (uint16_t)bf16_nan_bits;
-    return aq_run(&j, x_extent, nthreads);
+    return aq_run(&j, rows, x_extent, nthreads);
 }
 
 /* w4a16 helper: packed int4 weight (rows, words) with one scale (and offset) per row and
@@ -546,13 +393,13 @@ NPQ_API int npq_anti_quant(const void *x, int x_kind, int64_t x_extent, int nd, 
  * scale / offset: contiguous (rows, words / group_words) float32; offset may be NULL. */
 NPQ_API int npq_dequant_int4_grouped(const int32_t *packed, int64_t extent, int64_t rows, int64_t words,
                                      int64_t row_stride, int64_t word_stride, int64_t group_words, const float *scale,
-                                     const float *offset, void *out, int out_dtype, int bf16_nan_bits, int nthreads) {
+                                     const float *offset, void *out, int out_dtype, int nthreads) {
     aq_job j;
     memset(&j, 0, sizeof j);
-    if (rows < 0 || words < 0 || group_words <= 0 || words % group_words != 0) return AQ_ERR_ARG;
+    if (rows < 0 || words < 0 || group_words <= 0 || words % group_words != 0) return NPQ_ERR_ARG;
     int64_t one_size[1] = {rows}, one_stride[1] = {row_stride};
-    int rc = aq_fill_layout(&j.lay, 1, one_size, one_stride, words, word_stride);
-    if (rc != AQ_OK) return rc;
+    int rc = npq_layout_init(&j.lay, 1, one_size, one_stride, words, word_stride, &rows);
+    if (rc != NPQ_OK) return rc;
     j.x = (const char *)packed;
     j.kind = AQ_IN_INT4X8;
     j.scale = scale;
@@ -563,6 +410,5 @@ NPQ_API int npq_dequant_int4_grouped(const int32_t *packed, int64_t extent, int6
     j.o_bcast = 1;
     j.out = (char *)out;
     j.out_t = out_dtype;
-    j.nan_bits = (uint16_t)bf16_nan_bits;
-    return aq_run(&j, extent, nthreads);
+    return aq_run(&j, rows, extent, nthreads);
 }

@@ -17,22 +17,15 @@
  * place. The output and the parameters are contiguous. Work is split over the flat
  * element index, so one long row and many short rows both spread over the threads. */
 #include "npq.h"
-#if NPQ_X86
-#include <immintrin.h>
-#endif
 
-enum { DEQ_OK = 0, DEQ_ERR_ARG = -1, DEQ_ERR_BOUNDS = -2 };
 enum { DEQ_INT8 = 0, DEQ_INT16 = 1 };
 
-#define DEQ_MAX_LEAD 8
-/* Inputs of up to this many elements run on the calling thread, larger ones split into parts
- * of at least half of it. In cache one thread converts ~20 Gelem/s, so smaller jobs take a few
- * microseconds: about what waking a pool thread costs (more on a busy machine: measured here,
- * 2 threads were slower than 1 up to ~8M elements with the cores oversubscribed). pypto's
- * tiles are far smaller and never pay for the pool. */
+/* Inputs of up to this many elements run on the calling thread; larger ones are shared out in
+ * pieces of this size (npq_parallel_for_dynamic). In cache one thread converts ~20 Gelem/s, so
+ * smaller jobs take a few microseconds: about what waking a pool thread costs (more on a busy
+ * machine: measured here, 2 threads were slower than 1 up to ~8M elements with the cores
+ * oversubscribed). pypto's tiles are far smaller and never pay for the pool. */
 #define DEQ_GRAIN (1 << 18)
-
-void npq_aq_advise_hugepages(void *p, size_t bytes); /* anti_quant.c */
 
 /* Outputs at least this large are written with non-temporal (streaming) stores: they cannot
  * stay in cache anyway, and skipping the read-for-ownership of every output line saves a
@@ -136,23 +129,25 @@ NPQ_TARGET_AVX2 DEQ_INLINE void deq_body_avx2(const void *x, int64_t n, const fl
                                               int stream, const int dtype, const int bcast, const int has_z) {
     const __m256 s_b = _mm256_set1_ps(s[0]), z_b = _mm256_set1_ps(has_z ? z[0] : 0.0f);
     int64_t i = 0;
-    if (stream && ((uintptr_t)out & 3) == 0) {
+    stream = stream && ((uintptr_t)out & 3) == 0;
+    if (stream) {
         /* Up to 7 leading elements bring the output to a 32-byte boundary. */
-        int64_t head = (int64_t)((32 - ((uintptr_t)out & 31)) & 31) / 4;
-        if (head > n) head = n;
-        if (head) deq_part_avx2(x, 0, head, s, z, out, s_b, z_b, dtype, bcast, has_z);
-        for (i = head; i + 16 <= n; i += 16) {
-            __m256i lo, hi;
-            DEQ_LOAD16_AVX2(x, i, dtype, lo, hi);
-            _mm256_stream_ps(out + i, deq_apply8_avx2(lo, s, z, i, s_b, z_b, bcast, has_z));
-            _mm256_stream_ps(out + i + 8, deq_apply8_avx2(hi, s, z, i + 8, s_b, z_b, bcast, has_z));
-        }
+        i = (int64_t)((32 - ((uintptr_t)out & 31)) & 31) / 4;
+        if (i > n) i = n;
+        if (i) deq_part_avx2(x, 0, i, s, z, out, s_b, z_b, dtype, bcast, has_z);
     }
     for (; i + 16 <= n; i += 16) {
         __m256i lo, hi;
         DEQ_LOAD16_AVX2(x, i, dtype, lo, hi);
-        _mm256_storeu_ps(out + i, deq_apply8_avx2(lo, s, z, i, s_b, z_b, bcast, has_z));
-        _mm256_storeu_ps(out + i + 8, deq_apply8_avx2(hi, s, z, i + 8, s_b, z_b, bcast, has_z));
+        __m256 a = deq_apply8_avx2(lo, s, z, i, s_b, z_b, bcast, has_z);
+        __m256 b = deq_apply8_avx2(hi, s, z, i + 8, s_b, z_b, bcast, has_z);
+        if (stream) {
+            _mm256_stream_ps(out + i, a);
+            _mm256_stream_ps(out + i + 8, b);
+        } else {
+            _mm256_storeu_ps(out + i, a);
+            _mm256_storeu_ps(out + i + 8, b);
+        }
     }
     if (i + 8 <= n) {
         _mm256_storeu_ps(out + i, deq_apply8_avx2(deq_load8_avx2(x, i, dtype), s, z, i, s_b, z_b, bcast, has_z));
@@ -204,23 +199,25 @@ NPQ_TARGET_AVX512 DEQ_INLINE void deq_body_avx512(const void *x, int64_t n, cons
                                                   int stream, const int dtype, const int bcast, const int has_z) {
     const __m512 s_b = _mm512_set1_ps(s[0]), z_b = _mm512_set1_ps(has_z ? z[0] : 0.0f);
     int64_t i = 0;
-    if (stream && ((uintptr_t)out & 3) == 0) {
+    stream = stream && ((uintptr_t)out & 3) == 0;
+    if (stream) {
         /* Up to 15 leading elements bring the output to a 64-byte boundary. */
-        int64_t head = (int64_t)((64 - ((uintptr_t)out & 63)) & 63) / 4;
-        if (head > n) head = n;
-        if (head) deq_part_avx512(x, 0, head, s, z, out, s_b, z_b, dtype, bcast, has_z);
-        for (i = head; i + 32 <= n; i += 32) {
-            __m512i lo, hi;
-            DEQ_LOAD32_AVX512(x, i, dtype, lo, hi);
-            _mm512_stream_ps(out + i, deq_apply16_avx512(lo, s, z, i, s_b, z_b, bcast, has_z));
-            _mm512_stream_ps(out + i + 16, deq_apply16_avx512(hi, s, z, i + 16, s_b, z_b, bcast, has_z));
-        }
+        i = (int64_t)((64 - ((uintptr_t)out & 63)) & 63) / 4;
+        if (i > n) i = n;
+        if (i) deq_part_avx512(x, 0, i, s, z, out, s_b, z_b, dtype, bcast, has_z);
     }
     for (; i + 32 <= n; i += 32) {
         __m512i lo, hi;
         DEQ_LOAD32_AVX512(x, i, dtype, lo, hi);
-        _mm512_storeu_ps(out + i, deq_apply16_avx512(lo, s, z, i, s_b, z_b, bcast, has_z));
-        _mm512_storeu_ps(out + i + 16, deq_apply16_avx512(hi, s, z, i + 16, s_b, z_b, bcast, has_z));
+        __m512 a = deq_apply16_avx512(lo, s, z, i, s_b, z_b, bcast, has_z);
+        __m512 b = deq_apply16_avx512(hi, s, z, i + 16, s_b, z_b, bcast, has_z);
+        if (stream) {
+            _mm512_stream_ps(out + i, a);
+            _mm512_stream_ps(out + i + 16, b);
+        } else {
+            _mm512_storeu_ps(out + i, a);
+            _mm512_storeu_ps(out + i + 16, b);
+        }
     }
     for (; i < n; i += 16) deq_part_avx512(x, i, n - i < 16 ? n - i : 16, s, z, out, s_b, z_b, dtype, bcast, has_z);
 }
@@ -242,10 +239,7 @@ static deq_seg_fn deq_pick(int dtype, int bcast, int has_z) {
 typedef struct {
     const char *x;
     int64_t esize;
-    int nd;
-    int64_t size[DEQ_MAX_LEAD];
-    int64_t stride[DEQ_MAX_LEAD]; /* in elements */
-    int64_t cols;
+    npq_layout lay; /* rows of lay.inner = cols elements, inner stride 1 */
     int per_col;
     int64_t rows_per_matrix; /* per-column: x.shape[-2] */
     const float *scale;
@@ -257,14 +251,15 @@ typedef struct {
 
 static void deq_range(void *ctx, int64_t begin, int64_t end) {
     const deq_job *j = (const deq_job *)ctx;
-    const int64_t cols = j->cols;
+    const npq_layout *l = &j->lay;
+    const int64_t cols = l->inner;
     int64_t row = begin / cols, col = begin % cols;
     /* Leading-dim index of the first row; then stepped like an odometer, row by row. */
-    int64_t idx[DEQ_MAX_LEAD], off = 0, rest = row;
-    for (int d = j->nd - 1; d >= 0; d--) {
-        idx[d] = rest % j->size[d];
-        rest /= j->size[d];
-        off += idx[d] * j->stride[d];
+    int64_t idx[NPQ_MAX_LEAD], off = 0, rest = row;
+    for (int d = l->nd - 1; d >= 0; d--) {
+        idx[d] = rest % l->size[d];
+        rest /= l->size[d];
+        off += idx[d] * l->stride[d];
     }
     while (begin < end) {
         int64_t n = cols - col < end - begin ? cols - col : end - begin;
@@ -274,10 +269,10 @@ static void deq_range(void *ctx, int64_t begin, int64_t end) {
         begin += n;
         col = 0;
         row++;
-        for (int d = j->nd - 1; d >= 0; d--) {
-            off += j->stride[d];
-            if (++idx[d] < j->size[d]) break;
-            off -= idx[d] * j->stride[d];
+        for (int d = l->nd - 1; d >= 0; d--) {
+            off += l->stride[d];
+            if (++idx[d] < l->size[d]) break;
+            off -= idx[d] * l->stride[d];
             idx[d] = 0;
         }
     }
@@ -301,33 +296,24 @@ NPQ_API int npq_dequantize(const void *x, int x_dtype, int64_t x_extent, int nd,
                            int64_t n_param, int axis, int64_t rows_per_matrix, float *out, int nthreads) {
     deq_job j;
     memset(&j, 0, sizeof j);
-    if (x_dtype != DEQ_INT8 && x_dtype != DEQ_INT16) return DEQ_ERR_ARG;
-    if (axis != -1 && axis != -2) return DEQ_ERR_ARG;
-    if (nd < 0 || nd > DEQ_MAX_LEAD || (nd > 0 && (!lead_sizes || !lead_strides))) return DEQ_ERR_ARG;
-    if (cols < 0 || x_extent < 0 || n_param < 0) return DEQ_ERR_ARG;
-    int64_t rows = 1, total, last = 0, t;
-    for (int d = 0; d < nd; d++) {
-        if (lead_sizes[d] < 0 || lead_strides[d] < 0) return DEQ_ERR_ARG;
-        if (__builtin_mul_overflow(rows, lead_sizes[d], &rows)) return DEQ_ERR_ARG;
-        j.size[d] = lead_sizes[d];
-        j.stride[d] = lead_strides[d];
-    }
-    if (__builtin_mul_overflow(rows, cols, &total)) return DEQ_ERR_ARG;
-    if (total == 0) return DEQ_OK;
-    if (axis == -2 && (rows_per_matrix <= 0 || rows % rows_per_matrix != 0)) return DEQ_ERR_ARG;
+    if (x_dtype != DEQ_INT8 && x_dtype != DEQ_INT16) return NPQ_ERR_ARG;
+    if (axis != -1 && axis != -2) return NPQ_ERR_ARG;
+    if (x_extent < 0 || n_param < 0) return NPQ_ERR_ARG;
+    int64_t rows;
+    int rc = npq_layout_init(&j.lay, nd, lead_sizes, lead_strides, cols, 1, &rows);
+    if (rc != NPQ_OK) return rc;
+    int64_t total = rows * cols; /* no overflow: checked by npq_layout_init */
+    if (total == 0) return NPQ_OK;
+    /* Argument errors first, then the bounds check. */
+    if (axis == -2 && (rows_per_matrix <= 0 || rows % rows_per_matrix != 0)) return NPQ_ERR_ARG;
     int64_t expected = axis == -1 ? rows : rows / rows_per_matrix * cols; /* <= total: no overflow */
-    if (n_param != expected) return DEQ_ERR_ARG;
-    if (!x || !scale || !out) return DEQ_ERR_ARG;
-    for (int d = 0; d < nd; d++) {
-        if (__builtin_mul_overflow(lead_sizes[d] - 1, lead_strides[d], &t) || __builtin_add_overflow(last, t, &last))
-            return DEQ_ERR_BOUNDS;
-    }
-    if (__builtin_add_overflow(last, cols - 1, &last) || last >= x_extent) return DEQ_ERR_BOUNDS;
+    if (n_param != expected) return NPQ_ERR_ARG;
+    if (!x || !scale || !out) return NPQ_ERR_ARG;
+    rc = npq_layout_check(&j.lay, x_extent);
+    if (rc != NPQ_OK) return rc;
 
     j.x = (const char *)x;
     j.esize = x_dtype == DEQ_INT8 ? 1 : 2;
-    j.nd = nd;
-    j.cols = cols;
     j.per_col = axis == -2;
     j.rows_per_matrix = rows_per_matrix;
     j.scale = scale;
@@ -335,7 +321,7 @@ NPQ_API int npq_dequantize(const void *x, int x_dtype, int64_t x_extent, int nd,
     j.out = out;
     j.stream = total >= DEQ_STREAM_MIN_BYTES / 4;
     j.fn = deq_pick(x_dtype, axis == -1, zero_points != NULL);
-    npq_aq_advise_hugepages(out, (size_t)total * 4);
-    npq_parallel_for(total, DEQ_GRAIN, nthreads, deq_range, &j);
-    return DEQ_OK;
+    npq_advise_hugepages(out, (size_t)total * 4);
+    npq_parallel_for_dynamic(total, DEQ_GRAIN, DEQ_GRAIN, nthreads, deq_range, &j);
+    return NPQ_OK;
 }

@@ -15,20 +15,15 @@
 
 #include "npq.h"
 
-#if NPQ_X86
-#include <immintrin.h>
-#endif
-
 enum { DQ_F32 = 0, DQ_F16 = 1, DQ_BF16 = 2 };
 enum { DQ_OK = 0, DQ_EARG = -1, DQ_EGROUP = -2, DQ_ENOMEM = -3 };
-#define DQ_MAX_LEAD 8
 #define DQ_MAX_GROUPS 1024
 #define DQ_CLEAN_BOUND 1.0e9 /* |v| below this: float->int32 conversion is exact, no NaN/inf possible */
 
 typedef struct {
     const char *x;
     int dt, esize, nlead;
-    int64_t shape[DQ_MAX_LEAD], stride[DQ_MAX_LEAD]; /* leading dims, strides in elements */
+    int64_t shape[NPQ_MAX_LEAD], stride[NPQ_MAX_LEAD]; /* leading dims, strides in elements */
     int64_t rows, cols, col_stride;
     const char *smooth; /* [cols] or [ngroups, cols], contiguous, same dtype as x */
     const int32_t *gidx;
@@ -171,6 +166,29 @@ NPQ_TARGET_AVX2 static inline float hmin8(__m256 v) {
 
 #define DQ_ALWAYS_INLINE __attribute__((always_inline)) inline
 
+/* pass1_<ISA> and pass2_<ISA>: call the always-inline bodies with dtype / asym / int4 / clean
+ * as constants, so each combination is compiled into its own loop. */
+#define DQ_ENTRY_POINTS(ISA, TARGET)                                                                             \
+    TARGET static void pass1_##ISA(const void *x, const float *s, int dt, int64_t n, float *buf, dq_bounds *b) { \
+        switch (dt) {                                                                                            \
+        case DQ_F16: pass1_##ISA##_body(x, s, DQ_F16, n, buf, b); break;                                         \
+        case DQ_BF16: pass1_##ISA##_body(x, s, DQ_BF16, n, buf, b); break;                                       \
+        default: pass1_##ISA##_body(x, s, DQ_F32, n, buf, b); break;                                             \
+        }                                                                                                        \
+    }                                                                                                            \
+    TARGET static void pass2_##ISA(const float *src, int64_t n, dq_params p, int asym, int int4, void *out) {    \
+        switch ((asym != 0) * 4 + (int4 != 0) * 2 + (p.clean != 0)) {                                            \
+        case 0: pass2_##ISA##_body(src, n, p, 0, 0, 0, out); break;                                              \
+        case 1: pass2_##ISA##_body(src, n, p, 0, 0, 1, out); break;                                              \
+        case 2: pass2_##ISA##_body(src, n, p, 0, 1, 0, out); break;                                              \
+        case 3: pass2_##ISA##_body(src, n, p, 0, 1, 1, out); break;                                              \
+        case 4: pass2_##ISA##_body(src, n, p, 1, 0, 0, out); break;                                              \
+        case 5: pass2_##ISA##_body(src, n, p, 1, 0, 1, out); break;                                              \
+        case 6: pass2_##ISA##_body(src, n, p, 1, 1, 0, out); break;                                              \
+        default: pass2_##ISA##_body(src, n, p, 1, 1, 1, out); break;                                             \
+        }                                                                                                        \
+    }
+
 NPQ_TARGET_AVX2 static DQ_ALWAYS_INLINE void pass1_avx2_body(const void *x, const float *s, const int dt, int64_t n,
                                                              float *buf, dq_bounds *b) {
     __m256 hi0 = _mm256_set1_ps(-INFINITY), hi1 = hi0, lo0 = _mm256_set1_ps(INFINITY), lo1 = lo0;
@@ -205,15 +223,6 @@ NPQ_TARGET_AVX2 static DQ_ALWAYS_INLINE void pass1_avx2_body(const void *x, cons
     b->lo = hmin8(_mm256_min_ps(lo0, lo1));
     b->nan = _mm256_movemask_ps(_mm256_or_ps(nan0, nan1)) != 0;
     pass1_scalar_from(x, s, dt, i, n, buf, b);
-}
-
-NPQ_TARGET_AVX2 static void pass1_avx2(const void *x, const float *s, int dt, int64_t n, float *buf, dq_bounds *b) {
-    if (dt == DQ_F16)
-        pass1_avx2_body(x, s, DQ_F16, n, buf, b);
-    else if (dt == DQ_BF16)
-        pass1_avx2_body(x, s, DQ_BF16, n, buf, b);
-    else
-        pass1_avx2_body(x, s, DQ_F32, n, buf, b);
 }
 
 /* 8 floats -> 8 int32 quantized values (not yet clamped in the clean path: packs saturate). */
@@ -262,23 +271,7 @@ NPQ_TARGET_AVX2 static DQ_ALWAYS_INLINE void pass2_avx2_body(const float *src, i
     pass2_scalar_from(src, i, n, p, asym, int4, out);
 }
 
-NPQ_TARGET_AVX2 static void pass2_avx2(const float *src, int64_t n, dq_params p, int asym, int int4, void *out) {
-#define DQ_P2(A, I, C) pass2_avx2_body(src, n, p, A, I, C, out)
-    if (asym) {
-        if (int4) {
-            if (p.clean) DQ_P2(1, 1, 1); else DQ_P2(1, 1, 0);
-        } else {
-            if (p.clean) DQ_P2(1, 0, 1); else DQ_P2(1, 0, 0);
-        }
-    } else {
-        if (int4) {
-            if (p.clean) DQ_P2(0, 1, 1); else DQ_P2(0, 1, 0);
-        } else {
-            if (p.clean) DQ_P2(0, 0, 1); else DQ_P2(0, 0, 0);
-        }
-    }
-#undef DQ_P2
-}
+DQ_ENTRY_POINTS(avx2, NPQ_TARGET_AVX2)
 
 /* ------------------------------------------------------------------ AVX-512 (F/BW/VL/DQ) */
 
@@ -324,16 +317,6 @@ NPQ_TARGET_AVX512 static DQ_ALWAYS_INLINE void pass1_avx512_body(const void *x, 
     pass1_scalar_from(x, s, dt, i, n, buf, b);
 }
 
-NPQ_TARGET_AVX512 static void pass1_avx512(const void *x, const float *s, int dt, int64_t n, float *buf,
-                                           dq_bounds *b) {
-    if (dt == DQ_F16)
-        pass1_avx512_body(x, s, DQ_F16, n, buf, b);
-    else if (dt == DQ_BF16)
-        pass1_avx512_body(x, s, DQ_BF16, n, buf, b);
-    else
-        pass1_avx512_body(x, s, DQ_F32, n, buf, b);
-}
-
 /* 16 floats -> 16 int8 (saturating), in element order. */
 NPQ_TARGET_AVX512 static DQ_ALWAYS_INLINE __m128i quant16(const float *src, __m512 inv, __m512 off, const int asym,
                                                          const int clean, __m512 qlo, __m512 qhi) {
@@ -372,23 +355,7 @@ NPQ_TARGET_AVX512 static DQ_ALWAYS_INLINE void pass2_avx512_body(const float *sr
     pass2_scalar_from(src, i, n, p, asym, int4, out);
 }
 
-NPQ_TARGET_AVX512 static void pass2_avx512(const float *src, int64_t n, dq_params p, int asym, int int4, void *out) {
-#define DQ_P2(A, I, C) pass2_avx512_body(src, n, p, A, I, C, out)
-    if (asym) {
-        if (int4) {
-            if (p.clean) DQ_P2(1, 1, 1); else DQ_P2(1, 1, 0);
-        } else {
-            if (p.clean) DQ_P2(1, 0, 1); else DQ_P2(1, 0, 0);
-        }
-    } else {
-        if (int4) {
-            if (p.clean) DQ_P2(0, 1, 1); else DQ_P2(0, 1, 0);
-        } else {
-            if (p.clean) DQ_P2(0, 0, 1); else DQ_P2(0, 0, 0);
-        }
-    }
-#undef DQ_P2
-}
+DQ_ENTRY_POINTS(avx512, NPQ_TARGET_AVX512)
 #endif /* NPQ_X86 */
 
 /* ------------------------------------------------------------------ driver */
@@ -431,7 +398,7 @@ static void dq_range(void *vctx, int64_t begin, int64_t end) {
     }
 
     /* Multi-index of row `begin` over the leading dims, then advanced like an odometer. */
-    int64_t idx[DQ_MAX_LEAD] = {0}, elem = 0, rem = begin;
+    int64_t idx[NPQ_MAX_LEAD] = {0}, elem = 0, rem = begin;
     for (int d = c->nlead - 1; d >= 0; d--) {
         idx[d] = rem % c->shape[d];
         rem /= c->shape[d];
@@ -509,7 +476,7 @@ NPQ_API int npq_dynamic_quant(const void *x, int x_dtype, int nlead, const int64
                               const int64_t *lead_stride, int64_t cols, int64_t col_stride, const void *smooth,
                               const int32_t *group_index, int64_t ngroups, void *y, float *scale, float *offset,
                               int int4, int nthreads) {
-    if (x_dtype < DQ_F32 || x_dtype > DQ_BF16 || nlead < 0 || nlead > DQ_MAX_LEAD || cols < 0 || col_stride < 0)
+    if (x_dtype < DQ_F32 || x_dtype > DQ_BF16 || nlead < 0 || nlead > NPQ_MAX_LEAD || cols < 0 || col_stride < 0)
         return DQ_EARG;
     if (int4 && cols % 8 != 0) return DQ_EARG;
     int64_t rows = 1;

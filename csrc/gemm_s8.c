@@ -28,7 +28,7 @@
  *   v = v - row_offset[m] * float32(colsum[n])  (asymmetric entry point only)
  *   v = v * scale[n]; v = v * pertoken[m]; v = v + add[n]   (each step when present)
  *   cast: int8 = RNE then saturate (NaN -> 0, as torch); float16 / bfloat16 RNE (NaN bits as
- *   torch's tensor casts); float32 as is.
+ *   torch's tensor casts: npq.h); float32 as is.
  *   int32 output: acc [+ bias_i32], wrapping like an int32 accumulator. */
 #include <math.h>
 #include <stdatomic.h>
@@ -488,10 +488,6 @@ NPQ_TARGET_AVX512VNNI static void ukr_vnni(int mr, int np, int64_t kq, const uin
 
 /* ================================================================= epilogue */
 
-/* float32 -> bfloat16 as torch's (vectorized) tensor cast: RNE, every NaN -> 0xFFFF. (c10's scalar
- * conversion, npq_f32_to_bf16, gives 0x7FC0; tensors never take that path for a contiguous cast.) */
-static inline uint16_t bf16_like_torch(float v) { return v != v ? 0xFFFF : npq_f32_to_bf16(v); }
-
 static inline uint8_t sat_rne_i8(float v) {
     if (v != v) return 0; /* NaN -> 0, as torch's float -> int8 cast gives here */
     v = v < -128.0f ? -128.0f : (v > 127.0f ? 127.0f : v);
@@ -519,7 +515,7 @@ static inline void epi_one(const npq_gemm_args *g, int64_t b, int64_t m, int64_t
     switch (g->out_kind) {
     case OUT_INT8: ((uint8_t *)g->out)[o] = sat_rne_i8(v); break;
     case OUT_F16: ((uint16_t *)g->out)[o] = npq_f32_to_f16(v); break;
-    case OUT_BF16: ((uint16_t *)g->out)[o] = bf16_like_torch(v); break;
+    case OUT_BF16: ((uint16_t *)g->out)[o] = npq_f32_to_bf16(v); break;
     default: ((float *)g->out)[o] = v; break;
     }
 }
@@ -534,6 +530,7 @@ static void epi_tile_scalar(const npq_gemm_args *g, int64_t b, int64_t m0, int m
 NPQ_TARGET_AVX2 static void epi_tile_avx2(const npq_gemm_args *g, int64_t b, int64_t m0, int mr, int64_t n0,
                                           int nc, const int32_t *c, int64_t ldc, const int32_t *colsum) {
     const int kind = (int)g->out_kind;
+    const __m256i bf16_nan = _mm256_set1_epi32(npq_bf16_nan);
     for (int r = 0; r < mr; r++) {
         int64_t m = m0 + r;
         int64_t orow = (b * g->m + m) * g->n;
@@ -573,11 +570,7 @@ NPQ_TARGET_AVX2 static void epi_tile_avx2(const npq_gemm_args *g, int64_t b, int
                 _mm_storeu_si128((__m128i *)((uint16_t *)g->out + orow + n), _mm256_cvtps_ph(v, _MM_FROUND_TO_NEAREST_INT));
                 break;
             case OUT_BF16: {
-                __m256i u = _mm256_castps_si256(v);
-                __m256i lsb = _mm256_and_si256(_mm256_srli_epi32(u, 16), _mm256_set1_epi32(1));
-                __m256i rounded = _mm256_srli_epi32(_mm256_add_epi32(u, _mm256_add_epi32(lsb, _mm256_set1_epi32(0x7FFF))), 16);
-                __m256i nan = _mm256_castps_si256(_mm256_cmp_ps(v, v, _CMP_UNORD_Q));
-                rounded = _mm256_blendv_epi8(rounded, _mm256_set1_epi32(0xFFFF), nan);
+                __m256i rounded = npq_bf16_bits_avx2(v, bf16_nan);
                 __m128i p = _mm_packus_epi32(_mm256_castsi256_si128(rounded), _mm256_extracti128_si256(rounded, 1));
                 _mm_storeu_si128((__m128i *)((uint16_t *)g->out + orow + n), p);
                 break;

@@ -8,61 +8,17 @@
  * Inputs are rows of `inner` units (words for unpack, values for pack) with an element
  * stride, numbered by up to 8 leading dims of any strides; outputs are contiguous. */
 #include "npq.h"
-#if NPQ_X86
-#include <immintrin.h>
-#endif
 
-enum { I4_OK = 0, I4_ERR_ARG = -1, I4_ERR_BOUNDS = -2 };
 /* Value dtypes pack accepts (element sizes 1, 1, 2, 4, 8). */
 enum { I4_INT8 = 0, I4_UINT8 = 1, I4_INT16 = 2, I4_INT32 = 3, I4_INT64 = 4 };
 
-#define I4_MAX_LEAD 8
-
-/* anti_quant.c */
-void npq_aq_advise_hugepages(void *p, size_t bytes);
-void npq_aq_parallel_dynamic(int64_t n, int64_t grain, int64_t chunk, int nthreads, npq_range_fn fn, void *ctx);
 #define I4_GRAIN_WORDS 16384
 
-typedef struct {
-    int nd;
-    int64_t size[I4_MAX_LEAD];
-    int64_t stride[I4_MAX_LEAD];
-    int64_t inner;
-    int64_t inner_stride;
-} i4_layout;
-
-static int i4_layout_init(i4_layout *l, int nd, const int64_t *sizes, const int64_t *strides, int64_t inner,
-                          int64_t inner_stride, int64_t extent, int64_t *rows_out) {
-    if (nd < 0 || nd > I4_MAX_LEAD || (nd > 0 && (!sizes || !strides))) return I4_ERR_ARG;
-    if (inner < 0 || inner_stride < 0 || extent < 0) return I4_ERR_ARG;
-    int64_t rows = 1, last = 0, t;
-    l->nd = nd;
-    l->inner = inner;
-    l->inner_stride = inner_stride;
-    for (int d = 0; d < nd; d++) {
-        if (sizes[d] < 0 || strides[d] < 0) return I4_ERR_ARG;
-        l->size[d] = sizes[d];
-        l->stride[d] = strides[d];
-        if (__builtin_mul_overflow(rows, sizes[d], &rows)) return I4_ERR_ARG;
-    }
-    if (__builtin_mul_overflow(rows, inner, &t)) return I4_ERR_ARG;
-    *rows_out = rows;
-    if (rows == 0 || inner == 0) return I4_OK;
-    for (int d = 0; d < nd; d++)
-        if (__builtin_mul_overflow(sizes[d] - 1, strides[d], &t) || __builtin_add_overflow(last, t, &last))
-            return I4_ERR_BOUNDS;
-    if (__builtin_mul_overflow(inner - 1, inner_stride, &t) || __builtin_add_overflow(last, t, &last))
-        return I4_ERR_BOUNDS;
-    return last < extent ? I4_OK : I4_ERR_BOUNDS;
-}
-
-static inline int64_t i4_row_offset(const i4_layout *l, int64_t row) {
-    int64_t off = 0;
-    for (int d = l->nd - 1; d >= 0; d--) {
-        off += (row % l->size[d]) * l->stride[d];
-        row /= l->size[d];
-    }
-    return off;
+/* Fills l and checks it against extent: the entry points' shared first step. */
+static int i4_layout(npq_layout *l, int nd, const int64_t *sizes, const int64_t *strides, int64_t inner,
+                     int64_t inner_stride, int64_t extent, int64_t *rows) {
+    int rc = npq_layout_init(l, nd, sizes, strides, inner, inner_stride, rows);
+    return rc != NPQ_OK ? rc : npq_layout_check(l, extent);
 }
 
 /* ---------------------------------------------------------------- unpack */
@@ -100,7 +56,7 @@ typedef void (*i4_unpack_fn)(const int32_t *, int64_t, int8_t *);
 
 typedef struct {
     const int32_t *x;
-    i4_layout lay;
+    npq_layout lay;
     int8_t *out;
     i4_unpack_fn fn;
 } i4_unpack_job;
@@ -112,7 +68,7 @@ static void i4_unpack_range(void *ctx, int64_t begin, int64_t end) {
     int32_t gather[256];
     while (begin < end) {
         int64_t take = inner - col < end - begin ? inner - col : end - begin;
-        const int32_t *src = j->x + i4_row_offset(&j->lay, row) + col * j->lay.inner_stride;
+        const int32_t *src = j->x + npq_row_offset(&j->lay, row) + col * j->lay.inner_stride;
         int8_t *dst = j->out + (row * inner + col) * 8;
         if (j->lay.inner_stride == 1) {
             j->fn(src, take, dst);
@@ -136,19 +92,19 @@ NPQ_API int npq_unpack_int4(const int32_t *packed, int64_t extent, int nd, const
                             int nthreads) {
     i4_unpack_job j;
     int64_t rows;
-    int rc = i4_layout_init(&j.lay, nd, lead_sizes, lead_strides, inner, inner_stride, extent, &rows);
-    if (rc != I4_OK) return rc;
-    if (rows * inner == 0) return I4_OK;
-    if (!packed || !out) return I4_ERR_ARG;
+    int rc = i4_layout(&j.lay, nd, lead_sizes, lead_strides, inner, inner_stride, extent, &rows);
+    if (rc != NPQ_OK) return rc;
+    if (rows * inner == 0) return NPQ_OK;
+    if (!packed || !out) return NPQ_ERR_ARG;
     j.x = packed;
     j.out = out;
     j.fn = i4_unpack_scalar;
 #if NPQ_X86
     if (npq_isa() >= NPQ_ISA_AVX2) j.fn = i4_unpack_avx2;
 #endif
-    npq_aq_advise_hugepages(out, (size_t)(rows * inner * 8));
-    npq_aq_parallel_dynamic(rows * inner, I4_GRAIN_WORDS, 2 * I4_GRAIN_WORDS, nthreads, i4_unpack_range, &j);
-    return I4_OK;
+    npq_advise_hugepages(out, (size_t)(rows * inner * 8));
+    npq_parallel_for_dynamic(rows * inner, I4_GRAIN_WORDS, 2 * I4_GRAIN_WORDS, nthreads, i4_unpack_range, &j);
+    return NPQ_OK;
 }
 
 /* ---------------------------------------------------------------- pack */
@@ -156,6 +112,11 @@ NPQ_API int npq_unpack_int4(const int32_t *packed, int64_t extent, int nd, const
 typedef struct {
     int64_t lo, hi;
 } i4_minmax;
+
+static inline void i4_minmax_add(i4_minmax *mm, int64_t lo, int64_t hi) {
+    if (lo < mm->lo) mm->lo = lo;
+    if (hi > mm->hi) mm->hi = hi;
+}
 
 static inline int64_t i4_load(const char *p, int dtype) {
     switch (dtype) {
@@ -188,24 +149,6 @@ static void i4_pack_scalar(const char *v, int64_t n, int64_t stride, int dtype, 
 }
 
 #if NPQ_X86
-NPQ_TARGET_AVX2 static inline int8_t i4_hmin8_avx2(__m256i v) {
-    __m128i m = _mm_min_epi8(_mm256_castsi256_si128(v), _mm256_extracti128_si256(v, 1));
-    m = _mm_min_epi8(m, _mm_srli_si128(m, 8));
-    m = _mm_min_epi8(m, _mm_srli_si128(m, 4));
-    m = _mm_min_epi8(m, _mm_srli_si128(m, 2));
-    m = _mm_min_epi8(m, _mm_srli_si128(m, 1));
-    return (int8_t)_mm_extract_epi8(m, 0);
-}
-
-NPQ_TARGET_AVX2 static inline int8_t i4_hmax8_avx2(__m256i v) {
-    __m128i m = _mm_max_epi8(_mm256_castsi256_si128(v), _mm256_extracti128_si256(v, 1));
-    m = _mm_max_epi8(m, _mm_srli_si128(m, 8));
-    m = _mm_max_epi8(m, _mm_srli_si128(m, 4));
-    m = _mm_max_epi8(m, _mm_srli_si128(m, 2));
-    m = _mm_max_epi8(m, _mm_srli_si128(m, 1));
-    return (int8_t)_mm_extract_epi8(m, 0);
-}
-
 /* 64 int8 values (two vectors) -> 8 words. In each 16-bit lane (e[2k], e[2k+1]) the
  * packed byte is (lane & 0xF) | ((lane >> 4) & 0xF0) once both nibbles are masked. */
 NPQ_TARGET_AVX2 static inline __m256i i4_pack64_avx2(__m256i a, __m256i b) {
@@ -228,9 +171,10 @@ NPQ_TARGET_AVX2 static void i4_pack_i8_avx2(const int8_t *v, int64_t n, int32_t 
         _mm256_storeu_si256((__m256i *)(out + k), i4_pack64_avx2(a, b));
     }
     if (k > 0) {
-        int64_t lo = i4_hmin8_avx2(mn), hi = i4_hmax8_avx2(mx);
-        mm->lo = lo < mm->lo ? lo : mm->lo;
-        mm->hi = hi > mm->hi ? hi : mm->hi;
+        int8_t lo[32], hi[32];
+        _mm256_storeu_si256((__m256i *)lo, mn);
+        _mm256_storeu_si256((__m256i *)hi, mx);
+        for (int t = 0; t < 32; t++) i4_minmax_add(mm, lo[t], hi[t]);
     }
     i4_pack_scalar((const char *)(v + k * 8), n - k, 1, I4_INT8, out + k, mm);
 }
@@ -259,10 +203,7 @@ NPQ_TARGET_AVX2 static void i4_pack_i32_avx2(const int32_t *v, int64_t n, int32_
         int32_t lo[8], hi[8];
         _mm256_storeu_si256((__m256i *)lo, mn);
         _mm256_storeu_si256((__m256i *)hi, mx);
-        for (int t = 0; t < 8; t++) {
-            mm->lo = lo[t] < mm->lo ? lo[t] : mm->lo;
-            mm->hi = hi[t] > mm->hi ? hi[t] : mm->hi;
-        }
+        for (int t = 0; t < 8; t++) i4_minmax_add(mm, lo[t], hi[t]);
     }
     i4_pack_scalar((const char *)(v + k * 8), n - k, 1, I4_INT32, out + k, mm);
 }
@@ -272,7 +213,7 @@ typedef struct {
     const char *v;
     int dtype;
     int simd;
-    i4_layout lay; /* inner counted in values */
+    npq_layout lay; /* inner counted in values */
     int32_t *out;
     int64_t words_per_row;
     i4_minmax mm;
@@ -285,7 +226,7 @@ static void i4_pack_range(void *ctx, int64_t begin, int64_t end) {
     i4_minmax mm = {INT64_MAX, INT64_MIN};
     while (begin < end) {
         int64_t take = wpr - col < end - begin ? wpr - col : end - begin;
-        const char *src = j->v + (i4_row_offset(&j->lay, row) + col * 8 * j->lay.inner_stride) * esz;
+        const char *src = j->v + (npq_row_offset(&j->lay, row) + col * 8 * j->lay.inner_stride) * esz;
         int32_t *dst = j->out + row * wpr + col;
         int done = 0;
 #if NPQ_X86
@@ -316,21 +257,21 @@ NPQ_API int npq_pack_int4(const void *values, int dtype, int64_t extent, int nd,
                           int64_t *hi, int nthreads) {
     i4_pack_job j;
     int64_t rows;
-    if (dtype < I4_INT8 || dtype > I4_INT64 || inner % 8 != 0 || !lo || !hi) return I4_ERR_ARG;
-    int rc = i4_layout_init(&j.lay, nd, lead_sizes, lead_strides, inner, inner_stride, extent, &rows);
-    if (rc != I4_OK) return rc;
+    if (dtype < I4_INT8 || dtype > I4_INT64 || inner % 8 != 0 || !lo || !hi) return NPQ_ERR_ARG;
+    int rc = i4_layout(&j.lay, nd, lead_sizes, lead_strides, inner, inner_stride, extent, &rows);
+    if (rc != NPQ_OK) return rc;
     j.words_per_row = inner / 8;
-    if (rows * j.words_per_row == 0) return I4_OK;
-    if (!values || !out) return I4_ERR_ARG;
+    if (rows * j.words_per_row == 0) return NPQ_OK;
+    if (!values || !out) return NPQ_ERR_ARG;
     j.v = (const char *)values;
     j.dtype = dtype;
     j.simd = npq_isa() >= NPQ_ISA_AVX2;
     j.out = out;
     j.mm.lo = INT64_MAX;
     j.mm.hi = INT64_MIN;
-    npq_aq_advise_hugepages(out, (size_t)(rows * j.words_per_row * 4));
-    npq_aq_parallel_dynamic(rows * j.words_per_row, I4_GRAIN_WORDS, 2 * I4_GRAIN_WORDS, nthreads, i4_pack_range, &j);
+    npq_advise_hugepages(out, (size_t)(rows * j.words_per_row * 4));
+    npq_parallel_for_dynamic(rows * j.words_per_row, I4_GRAIN_WORDS, 2 * I4_GRAIN_WORDS, nthreads, i4_pack_range, &j);
     *lo = j.mm.lo;
     *hi = j.mm.hi;
-    return I4_OK;
+    return NPQ_OK;
 }

@@ -35,20 +35,77 @@ NPQ_API uint32_t npq_cpu_features(void);
 NPQ_API int npq_isa(void);
 NPQ_API int npq_set_isa_limit(int level); /* returns the level now in force */
 
-/* Runs fn over [0, n) split into at most nthreads contiguous ranges, each at least
- * `grain` long; the caller's thread takes part. Falls back to running inline when the
- * pool is busy (another Python thread is inside a kernel) or nthreads <= 1. */
+/* ---- parallel loops on our pthread pool (runtime.c) ----
+ * Both run fn over [0, n), the caller's thread taking part, and run it inline on the caller's
+ * thread when there is a single part, nthreads <= 1, or the pool is busy (another Python thread
+ * is inside a kernel). */
 typedef void (*npq_range_fn)(void *ctx, int64_t begin, int64_t end);
+
+/* Static split: at most nthreads contiguous ranges, each at least `grain` long, and exactly one
+ * fn call per range. So fn runs at most nthreads times per job, and callers may give each call
+ * its own scratch (gemm_s8.c's tile buffers, dynamic_quant.c's row buffers). */
 void npq_parallel_for(int64_t n, int64_t grain, int nthreads, npq_range_fn fn, void *ctx);
 
-/* ---- exact scalar conversions, bit-identical to PyTorch's CPU casts ---- */
+/* Dynamic split, for memory-bound loops: one thread per `grain` items (at most nthreads), each
+ * claiming `chunk`-long pieces from a shared counter, one fn call per piece. On a busy machine a
+ * descheduled thread then holds up only its current piece, not 1/nthreads of the job (measured
+ * on a shared 2-core VM: the static split ran no faster with 2 threads than with 1). */
+void npq_parallel_for_dynamic(int64_t n, int64_t grain, int64_t chunk, int nthreads, npq_range_fn fn, void *ctx);
+
+/* Asks for transparent huge pages on a large, not yet written output (advice only; see runtime.c). */
+void npq_advise_hugepages(void *p, size_t bytes);
+
+/* ---- strided row layouts ----
+ * A tensor seen as rows of `inner` elements (element stride inner_stride) numbered by up to
+ * NPQ_MAX_LEAD leading dims of any strides; strides and extents count elements (or units, e.g.
+ * int32 words of packed int4). Entry points check a layout before touching memory and return
+ * these codes (Python turns them into errors). */
+enum { NPQ_OK = 0, NPQ_ERR_ARG = -1, NPQ_ERR_BOUNDS = -2 };
+#define NPQ_MAX_LEAD 8
+
+typedef struct {
+    int nd;
+    int64_t size[NPQ_MAX_LEAD], stride[NPQ_MAX_LEAD];
+    int64_t inner, inner_stride;
+} npq_layout;
+
+/* Fills l and *rows (the product of the leading sizes). NPQ_ERR_ARG for a rank outside
+ * [0, NPQ_MAX_LEAD], missing arrays, a negative size or stride, or rows * inner overflowing. */
+int npq_layout_init(npq_layout *l, int nd, const int64_t *sizes, const int64_t *strides, int64_t inner,
+                    int64_t inner_stride, int64_t *rows);
+/* NPQ_OK when every element l addresses lies in [0, extent) (an empty layout addresses none),
+ * NPQ_ERR_BOUNDS otherwise (offset overflow included); NPQ_ERR_ARG for a negative extent. */
+int npq_layout_check(const npq_layout *l, int64_t extent);
+
+/* Offset of the first element of `row` (rows numbered in row-major order of the leading dims). */
+static inline int64_t npq_row_offset(const npq_layout *l, int64_t row) {
+    int64_t off = 0;
+    for (int d = l->nd - 1; d >= 0; d--) {
+        off += (row % l->size[d]) * l->stride[d];
+        row /= l->size[d];
+    }
+    return off;
+}
+
+/* ---- exact conversions, bit-identical to PyTorch's CPU tensor casts ----
+ * Finite and infinite values round half to even, as torch does. NaN, where torch's casts differ
+ * from IEEE defaults and from each other:
+ *   float16:  sign and top 10 payload bits kept, quiet bit set (F16C's vcvtps2ph). torch gives
+ *             this with every ATen CPU capability, vectorized or not.
+ *   bfloat16: one pattern for every NaN, set by the torch build: its AVX2 / AVX-512 kernels write
+ *             0xFFFF, c10's scalar conversion (ATEN_CPU_CAPABILITY=default) 0x7FC0. npuquant._native
+ *             asks torch once at load and stores the answer with npq_set_bf16_nan(); every kernel
+ *             that writes bfloat16 uses it (npq_f32_to_bf16, npq_bf16_bits_avx2 with npq_bf16_nan).
+ * Kernels writing only float32 or integers follow their reference's own NaN rules (see each file). */
+
+extern uint16_t npq_bf16_nan;                    /* runtime.c; default 0x7FC0 until Python sets it */
+NPQ_API void npq_set_bf16_nan(uint16_t bits);
 
 static inline uint32_t npq_f32_bits(float f) { uint32_t u; memcpy(&u, &f, 4); return u; }
 static inline float npq_f32_from_bits(uint32_t u) { float f; memcpy(&f, &u, 4); return f; }
 
-/* float32 -> bfloat16, round half to even; NaN -> 0x7FC0 (as c10::BFloat16). */
 static inline uint16_t npq_f32_to_bf16(float f) {
-    if (f != f) return 0x7FC0;
+    if (f != f) return npq_bf16_nan;
     uint32_t u = npq_f32_bits(f);
     u += 0x7FFF + ((u >> 16) & 1);
     return (uint16_t)(u >> 16);
@@ -56,7 +113,7 @@ static inline uint16_t npq_f32_to_bf16(float f) {
 
 static inline float npq_bf16_to_f32(uint16_t h) { return npq_f32_from_bits((uint32_t)h << 16); }
 
-/* float32 -> IEEE half, round half to even (the FP16 library algorithm PyTorch uses). */
+/* float32 -> IEEE half: the FP16 library algorithm c10 uses, NaN as F16C. */
 static inline uint16_t npq_f32_to_f16(float f) {
     const float scale_to_inf = 0x1.0p+112f, scale_to_zero = 0x1.0p-110f;
     float base = (f < 0 ? -f : f) * scale_to_inf * scale_to_zero;
@@ -67,7 +124,8 @@ static inline uint16_t npq_f32_to_f16(float f) {
     uint32_t bits = npq_f32_bits(base);
     uint32_t exp_bits = (bits >> 13) & 0x00007C00u, mant_bits = bits & 0x00000FFFu;
     uint32_t nonsign = exp_bits + mant_bits;
-    return (uint16_t)((sign >> 16) | (shl1_w > 0xFF000000u ? 0x7E00u : nonsign));
+    uint32_t nan = 0x7E00u | ((w >> 13) & 0x3FFu);
+    return (uint16_t)((sign >> 16) | (shl1_w > 0xFF000000u ? nan : nonsign));
 }
 
 static inline float npq_f16_to_f32(uint16_t h) {
@@ -88,6 +146,19 @@ static inline float npq_f16_to_f32(uint16_t h) {
     __attribute__((target("avx512f,avx512bw,avx512vl,avx512dq,avx512vnni,avx2,fma,f16c")))
 #else
 #define NPQ_X86 0
+#endif
+
+#if NPQ_X86
+#include <immintrin.h> /* for every kernel file */
+
+/* 8 floats -> bfloat16 bits in the low half of each int32 lane, as npq_f32_to_bf16; NaN lanes
+ * take `nan` (npq_bf16_nan broadcast once per call by the caller). */
+NPQ_TARGET_AVX2 static inline __attribute__((always_inline)) __m256i npq_bf16_bits_avx2(__m256 v, __m256i nan) {
+    __m256i u = _mm256_castps_si256(v);
+    __m256i lsb = _mm256_and_si256(_mm256_srli_epi32(u, 16), _mm256_set1_epi32(1));
+    __m256i t = _mm256_srli_epi32(_mm256_add_epi32(u, _mm256_add_epi32(lsb, _mm256_set1_epi32(0x7FFF))), 16);
+    return _mm256_blendv_epi8(nan, t, _mm256_castps_si256(_mm256_cmp_ps(v, v, _CMP_ORD_Q)));
+}
 #endif
 
 static inline int npq_has(uint32_t bits) { return (npq_cpu_features() & bits) == bits; }

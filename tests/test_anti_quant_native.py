@@ -160,6 +160,18 @@ def test_bf16_nan_pattern_is_torch_vectorized_cast():
     assert (out.view(torch.int16).to(torch.int32) & 0xFFFF).tolist() == [probe] * 3
 
 
+def test_bf16_nan_pattern_is_one_runtime_setting(isa):
+    # Every variant (SIMD body and tail) writes whatever pattern the runtime holds.
+    x, scale = torch.ones(40, dtype=torch.int8), torch.full((40,), float("nan"))
+    try:
+        for bits in (0x7FC0, 0xFFFF):
+            _native.lib.npq_set_bf16_nan(bits)
+            out = native.anti_quant(x, scale, None, torch.bfloat16)
+            assert (out.view(torch.int16).to(torch.int32) & 0xFFFF).tolist() == [bits] * 40
+    finally:
+        _native.lib.npq_set_bf16_nan(_native.BF16_NAN_BITS)
+
+
 # ---------------------------------------------------------------- layouts
 
 
@@ -220,7 +232,7 @@ def call_kernel(buf: torch.Tensor, extent: int, rows: int, row_stride: int, inne
     scale = torch.ones(max(n_scale, 1))
     rc = _native.lib.npq_anti_quant(
         buf.data_ptr(), kind, extent, nd, I64x1(rows), I64x1(row_stride), inner, inner_stride, scale.data_ptr(),
-        n_scale, None, out.data_ptr(), out_dtype, 0x7FC0, 1,
+        n_scale, None, out.data_ptr(), out_dtype, 1,
     )  # fmt: skip
     if rc != 0:
         assert (out == 7).all(), "a refused call must not write"

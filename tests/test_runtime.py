@@ -45,6 +45,14 @@ def test_pool_covers_every_index_once(n, threads):
     assert torch.equal(out[:n], expected)
 
 
+@pytest.mark.parametrize(("n", "chunk"), [(0, 1), (1, 1), (7, 1), (1000, 7), (1000, 1000), (1000, 5000)])
+def test_dynamic_split_covers_every_index_once(n, chunk, threads):
+    out = torch.full((max(n, 1),), -1, dtype=torch.int64)
+    _native.lib.npq_pool_selftest_dynamic(out.data_ptr(), n, chunk, threads)
+    expected = torch.arange(n, dtype=torch.int64) ** 2
+    assert torch.equal(out[:n], expected)
+
+
 def test_pool_survives_fork():
     if not hasattr(os, "fork"):
         pytest.skip("no fork")

@@ -47,7 +47,18 @@ def _load() -> tuple[ctypes.CDLL | None, str | None]:
     return None, "the native extension was not built (reinstall npuquant with a C compiler available)"
 
 
+def _probe_bf16_nan() -> int:
+    """The bit pattern this torch build's float32 -> bfloat16 tensor cast gives NaN.
+
+    0xFFFF from its AVX2 / AVX-512 kernels, 0x7FC0 from c10's scalar conversion (e.g. under
+    ATEN_CPU_CAPABILITY=default). Our kernels write the same (csrc/npq.h).
+    """
+    probe = torch.full((64,), float("nan"), dtype=torch.float32).to(torch.bfloat16)
+    return int(probe.view(torch.int16)[0]) & 0xFFFF
+
+
 lib, load_error = _load()
+BF16_NAN_BITS = _probe_bf16_nan()
 _forced_reference = False
 
 if lib is not None:
@@ -57,6 +68,11 @@ if lib is not None:
     lib.npq_set_isa_limit.argtypes = [ctypes.c_int]
     lib.npq_pool_selftest.restype = None
     lib.npq_pool_selftest.argtypes = [ctypes.c_void_p, ctypes.c_int64, ctypes.c_int]
+    lib.npq_pool_selftest_dynamic.restype = None
+    lib.npq_pool_selftest_dynamic.argtypes = [ctypes.c_void_p, ctypes.c_int64, ctypes.c_int64, ctypes.c_int]
+    lib.npq_set_bf16_nan.restype = None
+    lib.npq_set_bf16_nan.argtypes = [ctypes.c_uint16]
+    lib.npq_set_bf16_nan(BF16_NAN_BITS)
 
 
 def available() -> bool:

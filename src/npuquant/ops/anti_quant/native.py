@@ -2,9 +2,8 @@
 
 Bit-identical to :mod:`.reference`: float32 ``(x + offset) * scale`` in that order, one
 round-half-to-even cast. NaN outputs match PyTorch's own CPU casts: float16 keeps sign and
-payload (F16C semantics, which torch uses); for bfloat16 PyTorch's vectorized cast gives
-0xFFFF while its scalar cast gives 0x7FC0, so we probe what this torch build does once and
-hand that pattern to the kernels.
+payload (F16C semantics, which torch uses); bfloat16 NaN is :data:`BF16_NAN_BITS`, the pattern
+this torch build's cast writes (probed once by :mod:`npuquant._native`, used by every kernel).
 """
 
 from __future__ import annotations
@@ -28,22 +27,16 @@ if _lib is not None:
     _lib.npq_anti_quant.restype = ctypes.c_int
     _lib.npq_anti_quant.argtypes = [
         ctypes.c_void_p, ctypes.c_int, ctypes.c_int64, ctypes.c_int, _i64p, _i64p, ctypes.c_int64, ctypes.c_int64,
-        ctypes.c_void_p, ctypes.c_int64, ctypes.c_void_p, ctypes.c_void_p, ctypes.c_int, ctypes.c_int, ctypes.c_int,
+        ctypes.c_void_p, ctypes.c_int64, ctypes.c_void_p, ctypes.c_void_p, ctypes.c_int, ctypes.c_int,
     ]  # fmt: skip
     _lib.npq_dequant_int4_grouped.restype = ctypes.c_int
     _lib.npq_dequant_int4_grouped.argtypes = [
         ctypes.c_void_p, ctypes.c_int64, ctypes.c_int64, ctypes.c_int64, ctypes.c_int64, ctypes.c_int64,
-        ctypes.c_int64, ctypes.c_void_p, ctypes.c_void_p, ctypes.c_void_p, ctypes.c_int, ctypes.c_int, ctypes.c_int,
+        ctypes.c_int64, ctypes.c_void_p, ctypes.c_void_p, ctypes.c_void_p, ctypes.c_int, ctypes.c_int,
     ]  # fmt: skip
 
 
-def _probe_bf16_nan() -> int:
-    """The bit pattern this torch build's (vectorized) float32 -> bfloat16 cast gives NaN."""
-    probe = torch.full((64,), float("nan"), dtype=torch.float32).to(torch.bfloat16)
-    return int(probe.view(torch.int16)[0]) & 0xFFFF
-
-
-BF16_NAN_BITS = _probe_bf16_nan()
+BF16_NAN_BITS = _native.BF16_NAN_BITS  # what the kernels write for a bfloat16 NaN
 
 
 def _as_f32(t: torch.Tensor | None) -> torch.Tensor | None:
@@ -79,7 +72,7 @@ def anti_quant(
     nd, sizes, strides, inner, inner_stride, extent = row_layout(x, one_row=s.numel() == 1)
     rc = _lib.npq_anti_quant(
         x.data_ptr(), 1 if packed else 0, extent, nd, sizes, strides, inner, inner_stride, s.data_ptr(), s.numel(),
-        _native.ptr(o), out.data_ptr(), OUT_DTYPES[dst_dtype], BF16_NAN_BITS, _native.num_threads(),
+        _native.ptr(o), out.data_ptr(), OUT_DTYPES[dst_dtype], _native.num_threads(),
     )  # fmt: skip
     check_status(rc, "anti_quant")
     return out
@@ -109,7 +102,7 @@ def dequant_int4_grouped(
     extent = packed.untyped_storage().nbytes() // 4 - packed.storage_offset()
     rc = _lib.npq_dequant_int4_grouped(
         packed.data_ptr(), extent, rows, words, packed.stride(0), packed.stride(1), words // scale.shape[1],
-        s.data_ptr(), _native.ptr(o), out.data_ptr(), OUT_DTYPES[out_dtype], BF16_NAN_BITS, _native.num_threads(),
+        s.data_ptr(), _native.ptr(o), out.data_ptr(), OUT_DTYPES[out_dtype], _native.num_threads(),
     )  # fmt: skip
     check_status(rc, "dequant_int4_grouped")
     return out

@@ -58,7 +58,10 @@ def validate(x: torch.Tensor, scale: torch.Tensor, zero_points: torch.Tensor | N
             f"dequantize: {name} shape must be {list(expected)} for x of shape {list(x.shape)} and axis={norm}, "
             f"but got {list(t.shape)}",
         )
-        check(t.device == x.device, f"dequantize: {name} must be on the same device as x ({x.device}), but is on {t.device}")
+        check(
+            t.device == x.device,
+            f"dequantize: {name} must be on the same device as x ({x.device}), but is on {t.device}",
+        )
     return norm
 
 

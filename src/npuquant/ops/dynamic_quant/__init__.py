@@ -8,6 +8,8 @@ Layers: public functions (torch_npu's signatures; dtype codes) -> custom ops
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import torch
 
 from ... import _native
@@ -113,13 +115,36 @@ def dynamic_quant(
     return reference.dynamic_quant(x, smooth_scales, group_index, int4_out, asymmetric)
 
 
-def _fake_outputs(x: torch.Tensor, int4_out: bool, asymmetric: bool) -> tuple[torch.Tensor, ...]:
-    y_shape, s_shape = native.output_shapes(x, int4_out)
-    y = x.new_empty(y_shape, dtype=torch.int32 if int4_out else torch.int8)
-    outs = [y, x.new_empty(s_shape, dtype=torch.float32)]
-    if asymmetric:
-        outs.append(x.new_empty(s_shape, dtype=torch.float32))
-    return tuple(outs)
+def _run(
+    x: torch.Tensor,
+    smooth_scales: torch.Tensor | None,
+    group_index: torch.Tensor | None,
+    dst_type: torch.dtype | None,
+    asymmetric: bool,
+) -> tuple[torch.Tensor, ...]:
+    """Body of both real ops: every check, then the kernels; ``(y, scale, offset)`` or ``(y, scale)``."""
+    int4_out = validate(x, smooth_scales, group_index, dst_type, asymmetric)
+    check_group_values(group_index, _rows(x))
+    y, scale, offset = dynamic_quant(x, smooth_scales, group_index, int4_out, asymmetric)
+    return (y, scale, offset) if asymmetric else (y, scale)
+
+
+def _fake(asymmetric: bool) -> Callable[..., tuple[torch.Tensor, ...]]:
+    """Fake kernel of either op (torch.compile): the same metadata checks, empty outputs of the right shapes."""
+
+    def fake(
+        x: torch.Tensor,
+        smooth_scales: torch.Tensor | None = None,
+        group_index: torch.Tensor | None = None,
+        dst_type: torch.dtype | None = None,
+    ) -> tuple[torch.Tensor, ...]:
+        int4_out = validate(x, smooth_scales, group_index, dst_type, asymmetric)
+        y_shape, s_shape = native.output_shapes(x, int4_out)
+        outs = [x.new_empty(y_shape, dtype=torch.int32 if int4_out else torch.int8)]
+        outs += [x.new_empty(s_shape, dtype=torch.float32) for _ in range(2 if asymmetric else 1)]
+        return tuple(outs)
+
+    return fake
 
 
 @torch.library.custom_op("npuquant::npu_dynamic_quant_asymmetric", mutates_args=())
@@ -129,23 +154,7 @@ def _asymmetric_op(
     group_index: torch.Tensor | None = None,
     dst_type: torch.dtype | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    int4_out = validate(x, smooth_scales, group_index, dst_type, True)
-    check_group_values(group_index, _rows(x))
-    y, scale, offset = dynamic_quant(x, smooth_scales, group_index, int4_out, True)
-    assert offset is not None
-    return y, scale, offset
-
-
-@_asymmetric_op.register_fake
-def _(
-    x: torch.Tensor,
-    smooth_scales: torch.Tensor | None = None,
-    group_index: torch.Tensor | None = None,
-    dst_type: torch.dtype | None = None,
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    int4_out = validate(x, smooth_scales, group_index, dst_type, True)
-    y, scale, offset = _fake_outputs(x, int4_out, True)
-    return y, scale, offset
+    return _run(x, smooth_scales, group_index, dst_type, True)
 
 
 @torch.library.custom_op("npuquant::npu_dynamic_quant", mutates_args=())
@@ -155,22 +164,11 @@ def _symmetric_op(
     group_index: torch.Tensor | None = None,
     dst_type: torch.dtype | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    int4_out = validate(x, smooth_scales, group_index, dst_type, False)
-    check_group_values(group_index, _rows(x))
-    y, scale, _ = dynamic_quant(x, smooth_scales, group_index, int4_out, False)
-    return y, scale
+    return _run(x, smooth_scales, group_index, dst_type, False)
 
 
-@_symmetric_op.register_fake
-def _(
-    x: torch.Tensor,
-    smooth_scales: torch.Tensor | None = None,
-    group_index: torch.Tensor | None = None,
-    dst_type: torch.dtype | None = None,
-) -> tuple[torch.Tensor, torch.Tensor]:
-    int4_out = validate(x, smooth_scales, group_index, dst_type, False)
-    y, scale = _fake_outputs(x, int4_out, False)
-    return y, scale
+_asymmetric_op.register_fake(_fake(True))
+_symmetric_op.register_fake(_fake(False))
 
 
 def npu_dynamic_quant_asymmetric(
