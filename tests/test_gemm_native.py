@@ -345,6 +345,64 @@ def test_pack_cache_skips_inference_tensors():
         assert first.version is None and not first.matches(w)
 
 
+def test_quant_param_decode_cache_reuses_and_invalidates():
+    gen = torch.Generator().manual_seed(5)
+    m, k, n = 3, 20, 9
+    x1 = int8((m, k), gen)
+    w = int8((n, k), gen)
+    acc = exact_acc(x1, w.t())
+    scale_f32 = torch.rand(n, generator=gen) / 20
+    offset = torch.randint(-20, 20, (n,), generator=gen).float()
+    q = npuquant.npu_trans_quant_param(scale_f32, offset)  # int64: FP19 scale and an encoded offset
+    decoded = reference.decode_quant_param(q)
+
+    def want(quant_param: torch.Tensor) -> torch.Tensor:
+        s, o = reference.decode_quant_param(quant_param)
+        return reference.epilogue(acc.unsqueeze(0), s, o, None, None, torch.int8)[0]
+
+    first = native.decoded_quant_param(q, lambda: reference.decode_quant_param(q))
+    assert all(torch.equal(a, b) for a, b in zip(first, decoded))
+    assert native.decoded_quant_param(q, lambda: pytest.fail("decoded twice")) is first
+    assert_same_bits(npuquant.npu_quant_matmul(x1, w.t(), q), want(q))
+    q.copy_(npuquant.npu_trans_quant_param(scale_f32 * 3, -offset))  # in place: the version counter moves
+    assert native.decoded_quant_param(q, lambda: reference.decode_quant_param(q)) is not first
+    assert_same_bits(npuquant.npu_quant_matmul(x1, w.t(), q), want(q))
+    q[0] = npuquant.npu_trans_quant_param(torch.tensor([0.5]))[0]  # an element, through indexing
+    assert_same_bits(npuquant.npu_quant_matmul(x1, w.t(), q), want(q))
+
+    # A float32 scale torch_npu FP19-encodes: cached by the scale alone when there is no offset,
+    # decoded per call with one (the result depends on both).
+    for out, off in ((torch.int8, None), (torch.int8, offset), (torch.float16, None)):
+        got = npuquant.npu_quant_matmul(x1, w.t(), scale_f32, offset=off, output_dtype=out)
+        with _native.force_reference():
+            assert_same_bits(got, npuquant.npu_quant_matmul(x1, w.t(), scale_f32, offset=off, output_dtype=out))
+    scale_f32.mul_(2)
+    got = npuquant.npu_quant_matmul(x1, w.t(), scale_f32, output_dtype=torch.float16)
+    with _native.force_reference():
+        assert_same_bits(got, npuquant.npu_quant_matmul(x1, w.t(), scale_f32, output_dtype=torch.float16))
+
+    previous = native.set_pack_cache(False)
+    try:
+        calls = []
+        for _ in range(2):
+            native.decoded_quant_param(q, lambda: calls.append(1) or reference.decode_quant_param(q))
+        assert len(calls) == 2
+    finally:
+        native.set_pack_cache(previous)
+
+
+def test_compute_takes_the_path_it_is_given():
+    gen = torch.Generator().manual_seed(6)
+    x1, x2 = int8((1, 4, 12), gen), int8((1, 12, 5), gen)
+    scale = torch.rand(5, generator=gen)
+    args = (x1, x2, scale, None, None, None, torch.bfloat16)
+    from npuquant.ops import quant_matmul as qm
+
+    want = reference.quant_matmul(*args)
+    for on_native in (None, True, False):
+        assert_same_bits(qm._compute(*args, on_native=on_native), want)
+
+
 # ------------------------------------------------------------------------------------ C argument checks
 
 

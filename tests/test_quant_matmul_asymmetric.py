@@ -115,6 +115,10 @@ def test_leading_dims_and_strides():
     got = npuquant.quant_matmul_asymmetric(strided, x_scale, x_offset, w, w_scale, bias)
     want = asymmetric.reference(strided, x_scale, x_offset, w, w_scale, bias, torch.float32)
     assert torch.equal(bits(got), bits(want))
+    one_row = npuquant.quant_matmul_asymmetric(x_q[3], x_scale[3], x_offset[3], w, w_scale, bias)  # 1-D x_q
+    assert one_row.shape == (17,)
+    row = asymmetric.reference(x_q[3:4], x_scale[3:4], x_offset[3:4], w, w_scale, bias, torch.float32)[0]
+    assert torch.equal(bits(one_row), bits(row))
 
 
 def test_dtype_codes_and_low_precision_inputs():

@@ -51,6 +51,8 @@ class LinearQuant(nn.Module):
 
     in_features: int
     out_features: int
+    # A deprecated subclass sets its FutureWarning text; construction emits it at the caller.
+    _deprecation: str | None = None
     weight: Tensor
     scale: Tensor
     offset: Tensor | None
@@ -69,6 +71,8 @@ class LinearQuant(nn.Module):
         dtype=None,
         output_dtype: torch.dtype | None = None,
     ) -> None:
+        if self._deprecation is not None:
+            warnings.warn(self._deprecation, FutureWarning, stacklevel=2)
         super().__init__()
         self.in_features = in_features
         self.out_features = out_features
@@ -87,40 +91,44 @@ class LinearQuant(nn.Module):
         else:
             self.register_parameter(name, None)
 
-    def _check_inputs(self, x1: Tensor) -> None:
-        pair_ok = (x1.dtype == torch.int32 and self.weight.dtype == torch.int32) or (
-            x1.dtype == torch.int8 and self.weight.dtype == torch.int8
+    def _check_inputs(self, x1: Tensor, weight: Tensor, scale: Tensor, offset, pertoken_scale, bias) -> None:
+        """torch_npu's ValueError checks on the input and the parameters (read once by forward)."""
+        x1_dtype, weight_dtype = x1.dtype, weight.dtype
+        pair_ok = (x1_dtype == torch.int32 and weight_dtype == torch.int32) or (
+            x1_dtype == torch.int8 and weight_dtype == torch.int8
         )
         if not pair_ok:
             raise ValueError(
                 "input and weight should be both torch.int32 or both torch.int8 datatype, "
-                f"but now input is {x1.dtype}, weight is {self.weight.dtype}."
+                f"but now input is {x1_dtype}, weight is {weight_dtype}."
             )
 
     def _output_dtype(self) -> torch.dtype | None:
+        output_dtype = self.output_dtype
+        if output_dtype is None or isinstance(output_dtype, torch.dtype):
+            return output_dtype  # without formatting to_dtype's message for nothing
         try:
-            return to_dtype(self.output_dtype, f"output_dtype is not a valid dtype: {self.output_dtype!r}")
+            return to_dtype(output_dtype, f"output_dtype is not a valid dtype: {output_dtype!r}")
         except RuntimeError as exc:
             raise ValueError(str(exc)) from None
 
     def forward(self, x1: Tensor) -> Tensor:
         """``x1``: int8 ``(..., m, k)``, or int32 ``(m, k/8)`` for A4W4 weights."""
-        self._check_inputs(x1)
+        # Each parameter is read once: a Module attribute lookup is a Python call (decode runs hundreds).
+        weight, scale, offset = self.weight, self.scale, self.offset
+        pertoken_scale, bias = self.pertoken_scale, self.bias
+        self._check_inputs(x1, weight, scale, offset, pertoken_scale, bias)
         output_dtype = self._output_dtype()
-        scale = self.scale
-        if (
-            self.pertoken_scale is None
-            and scale.dtype == torch.float32
-            and output_dtype not in (torch.bfloat16, torch.int32)
-        ):
-            scale = npu_trans_quant_param(scale, self.offset)
+        int64_scale_output = output_dtype not in (torch.bfloat16, torch.int32)  # int8 (None) or float16
+        if int64_scale_output and pertoken_scale is None and scale.dtype == torch.float32:
+            scale = npu_trans_quant_param(scale, offset)
         return npu_quant_matmul(
             x1,
-            self.weight.transpose(-2, -1),
+            weight.transpose(-2, -1),
             scale,
-            offset=self.offset,
-            pertoken_scale=self.pertoken_scale,
-            bias=self.bias,
+            offset=offset,
+            pertoken_scale=pertoken_scale,
+            bias=bias,
             output_dtype=output_dtype,
         )
 
@@ -209,52 +217,26 @@ class LinearA8W8Quant(LinearQuant):
     (ValueError, torch_npu's messages); int32 output and A4W4 are not available here.
     """
 
-    def __init__(
-        self,
-        in_features: int,
-        out_features: int,
-        *,
-        bias: bool = True,
-        offset: bool = False,
-        pertoken_scale: bool = False,
-        device=None,
-        dtype=None,
-        output_dtype: torch.dtype | None = None,
-    ) -> None:
-        warnings.warn(
-            "npuquant.contrib.module.LinearA8W8Quant is deprecated and will be removed in future version. "
-            "Use npuquant.contrib.module.LinearQuant instead.",
-            FutureWarning,
-            stacklevel=2,
-        )
-        super().__init__(
-            in_features,
-            out_features,
-            bias=bias,
-            offset=offset,
-            pertoken_scale=pertoken_scale,
-            device=device,
-            dtype=dtype,
-            output_dtype=output_dtype,
-        )
+    _deprecation = (
+        "npuquant.contrib.module.LinearA8W8Quant is deprecated and will be removed in future version. "
+        "Use npuquant.contrib.module.LinearQuant instead."
+    )
 
-    def _check_inputs(self, x1: Tensor) -> None:
-        super()._check_inputs(x1)
-        if self.scale.dtype not in (torch.int64, torch.float32, torch.bfloat16):
+    def _check_inputs(self, x1: Tensor, weight: Tensor, scale: Tensor, offset, pertoken_scale, bias) -> None:
+        super()._check_inputs(x1, weight, scale, offset, pertoken_scale, bias)
+        if scale.dtype not in (torch.int64, torch.float32, torch.bfloat16):
             raise ValueError(
-                f"scale should be torch.int64, torch.float32 or torch.bfloat16 datatype, but now it is {self.scale.dtype}."
+                f"scale should be torch.int64, torch.float32 or torch.bfloat16 datatype, but now it is {scale.dtype}."
             )
-        if self.offset is not None and self.offset.dtype != torch.float32:
-            raise ValueError(f"offset should be torch.float32 datatype, but now it is {self.offset.dtype}.")
-        if self.bias is not None and self.bias.dtype not in (torch.int32, torch.bfloat16, torch.float16, torch.float32):
+        if offset is not None and offset.dtype != torch.float32:
+            raise ValueError(f"offset should be torch.float32 datatype, but now it is {offset.dtype}.")
+        if bias is not None and bias.dtype not in (torch.int32, torch.bfloat16, torch.float16, torch.float32):
             raise ValueError(
                 "bias should be torch.int32, torch.bfloat16, torch.float16 or torch.float32 datatype, "
-                f"but now it is {self.bias.dtype}."
+                f"but now it is {bias.dtype}."
             )
-        if self.pertoken_scale is not None and self.pertoken_scale.dtype != torch.float32:
-            raise ValueError(
-                f"pertoken_scale should be torch.float32 datatype, but now it is {self.pertoken_scale.dtype}."
-            )
+        if pertoken_scale is not None and pertoken_scale.dtype != torch.float32:
+            raise ValueError(f"pertoken_scale should be torch.float32 datatype, but now it is {pertoken_scale.dtype}.")
         output_dtype = self._output_dtype()
         if output_dtype is not None and output_dtype not in (torch.int8, torch.float16, torch.bfloat16):
             raise ValueError(

@@ -13,9 +13,10 @@ from typing import NamedTuple
 
 import torch
 
+from ... import _native
 from ..._args import check, to_dtype
 from ..int4 import reference as int4
-from . import reference
+from . import native, reference
 
 __all__ = ["npu_quant_matmul", "npu_trans_quant_param", "validate", "output_shape"]
 
@@ -39,6 +40,8 @@ class Plan(NamedTuple):
     n: int
     is_a4w4: bool
     x2_packed_along_k: bool  # A4W4 x2 given as (k/8, n), the transpose of a (n, k/8) tensor
+    # The kernel receives an int64 quant param (an int64 scale, or a float32 one torch_npu FP19-encodes).
+    scale_is_quant_param: bool = False
 
     @property
     def shape(self) -> tuple:
@@ -50,140 +53,149 @@ def fp19_applies(scale: torch.Tensor, pertoken_scale: torch.Tensor | None, out_d
     return scale.dtype == torch.float32 and pertoken_scale is None and out_dtype in (torch.int8, torch.float16)
 
 
+# Validation runs on every call (decode runs hundreds per token), so a message is formatted only
+# when its rule fails: ``check(cond, f"...")`` would format it every time.
+
+
 def _check_group_sizes_format(group_sizes: list[int] | None) -> bool:
     """OP-CPP ``check_and_get_groups``; returns whether any group size is non-zero."""
     if not group_sizes:
         return False
-    check(len(group_sizes) == 3, f"group_sizes only support input with three elements, but got {len(group_sizes)}")
+    if len(group_sizes) != 3:
+        raise RuntimeError(f"group_sizes only support input with three elements, but got {len(group_sizes)}")
     check(all(0 <= g <= GROUP_MAX for g in group_sizes), "group param value must conform to range [0, 65535]")
     return any(g != 0 for g in group_sizes)
 
 
+def _check_bias_dtype(bias_dtype: torch.dtype, out: torch.dtype, has_pertoken: bool, output_dtype) -> None:
+    if bias_dtype not in BIAS_DTYPES:
+        raise RuntimeError(
+            f"bias's type supported for int32, bfloat16, float16 and float32, but bias.dtype is {bias_dtype}"
+        )
+    if bias_dtype == torch.bfloat16 and out != torch.bfloat16:
+        raise RuntimeError(f"When bias dtype is bfloat16, output_dtype must be bfloat16, but it is {output_dtype}")
+    if out == torch.int32 and bias_dtype != torch.int32:
+        raise RuntimeError(f"When output_dtype dtype is int32, bias_dtype must be int32, but it is {bias_dtype}")
+    if has_pertoken:
+        if bias_dtype == torch.float16 and out != torch.float16:
+            raise RuntimeError(
+                "When bias dtype is float16 and pertoken is given, output_dtype must be float16, "
+                f"but it is {output_dtype}"
+            )
+    else:
+        check(bias_dtype != torch.float16, "Bias dtype cannot be float16 when pertoken not given.")
+        if bias_dtype == torch.float32 and out != torch.bfloat16:
+            raise RuntimeError(
+                "When bias dtype is float32 and pertoken not given, output_dtype must be bfloat16, "
+                f"but it is {output_dtype}"
+            )
+
+
 def _check_dtypes(x1, x2, scale, offset, pertoken_scale, bias, output_dtype) -> torch.dtype:
-    check(
-        x1.dtype == x2.dtype,
-        f"x1's type and x2's type should be same, but x1.dtype is {x1.dtype} and x2.dtype is {x2.dtype}",
-    )
-    check(x1.dtype in (torch.int8, torch.int32), f"input's type supported for int8 and int32, but now is {x1.dtype}")
-    check(
-        scale.dtype in SCALE_DTYPES,
-        f"scale's type supported for float32, int64 and bfloat16, but scale.dtype is {scale.dtype}",
-    )
-    if offset is not None:
-        check(offset.dtype == torch.float32, f"offset's type supported for float32, but offset.dtype is {offset.dtype}")
-    if pertoken_scale is not None:
-        check(
-            pertoken_scale.dtype == torch.float32,
-            f"pertoken_scale's type supported for float32, but pertoken_scale.dtype is {pertoken_scale.dtype}",
+    x1_dtype = x1.dtype
+    if x1_dtype != x2.dtype:
+        raise RuntimeError(
+            f"x1's type and x2's type should be same, but x1.dtype is {x1_dtype} and x2.dtype is {x2.dtype}"
+        )
+    if x1_dtype not in (torch.int8, torch.int32):
+        raise RuntimeError(f"input's type supported for int8 and int32, but now is {x1_dtype}")
+    if scale.dtype not in SCALE_DTYPES:
+        raise RuntimeError(f"scale's type supported for float32, int64 and bfloat16, but scale.dtype is {scale.dtype}")
+    if offset is not None and offset.dtype != torch.float32:
+        raise RuntimeError(f"offset's type supported for float32, but offset.dtype is {offset.dtype}")
+    if pertoken_scale is not None and pertoken_scale.dtype != torch.float32:
+        raise RuntimeError(
+            f"pertoken_scale's type supported for float32, but pertoken_scale.dtype is {pertoken_scale.dtype}"
         )
     out = torch.int8 if output_dtype is None else output_dtype
-    check(out in OUTPUT_DTYPES, f"Not supportted output dtype is {output_dtype}")
+    if out not in OUTPUT_DTYPES:
+        raise RuntimeError(f"Not supportted output dtype is {output_dtype}")
     if bias is not None:
-        check(
-            bias.dtype in BIAS_DTYPES,
-            f"bias's type supported for int32, bfloat16, float16 and float32, but bias.dtype is {bias.dtype}",
-        )
-        if bias.dtype == torch.bfloat16:
-            check(
-                out == torch.bfloat16,
-                f"When bias dtype is bfloat16, output_dtype must be bfloat16, but it is {output_dtype}",
-            )
-        if out == torch.int32:
-            check(
-                bias.dtype == torch.int32,
-                f"When output_dtype dtype is int32, bias_dtype must be int32, but it is {bias.dtype}",
-            )
-        if pertoken_scale is not None:
-            if bias.dtype == torch.float16:
-                check(
-                    out == torch.float16,
-                    "When bias dtype is float16 and pertoken is given, output_dtype must be float16, "
-                    f"but it is {output_dtype}",
-                )
-        else:
-            check(bias.dtype != torch.float16, "Bias dtype cannot be float16 when pertoken not given.")
-            if bias.dtype == torch.float32:
-                check(
-                    out == torch.bfloat16,
-                    "When bias dtype is float32 and pertoken not given, output_dtype must be bfloat16, "
-                    f"but it is {output_dtype}",
-                )
+        _check_bias_dtype(bias.dtype, out, pertoken_scale is not None, output_dtype)
     return out
 
 
 def _check_scale_offset_output(scale, offset, pertoken_scale, output_dtype, out, is_a4w4) -> None:
-    if scale.dtype == torch.bfloat16:
-        check(
-            out in (torch.bfloat16, torch.int32),
-            f"When scale's dtype is bfloat16, output_dtype must be bfloat16 or int32, but output_dtype is {output_dtype}",
+    scale_dtype = scale.dtype
+    if scale_dtype == torch.bfloat16 and out not in (torch.bfloat16, torch.int32):
+        raise RuntimeError(
+            "When scale's dtype is bfloat16, output_dtype must be bfloat16 or int32, "
+            f"but output_dtype is {output_dtype}"
         )
-    if out == torch.bfloat16:
-        check(
-            scale.dtype in (torch.bfloat16, torch.float32),
-            f"When output_dtype is bfloat16, scale's dtype must be bfloat16 or float32, but scale's dtype is {scale.dtype}",
+    if out == torch.bfloat16 and scale_dtype not in (torch.bfloat16, torch.float32):
+        raise RuntimeError(
+            "When output_dtype is bfloat16, scale's dtype must be bfloat16 or float32, "
+            f"but scale's dtype is {scale_dtype}"
         )
-    if out == torch.int32:
-        check(
-            scale.dtype in (torch.bfloat16, torch.float32),
-            f"When output_dtype is int32, scale's dtype must be bfloat16 or float32, but scale's dtype is {scale.dtype}",
+    if out == torch.int32 and scale_dtype not in (torch.bfloat16, torch.float32):
+        raise RuntimeError(
+            "When output_dtype is int32, scale's dtype must be bfloat16 or float32, "
+            f"but scale's dtype is {scale_dtype}"
         )
-    if offset is not None:
-        check(
-            out == torch.int8,
-            f"offset only exists when output_dtype is int8, but output_dtype is {output_dtype}",
-        )
+    if offset is not None and out != torch.int8:
+        raise RuntimeError(f"offset only exists when output_dtype is int8, but output_dtype is {output_dtype}")
     if pertoken_scale is not None:
-        if out == torch.float16:
-            check(
-                scale.dtype == torch.float32,
+        if out == torch.float16 and scale_dtype != torch.float32:
+            raise RuntimeError(
                 "When output_dtype is float16 and pertoken_scale is not none, scale's dtype must be float32, "
-                f"but scale's dtype is {scale.dtype}",
+                f"but scale's dtype is {scale_dtype}"
             )
-        check(
-            out in (torch.float16, torch.bfloat16),
-            f"When pertoken_scale is not none, output_dtype must be float16 or bfloat16, but output_dtype is {output_dtype}",
-        )
-    if is_a4w4 and pertoken_scale is None:
-        check(
-            out == torch.float16,
-            f"When input's dtype is int32, output_dtype must be float16, but output_dtype is {output_dtype}",
+        if out not in (torch.float16, torch.bfloat16):
+            raise RuntimeError(
+                "When pertoken_scale is not none, output_dtype must be float16 or bfloat16, "
+                f"but output_dtype is {output_dtype}"
+            )
+    if is_a4w4 and pertoken_scale is None and out != torch.float16:
+        raise RuntimeError(
+            f"When input's dtype is int32, output_dtype must be float16, but output_dtype is {output_dtype}"
         )
 
 
-def _broadcast_batch(x1: torch.Tensor, x2: torch.Tensor) -> tuple:
-    """Right-aligned numpy broadcasting of the batch dims (all but the last two)."""
-    b1, b2 = tuple(x1.shape[:-2]), tuple(x2.shape[:-2])
+def _broadcast_batch(shape1: tuple, shape2: tuple) -> tuple:
+    """Right-aligned numpy broadcasting of the batch dims (all but the last two) of two shapes."""
+    if len(shape1) == 2 and len(shape2) == 2:
+        return ()
+    b1, b2 = tuple(shape1[:-2]), tuple(shape2[:-2])
     rank = max(len(b1), len(b2))
     b1, b2 = (1,) * (rank - len(b1)) + b1, (1,) * (rank - len(b2)) + b2
     batch = []
     for d1, d2 in zip(b1, b2):
-        short, long = (d1, d2) if len(x1.shape) <= len(x2.shape) else (d2, d1)
-        check(
-            d1 == d2 or d1 == 1 or d2 == 1,
-            "the batch shape cannot be broadcast: the x1 shape and x2 shape not supported for broadcast, "
-            f"the short_dim is {short} and  the long_dim is {long}",
-        )
+        if not (d1 == d2 or d1 == 1 or d2 == 1):
+            short, long = (d1, d2) if len(shape1) <= len(shape2) else (d2, d1)
+            raise RuntimeError(
+                "the batch shape cannot be broadcast: the x1 shape and x2 shape not supported for broadcast, "
+                f"the short_dim is {short} and  the long_dim is {long}"
+            )
         batch.append(d2 if d1 == 1 else d1)
     return tuple(batch)
 
 
 def _check_bias_shape(bias: torch.Tensor, plan: Plan) -> None:
-    if bias.dim() == 3:
-        check(len(plan.shape) == 3, "when bias dim is 3, out dim need to be 3")
+    bias_shape = bias.shape
+    bias_dim = len(bias_shape)
+    if bias_dim == 3:
+        check(len(plan.batch) == 1, "when bias dim is 3, out dim need to be 3")
     if plan.is_a4w4:
-        check(bias.dim() == 1, "bias_dim_num should be 1 when x1's dtype is int32, please check bias dim num ")
+        check(bias_dim == 1, "bias_dim_num should be 1 when x1's dtype is int32, please check bias dim num ")
     else:
-        check(bias.dim() in (1, 3), "bias_dim_num should be 1 or 3 when x1's dtype is int8, please check bias dim num ")
-    if bias.dim() == 1:
-        check(bias.shape[0] == plan.n, "bias_first_dim should be equal to x2 n dim, please check bias 1st dim value ")
+        check(bias_dim in (1, 3), "bias_dim_num should be 1 or 3 when x1's dtype is int8, please check bias dim num ")
+    if bias_dim == 1:
+        check(bias_shape[0] == plan.n, "bias_first_dim should be equal to x2 n dim, please check bias 1st dim value ")
         return
-    batch = plan.batch[0]
     check(
-        bias.shape[0] == batch,
+        bias_shape[0] == plan.batch[0],
         "infered batch value should be equal to bias batch dim value, please check bias batch dim value",
     )
-    check(bias.shape[1] == 1, "bias_second_dim should be 1, please check bias second dim value ")
-    check(bias.shape[2] == plan.n, "bias_third_dim should be equal to x2_n_dim, please check bias third dim value ")
+    check(bias_shape[1] == 1, "bias_second_dim should be 1, please check bias second dim value ")
+    check(bias_shape[2] == plan.n, "bias_third_dim should be equal to x2_n_dim, please check bias third dim value ")
+
+
+def _check_devices(x1: torch.Tensor, others: dict) -> None:
+    if x1.is_cpu and all(t is None or t.is_cpu for t in others.values()):
+        return  # the common case, without building torch.device objects
+    for name, t in others.items():
+        if t is not None and t.device != x1.device:
+            raise RuntimeError(f"{name} must be on the same device as x1 ({x1.device}), but is on {t.device}")
 
 
 def validate(
@@ -204,34 +216,36 @@ def validate(
     if grouped:  # only the plain (all-zero) mode is implemented
         groups = list(group_sizes)
         if is_a4w4:
-            check(False, f"group_sizes {groups} (A4W4 per-group quantization) is not supported by npuquant")
-        check(
-            groups == PER_BLOCK_GROUPS,
-            f"when the dtype of input is int8, group_sizes's value must be 0 or [1,128,128], but got {groups}",
-        )
+            raise RuntimeError(f"group_sizes {groups} (A4W4 per-group quantization) is not supported by npuquant")
+        if groups != PER_BLOCK_GROUPS:
+            raise RuntimeError(
+                f"when the dtype of input is int8, group_sizes's value must be 0 or [1,128,128], but got {groups}"
+            )
         check(False, "group_sizes [1, 128, 128] (per-block quantization, Ascend 950 only) is not supported by npuquant")
 
-    check(MIN_DIMS <= x1.dim() <= MAX_DIMS, "x1 dim num should be 2 ~ 6, please check x1 dim num")
+    shape1, shape2 = x1.shape, x2.shape
+    check(MIN_DIMS <= len(shape1) <= MAX_DIMS, "x1 dim num should be 2 ~ 6, please check x1 dim num")
     if is_a4w4:
-        check(x2.dim() == MIN_DIMS, "x2 dim num should be 2 when x1's dtype is int32, please check x2 dim num")
+        check(len(shape2) == MIN_DIMS, "x2 dim num should be 2 when x1's dtype is int32, please check x2 dim num")
     else:
         check(
-            MIN_DIMS <= x2.dim() <= MAX_DIMS,
+            MIN_DIMS <= len(shape2) <= MAX_DIMS,
             "x2 dim num should be 2 ~ 6 when x1's dtype is int8, please check x2 dim num",
         )
+    m, k1 = shape1[-2], shape1[-1]
+    k2, n2 = shape2[-2], shape2[-1]
     # A4W4 x2 is (k, n/8) packed along n, or (k/8, n) packed along k (the .t() of a (n, k/8) tensor);
     # torch_npu tells them apart by shape, as done here.
-    packed_along_k = is_a4w4 and x1.shape[-1] == x2.shape[-2]
+    packed_along_k = is_a4w4 and k1 == k2
     if is_a4w4 and not packed_along_k:
         check(
-            x1.shape[-1] * INT4_PER_INT32 == x2.shape[-2],
+            k1 * INT4_PER_INT32 == k2,
             "k dim of x2 should be 8 multiple of k dim of x1, please check k dim of x1 and x2",
         )
     else:
-        check(x1.shape[-1] == x2.shape[-2], "k dim of x1 and x2 need be same, please check k dim of x1 and x2")
-    m = x1.shape[-2]
-    k = x1.shape[-1] * INT4_PER_INT32 if is_a4w4 else x1.shape[-1]
-    n = x2.shape[-1] * INT4_PER_INT32 if is_a4w4 and not packed_along_k else x2.shape[-1]
+        check(k1 == k2, "k dim of x1 and x2 need be same, please check k dim of x1 and x2")
+    k = k1 * INT4_PER_INT32 if is_a4w4 else k1
+    n = n2 * INT4_PER_INT32 if is_a4w4 and not packed_along_k else n2
 
     if offset is not None:
         check(offset.dim() == 1, "the offset dim num must be 1, please check offset dim num ")
@@ -245,28 +259,23 @@ def validate(
             pertoken_scale.shape[0] == m,
             "the pertoken_scale 1st dim value must be x1 m dim value, please check scale 1st dim value ",
         )
-    check(scale.dim() == 1, "the scale dim num must be 1, please check scale dim num")
+    scale_shape = scale.shape
+    check(len(scale_shape) == 1, "the scale dim num must be 1, please check scale dim num")
     check(
-        scale.shape[0] == 1 or scale.shape[0] == n,
+        scale_shape[0] == 1 or scale_shape[0] == n,
         "the scale 1st dim value must be 1 or x2 n dim value, please check scale 1st dim value ",
     )
 
-    plan = Plan(out, _broadcast_batch(x1, x2), m, k, n, is_a4w4, packed_along_k)
+    scale_is_quant_param = scale.dtype == torch.int64 or fp19_applies(scale, pertoken_scale, out)
+    plan = Plan(out, _broadcast_batch(shape1, shape2), m, k, n, is_a4w4, packed_along_k, scale_is_quant_param)
     if bias is not None:
         _check_bias_shape(bias, plan)
 
     # The device lifts the 65535 limit only for int8 inputs whose kernel sees a float32/bfloat16 scale.
-    kernel_scale_is_float = scale.dtype != torch.int64 and not fp19_applies(scale, pertoken_scale, out)
-    if is_a4w4 or not kernel_scale_is_float:
-        check(
-            x1.shape[-1] <= MAX_LAST_DIM and x2.shape[-1] <= MAX_LAST_DIM,
-            f"x1 last dim or x2 last dim is larger than 65535, x1 is {x1.shape[-1]}, x2 is {x2.shape[-1]}.",
-        )
+    if (is_a4w4 or scale_is_quant_param) and (k1 > MAX_LAST_DIM or n2 > MAX_LAST_DIM):
+        raise RuntimeError(f"x1 last dim or x2 last dim is larger than 65535, x1 is {k1}, x2 is {n2}.")
     check(x1.numel() != 0 and x2.numel() != 0, "QuantMatmul not support to process empty tensor currently.")
-    others = {"x2": x2, "scale": scale, "offset": offset, "pertoken_scale": pertoken_scale, "bias": bias}
-    for name, t in others.items():
-        if t is not None:
-            check(t.device == x1.device, f"{name} must be on the same device as x1 ({x1.device}), but is on {t.device}")
+    _check_devices(x1, {"x2": x2, "scale": scale, "offset": offset, "pertoken_scale": pertoken_scale, "bias": bias})
     return plan
 
 
@@ -275,35 +284,44 @@ def output_shape(plan: Plan) -> tuple:
     return plan.shape
 
 
-def _normalise(x1, x2, scale, offset, pertoken_scale, bias, plan: Plan):
-    """Validated torch_npu arguments -> the arguments of :func:`_compute` (see its docstring)."""
+def _normalise(x1, x2, scale, offset, pertoken_scale, bias, plan: Plan, on_native: bool):
+    """Validated torch_npu arguments -> the arguments of :func:`_compute` (see its docstring).
+
+    ``on_native``: the call runs the native kernels (CPU), where per-weight work is cached.
+    """
     if plan.is_a4w4:
         x1 = int4.unpack_int4(x1)
-        from ... import _native
-        from . import native
-
-        if _native.use_native(x2):  # cached per weight: a model's int4 weights are unpacked and packed once
+        if on_native:  # cached per weight: a model's int4 weights are unpacked and packed once
             x2 = native.unpacked_int4_weight(x2, plan.x2_packed_along_k)
         elif plan.x2_packed_along_k:
             x2 = int4.unpack_int4(x2.transpose(-1, -2)).transpose(-1, -2)
         else:
             x2 = int4.unpack_int4(x2)
     batch_size = 1
-    for d in plan.batch:
-        batch_size *= d
-    x1 = x1.expand(*plan.batch, plan.m, plan.k).reshape(batch_size, plan.m, plan.k)
-    x2 = x2.expand(*plan.batch, plan.k, plan.n).reshape(batch_size, plan.k, plan.n)
+    if plan.batch:
+        for d in plan.batch:
+            batch_size *= d
+        x1 = x1.expand(*plan.batch, plan.m, plan.k).reshape(batch_size, plan.m, plan.k)
+        x2 = x2.expand(*plan.batch, plan.k, plan.n).reshape(batch_size, plan.k, plan.n)
+    else:  # 2-D operands: a batch of one, as views
+        x1, x2 = x1.unsqueeze(0), x2.unsqueeze(0)
 
     out = plan.out_dtype
     effective_offset = None
-    if scale.dtype == torch.int64 or fp19_applies(scale, pertoken_scale, out):
+    if plan.scale_is_quant_param:
         # What the kernel receives: an int64 quant param; its encoded offset is the one used (SPEC §4.3).
-        quant_param = scale if scale.dtype == torch.int64 else reference.trans_quant_param(scale, offset)
-        scale_f32, decoded_offset = reference.decode_quant_param(quant_param)
+        def decode() -> tuple[torch.Tensor, torch.Tensor]:
+            quant_param = scale if scale.dtype == torch.int64 else reference.trans_quant_param(scale, offset)
+            return reference.decode_quant_param(quant_param)
+
+        if on_native and (scale.dtype == torch.int64 or offset is None):  # a function of the scale alone
+            scale_f32, decoded_offset = native.decoded_quant_param(scale, decode)
+        else:
+            scale_f32, decoded_offset = decode()
         if out == torch.int8 and (scale.dtype == torch.int64 or offset is not None):
             effective_offset = decoded_offset
     else:
-        scale_f32 = scale.to(torch.float32)
+        scale_f32 = scale if scale.dtype == torch.float32 else scale.to(torch.float32)
     if bias is not None:
         bias = bias.reshape(1, plan.n) if bias.dim() == 1 else bias.reshape(batch_size, plan.n)
     return x1, x2, scale_f32, effective_offset, pertoken_scale, bias, out
@@ -317,6 +335,8 @@ def _compute(
     pertoken_scale: torch.Tensor | None,
     bias: torch.Tensor | None,
     out_dtype: torch.dtype,
+    *,
+    on_native: bool | None = None,
 ) -> torch.Tensor:
     """The one dispatch point of npu_quant_matmul: exact int8 GEMM + epilogue on normalised arguments.
 
@@ -334,17 +354,17 @@ def _compute(
     * ``bias``: None, or 2-D ``(1, n)`` / ``(B, n)`` of int32 (joins the int32 accumulator),
       or bfloat16 / float16 / float32 (added in float32 after the scales).
     * ``out_dtype``: torch.int8, torch.float16, torch.bfloat16 or torch.int32.
+    * ``on_native``: the path when the caller has already chosen it (the op does, from x1 alone,
+      once :func:`validate` has put every tensor on x1's device); None: native when all are on CPU.
 
     Returns a new contiguous ``(B, m, n)`` tensor of ``out_dtype``, bit-identical to
     ``reference.quant_matmul`` (int32 accumulation wrapping modulo 2**32, then
     ``reference.epilogue``'s float32 operation order).
     """
-    from ... import _native
-    from . import native  # exact int8 GEMM with the epilogue fused (csrc/gemm_s8.c)
-
-    if _native.use_native(x1, x2, scale, offset, pertoken_scale, bias):
-        return native.quant_matmul(x1, x2, scale, offset, pertoken_scale, bias, out_dtype)
-    return reference.quant_matmul(x1, x2, scale, offset, pertoken_scale, bias, out_dtype)
+    if on_native is None:
+        on_native = _native.use_native(x1, x2, scale, offset, pertoken_scale, bias)
+    backend = native if on_native else reference  # native: exact int8 GEMM, epilogue fused (csrc/gemm_s8.c)
+    return backend.quant_matmul(x1, x2, scale, offset, pertoken_scale, bias, out_dtype)
 
 
 @torch.library.custom_op("npuquant::npu_quant_matmul", mutates_args=())
@@ -359,21 +379,13 @@ def _npu_quant_matmul_op(
     group_sizes: list[int] | None = None,
 ) -> torch.Tensor:
     plan = validate(x1, x2, scale, offset, pertoken_scale, bias, output_dtype, group_sizes)
-    args = _normalise(x1, x2, scale, offset, pertoken_scale, bias, plan)
-    return _compute(*args).reshape(plan.shape)
+    on_native = _native.use_native(x1)  # validate() put every tensor on x1's device
+    args = _normalise(x1, x2, scale, offset, pertoken_scale, bias, plan, on_native)
+    return _compute(*args, on_native=on_native).view(plan.shape)
 
 
 @_npu_quant_matmul_op.register_fake
-def _(
-    x1: torch.Tensor,
-    x2: torch.Tensor,
-    scale: torch.Tensor,
-    offset: torch.Tensor | None = None,
-    pertoken_scale: torch.Tensor | None = None,
-    bias: torch.Tensor | None = None,
-    output_dtype: torch.dtype | None = None,
-    group_sizes: list[int] | None = None,
-) -> torch.Tensor:
+def _(x1, x2, scale, offset=None, pertoken_scale=None, bias=None, output_dtype=None, group_sizes=None):
     plan = validate(x1, x2, scale, offset, pertoken_scale, bias, output_dtype, group_sizes)
     return x1.new_empty(plan.shape, dtype=plan.out_dtype)
 
@@ -414,7 +426,9 @@ def npu_quant_matmul(
     Raises:
         RuntimeError: containing torch_npu's message for every rule of SPEC §4.6 / §4.8.
     """
-    out = to_dtype(output_dtype, f"Not supportted output dtype is {output_dtype}")
+    out = output_dtype  # a torch.dtype passes as is: to_dtype's message would be formatted for nothing
+    if not isinstance(out, torch.dtype):
+        out = to_dtype(output_dtype, f"Not supportted output dtype is {output_dtype}")
     groups = None if group_sizes is None else [int(g) for g in group_sizes]
     return torch.ops.npuquant.npu_quant_matmul(x1, x2, scale, offset, pertoken_scale, bias, out, groups)
 

@@ -47,33 +47,45 @@ def validate(
     bias: torch.Tensor | None,
     output_dtype: torch.dtype | None,
 ) -> torch.dtype:
-    """Metadata checks (run by the real op and the fake kernel); returns the output dtype."""
-    check(x_q.dtype == torch.int8, f"x_q must be int8, but got {x_q.dtype}")
+    """Metadata checks (run by the real op and the fake kernel); returns the output dtype.
+
+    Messages are formatted only when a rule fails (this runs on every call).
+    """
+    if x_q.dtype != torch.int8:
+        raise RuntimeError(f"x_q must be int8, but got {x_q.dtype}")
     check(x_q.dim() >= 1, "x_q must have at least 1 dimension")
-    rows = tuple(x_q.shape[:-1])
+    rows = x_q.shape[:-1]
     for name, t in (("x_scale", x_scale), ("x_offset", x_offset)):
-        check(t.dtype == torch.float32, f"{name} must be float32, but got {t.dtype}")
-        check(tuple(t.shape) == rows, f"{name} must have shape x_q.shape[:-1] = {rows}, but got {tuple(t.shape)}")
-    check(weight_dtype == torch.int8, f"weight must be int8 (k, n), but got {weight_dtype}")
-    check(len(weight_shape) == 2, f"weight must be 2-D (k, n), but got shape {tuple(weight_shape)}")
+        if t.dtype != torch.float32:
+            raise RuntimeError(f"{name} must be float32, but got {t.dtype}")
+        if t.shape != rows:
+            raise RuntimeError(f"{name} must have shape x_q.shape[:-1] = {tuple(rows)}, but got {tuple(t.shape)}")
+    if weight_dtype != torch.int8:
+        raise RuntimeError(f"weight must be int8 (k, n), but got {weight_dtype}")
+    if len(weight_shape) != 2:
+        raise RuntimeError(f"weight must be 2-D (k, n), but got shape {tuple(weight_shape)}")
     k, n = weight_shape
-    check(k == x_q.shape[-1], f"k of x_q ({x_q.shape[-1]}) and of weight ({k}) must be equal")
-    check(k <= MAX_K, f"k must be at most {MAX_K} for exact int32 accumulation, but it is {k}")
-    check(w_scale.dtype in SCALE_DTYPES, f"w_scale must be float32 or bfloat16, but got {w_scale.dtype}")
-    check(
-        w_scale.dim() == 1 and w_scale.shape[0] in (1, n),
-        f"w_scale must be 1-D of length 1 or n ({n}), but got shape {tuple(w_scale.shape)}",
-    )
+    if k != x_q.shape[-1]:
+        raise RuntimeError(f"k of x_q ({x_q.shape[-1]}) and of weight ({k}) must be equal")
+    if k > MAX_K:
+        raise RuntimeError(f"k must be at most {MAX_K} for exact int32 accumulation, but it is {k}")
+    if w_scale.dtype not in SCALE_DTYPES:
+        raise RuntimeError(f"w_scale must be float32 or bfloat16, but got {w_scale.dtype}")
+    if not (w_scale.dim() == 1 and w_scale.shape[0] in (1, n)):
+        raise RuntimeError(f"w_scale must be 1-D of length 1 or n ({n}), but got shape {tuple(w_scale.shape)}")
     if bias is not None:
-        check(bias.dtype in BIAS_DTYPES, f"bias must be float32, float16 or bfloat16, but got {bias.dtype}")
-        check(
-            bias.dim() == 1 and bias.shape[0] == n, f"bias must be 1-D of length n ({n}), but got {tuple(bias.shape)}"
-        )
+        if bias.dtype not in BIAS_DTYPES:
+            raise RuntimeError(f"bias must be float32, float16 or bfloat16, but got {bias.dtype}")
+        if not (bias.dim() == 1 and bias.shape[0] == n):
+            raise RuntimeError(f"bias must be 1-D of length n ({n}), but got {tuple(bias.shape)}")
     out = torch.float32 if output_dtype is None else output_dtype
-    check(out in OUTPUT_DTYPES, f"output_dtype must be float32, float16 or bfloat16, but got {output_dtype}")
-    for name, t in (("x_scale", x_scale), ("x_offset", x_offset), ("w_scale", w_scale), ("bias", bias)):
-        if t is not None:
-            check(t.device == x_q.device, f"{name} must be on x_q's device ({x_q.device}), but is on {t.device}")
+    if out not in OUTPUT_DTYPES:
+        raise RuntimeError(f"output_dtype must be float32, float16 or bfloat16, but got {output_dtype}")
+    others = (x_scale, x_offset, w_scale, bias)
+    if not (x_q.is_cpu and all(t is None or t.is_cpu for t in others)):  # else: no torch.device objects needed
+        for name, t in zip(("x_scale", "x_offset", "w_scale", "bias"), others):
+            if t is not None and t.device != x_q.device:
+                raise RuntimeError(f"{name} must be on x_q's device ({x_q.device}), but is on {t.device}")
     return out
 
 
@@ -97,22 +109,30 @@ def reference(
     return v.to(out_dtype).contiguous()
 
 
-def _compute(x_q, x_scale, x_offset, weight, w_scale, bias, out_dtype) -> torch.Tensor:
-    """Dispatch on validated arguments; ``weight`` is an int8 ``(k, n)`` tensor or a PackedWeight."""
-    k = x_q.shape[-1]
-    lead = tuple(x_q.shape[:-1])
-    x2d = x_q.reshape(-1, k)
-    scale1d, offset1d = x_scale.reshape(-1), x_offset.reshape(-1)
+def _compute(
+    x_q, x_scale, x_offset, weight, w_scale, bias, out_dtype, *, on_native: bool | None = None
+) -> torch.Tensor:
+    """Dispatch on validated arguments; ``weight`` is an int8 ``(k, n)`` tensor or a PackedWeight.
+
+    ``on_native``: the path when the caller has already chosen it (once :func:`validate` has put
+    the scales and bias on x_q's device, x_q and a dense weight decide); None: native when all are on CPU.
+    """
+    flat = x_q.dim() != 2  # the kernels take 2-D x_q and 1-D per-row scales
+    if flat:
+        lead = x_q.shape[:-1]
+        x_q, x_scale, x_offset = x_q.reshape(-1, x_q.shape[-1]), x_scale.reshape(-1), x_offset.reshape(-1)
     is_packed = isinstance(weight, native.PackedWeight)
     dense = None if is_packed else weight
-    if _native.use_native(x2d, scale1d, offset1d, dense, w_scale, bias):
+    if on_native is None:
+        on_native = _native.use_native(x_q, x_scale, x_offset, dense, w_scale, bias)
+    if on_native:
         packed = weight if is_packed else native.packed_weight(weight)
-        out = native.quant_matmul_asymmetric(x2d, scale1d, offset1d, packed, w_scale, bias, out_dtype)
+        out = native.quant_matmul_asymmetric(x_q, x_scale, x_offset, packed, w_scale, bias, out_dtype)
     else:
         if is_packed:
             dense = weight.unpack().to(x_q.device)
-        out = reference(x2d, scale1d, offset1d, dense, w_scale, bias, out_dtype)
-    return out.reshape(*lead, out.shape[-1])
+        out = reference(x_q, x_scale, x_offset, dense, w_scale, bias, out_dtype)
+    return out.reshape(*lead, out.shape[-1]) if flat else out
 
 
 @torch.library.custom_op("npuquant::quant_matmul_asymmetric", mutates_args=())
@@ -125,21 +145,13 @@ def _quant_matmul_asymmetric_op(
     bias: torch.Tensor | None = None,
     output_dtype: torch.dtype | None = None,
 ) -> torch.Tensor:
-    out = validate(x_q, x_scale, x_offset, tuple(weight.shape), weight.dtype, w_scale, bias, output_dtype)
-    return _compute(x_q, x_scale, x_offset, weight, w_scale, bias, out)
+    out = validate(x_q, x_scale, x_offset, weight.shape, weight.dtype, w_scale, bias, output_dtype)
+    return _compute(x_q, x_scale, x_offset, weight, w_scale, bias, out, on_native=_native.use_native(x_q, weight))
 
 
 @_quant_matmul_asymmetric_op.register_fake
-def _(
-    x_q: torch.Tensor,
-    x_scale: torch.Tensor,
-    x_offset: torch.Tensor,
-    weight: torch.Tensor,
-    w_scale: torch.Tensor,
-    bias: torch.Tensor | None = None,
-    output_dtype: torch.dtype | None = None,
-) -> torch.Tensor:
-    out = validate(x_q, x_scale, x_offset, tuple(weight.shape), weight.dtype, w_scale, bias, output_dtype)
+def _(x_q, x_scale, x_offset, weight, w_scale, bias=None, output_dtype=None):  # the op's signature
+    out = validate(x_q, x_scale, x_offset, weight.shape, weight.dtype, w_scale, bias, output_dtype)
     return x_q.new_empty((*x_q.shape[:-1], weight.shape[-1]), dtype=out)
 
 
@@ -172,10 +184,14 @@ def quant_matmul_asymmetric(
     Raises:
         RuntimeError: naming the argument and the rule it breaks.
     """
-    out = to_dtype(output_dtype, f"output_dtype must be float32, float16 or bfloat16, but got {output_dtype}")
+    out = output_dtype  # a torch.dtype passes as is: to_dtype's message would be formatted for nothing
+    if not isinstance(out, torch.dtype):
+        out = to_dtype(output_dtype, f"output_dtype must be float32, float16 or bfloat16, but got {output_dtype}")
     if isinstance(weight, native.PackedWeight):
-        check(weight.batch == 1, f"weight must be a 2-D (k, n) pack, but it holds {weight.batch} matrices")
+        if weight.batch != 1:
+            raise RuntimeError(f"weight must be a 2-D (k, n) pack, but it holds {weight.batch} matrices")
         out = validate(x_q, x_scale, x_offset, (weight.k, weight.n), torch.int8, w_scale, bias, out)
-        return _compute(x_q, x_scale, x_offset, weight, w_scale, bias, out)
-    check(isinstance(weight, torch.Tensor), f"weight must be a tensor or a PackedWeight, but got {type(weight)}")
+        return _compute(x_q, x_scale, x_offset, weight, w_scale, bias, out, on_native=_native.use_native(x_q))
+    if not isinstance(weight, torch.Tensor):
+        raise RuntimeError(f"weight must be a tensor or a PackedWeight, but got {type(weight)}")
     return torch.ops.npuquant.quant_matmul_asymmetric(x_q, x_scale, x_offset, weight, w_scale, bias, out)

@@ -10,7 +10,8 @@
   call :func:`clear_pack_cache` after those. Memory: one packed copy (about k * n bytes) per
   cached weight, freed with the weight; ``NPUQUANT_PACK_CACHE=0`` / :func:`set_pack_cache` turn it off.
 * :func:`unpacked_int4_weight`: A4W4 weights unpacked to int8 once per weight (same cache), so
-  their pack is reused as well.
+  their pack is reused as well; :func:`decoded_quant_param`: int64 (FP19) scales decoded once per
+  scale tensor (same cache, same rules).
 * :func:`quant_matmul`: the native twin of ``ops.quant_matmul._compute`` (same contract, bit for bit).
 * :func:`quant_matmul_asymmetric`: the native twin of ``asymmetric.reference`` (see asymmetric.py).
 
@@ -26,6 +27,7 @@ import functools
 import os
 import threading
 import weakref
+from collections.abc import Callable
 
 import torch
 
@@ -37,6 +39,7 @@ __all__ = [
     "packed_weight",
     "clear_pack_cache",
     "unpacked_int4_weight",
+    "decoded_quant_param",
     "set_pack_cache",
     "quant_matmul",
     "quant_matmul_asymmetric",
@@ -132,7 +135,7 @@ class PackedWeight:
     Build one with :func:`pack_weight` (always packs) or :func:`packed_weight` (cached).
     """
 
-    __slots__ = ("k", "n", "batch", "data", "colsum", "version", "_source", "__weakref__")
+    __slots__ = ("k", "n", "batch", "data", "colsum", "version", "_source", "_data_ptr", "_colsum_ptr", "__weakref__")
 
     def __init__(self, weight: torch.Tensor) -> None:
         lib = _require_lib()
@@ -148,6 +151,8 @@ class PackedWeight:
         per_batch = lib.npq_gemm_packed_bytes(self.k, self.n)
         self.data = torch.empty((self.batch, per_batch), dtype=torch.uint8)
         self.colsum = torch.empty((self.batch, panels * PANEL), dtype=torch.int32)
+        # The pack owns these buffers and never resizes them: their addresses are fixed, read once.
+        self._data_ptr, self._colsum_ptr = self.data.data_ptr(), self.colsum.data_ptr()
         self.version = _version_of(weight)
         self._source = _source_key(weight)
         sk, sn = w3.stride(1), w3.stride(2)
@@ -189,9 +194,9 @@ def _version_of(t: torch.Tensor) -> int | None:
         return None
 
 
-def _source_key(t: torch.Tensor) -> tuple:
-    st = t.untyped_storage()
-    return (id(st), st.data_ptr(), t.storage_offset(), tuple(t.shape), tuple(t.stride()), t.dtype)
+def _source_key(t: torch.Tensor, storage: torch.UntypedStorage | None = None) -> tuple:
+    st = t.untyped_storage() if storage is None else storage
+    return (id(st), st.data_ptr(), t.storage_offset(), tuple(t.shape), t.stride(), t.dtype)
 
 
 def pack_weight(weight: torch.Tensor) -> PackedWeight:
@@ -231,12 +236,14 @@ def _forget(storage_id: int, ref: weakref.ref) -> None:
 
 def _cached(weight: torch.Tensor, kind: tuple, build):
     """``build()`` for ``weight``, reused while its storage lives and its version is unchanged."""
+    if not _cache_enabled:
+        return build()
     version = _version_of(weight)
-    if not _cache_enabled or version is None:
+    if version is None:
         return build()
     storage = weight.untyped_storage()
     sid = id(storage)
-    key = (kind, _source_key(weight))
+    key = (kind, _source_key(weight, storage))
     with _cache_lock:
         entry = _cache.get(sid)
         if entry is not None and entry[0]() is storage:
@@ -264,6 +271,16 @@ def packed_weight(weight: torch.Tensor) -> PackedWeight:
     weights are packed at their first use and reused after; a changed weight is re-packed.
     """
     return _cached(weight, ("pack",), lambda: PackedWeight(weight))
+
+
+def decoded_quant_param(scale: torch.Tensor, decode: Callable[[], tuple]) -> tuple[torch.Tensor, torch.Tensor]:
+    """``decode()`` (the float32 FP19 scale and integer offset the kernel uses for an int64 quant
+    param, or for a float32 scale torch_npu FP19-encodes), cached for ``scale`` like packs.
+
+    A model's int64 scales are static like its weights; decoding one takes a dozen small tensor
+    ops, more than the M=1 GEMM it feeds. The results are shared: callers only read them.
+    """
+    return _cached(scale, ("quant_param",), decode)
 
 
 def unpacked_int4_weight(x2: torch.Tensor, packed_along_k: bool) -> torch.Tensor:
@@ -294,7 +311,9 @@ def _ptr(t: torch.Tensor | None) -> int | None:
 
 
 def _f32(t: torch.Tensor | None) -> torch.Tensor | None:
-    return None if t is None else t.to(torch.float32).contiguous()
+    if t is None or (t.dtype == torch.float32 and t.is_contiguous()):
+        return t  # already what the kernel reads (the common case: no conversion calls)
+    return t.to(torch.float32).contiguous()
 
 
 def _index_array(values: list[int]) -> ctypes.Array:
@@ -333,7 +352,7 @@ def _run(
     int32 ``(1, n)`` or ``(B, n)``; ``pertoken``/``row_offset``: float32 ``(m,)``.
     """
     lib = _require_lib()
-    batch, m, k = (int(s) for s in x1.shape)
+    batch, m, k = x1.shape
     n = packed.n
     if k != packed.k:
         raise RuntimeError(f"x1 has k={k} but the packed weight has k={packed.k}")
@@ -360,9 +379,9 @@ def _run(
         a_nbatch=len(a_boff),
         a_boff=ctypes.addressof(a_boff),
         a_bidx=ctypes.addressof(a_bidx),
-        w=packed.data.data_ptr(),
+        w=packed._data_ptr,
         w_nbatch=packed.batch,
-        colsum=packed.colsum.data_ptr(),
+        colsum=packed._colsum_ptr,
         w_bidx=ctypes.addressof(w_bidx),
         out_kind=OUT_KINDS[out_dtype],
         bias_i32=_ptr(bias_i32),

@@ -173,14 +173,7 @@ def _npu_quantize_op(
 
 
 @_npu_quantize_op.register_fake
-def _(
-    input: torch.Tensor,
-    scales: torch.Tensor,
-    zero_points: torch.Tensor | None,
-    dtype: torch.dtype,
-    axis: int = 1,
-    div_mode: bool = True,
-) -> torch.Tensor:
+def _(input, scales, zero_points, dtype, axis=1, div_mode=True):  # the op's signature
     plan = validate(input, scales, zero_points, dtype, axis, div_mode)
     return input.new_empty(plan.out_shape, dtype=plan.out_dtype)
 
