@@ -147,7 +147,7 @@ def use_native(*tensors: torch.Tensor | None) -> bool:
     """Whether an op on these tensors should run the native kernels."""
     if lib is None or _forced_reference or os.environ.get("NPUQUANT_FORCE_REFERENCE", "") not in ("", "0"):
         return False
-    return all(t is None or t.device.type == "cpu" for t in tensors)
+    return all(t is None or t.is_cpu for t in tensors)  # is_cpu: no device object built per call
 
 
 def num_threads() -> int:
