@@ -287,8 +287,6 @@ typedef struct {
     int kind; /* AQ_IN_* */
     npq_layout lay; /* in units */
     const float *scale;
-    int64_t scale_row_stride; /* grouped mode: scale/offset values per row; else 0 */
-    int64_t group_units;      /* grouped mode: units sharing one scale; 0 = per element / per tensor */
     int s_bcast;
     const float *offset; /* never NULL: a zero when absent */
     int o_bcast;
@@ -312,15 +310,8 @@ static void aq_range(void *ctx, int64_t begin, int64_t end) {
         while (col < col_end) {
             int64_t n = col_end - col;
             const float *s = j->scale, *o = j->offset;
-            if (j->group_units) { /* one scale per group of units: stop at the group edge */
-                int64_t g = col / j->group_units, left = (g + 1) * j->group_units - col;
-                if (n > left) n = left;
-                s += row * j->scale_row_stride + g;
-                if (o != &aq_zero) o += row * j->scale_row_stride + g;
-            } else {
-                if (!j->s_bcast) s += col * per_unit;
-                if (!j->o_bcast) o += col * per_unit;
-            }
+            if (!j->s_bcast) s += col * per_unit;
+            if (!j->o_bcast) o += col * per_unit;
             const char *src = j->x + (row_off + col * j->lay.inner_stride) * (int64_t)unit_bytes;
             if (j->lay.inner_stride != 1) {
                 if (n > AQ_GATHER) n = AQ_GATHER;
@@ -387,28 +378,324 @@ NPQ_API int npq_anti_quant(const void *x, int x_kind, int64_t x_extent, int nd, 
     return aq_run(&j, rows, x_extent, nthreads);
 }
 
+/* ---------------------------------------------------------------- grouped int4 (w4a16) */
+
+/* The w4a16 weight path: packed int4 rows with one scale (and offset) per row and group of
+ * `gw` words (8 * gw outputs). Its own row-wise loops rather than aq_range's chunk calls:
+ * with small groups (32 outputs) one indirect call per group cost half the throughput. Here
+ * each group's scale and offset are broadcast at the group edge inside the SIMD loop.
+ *
+ * A span kernel converts n contiguous words of one row that start at word w0 of that row
+ * (w0 places the group edges); s / o point at the row's scales and offsets (o NULL = +0, as
+ * above). Every output goes through the same float32 add then multiply as the reference.
+ * `stream` asks for non-temporal stores: an output far larger than the caches is then written
+ * without first being read into them (measured: 576 x 49152 float32, ~7 -> ~9 Gelem/s). */
+typedef void (*aq_grouped_fn)(const int32_t *x, int64_t n, int64_t w0, int64_t gw, const float *s, const float *o,
+                              void *out, int out_t, int stream);
+
+#define AQ_STREAM_MIN ((size_t)32 << 20) /* output bytes from which stores bypass the caches */
+
+static void aq_grouped_scalar(const int32_t *x, int64_t n, int64_t w0, int64_t gw, const float *s, const float *o,
+                              void *out, int out_t, int stream) {
+    (void)stream;
+    int64_t g = w0 / gw, left = gw - w0 % gw;
+    for (int64_t w = 0; w < n; w++) {
+        const float sg = s[g], og = o ? o[g] : 0.0f;
+        for (int k = 0; k < 8; k++) {
+            float v = ((float)aq_nibble(x + w, k) + og) * sg;
+            int64_t i = 8 * w + k;
+            if (out_t == AQ_OUT_F32)
+                ((float *)out)[i] = v;
+            else if (out_t == AQ_OUT_F16)
+                ((uint16_t *)out)[i] = npq_f32_to_f16(v);
+            else
+                ((uint16_t *)out)[i] = npq_f32_to_bf16(v);
+        }
+        if (--left == 0) {
+            g++;
+            left = gw;
+        }
+    }
+}
+
+#if NPQ_X86
+NPQ_TARGET_AVX2 AQ_INLINE __m256 aq_grouped8_avx2(const int32_t *w, __m256 s, __m256 o) {
+    return _mm256_mul_ps(_mm256_add_ps(_mm256_cvtepi32_ps(aq_nibbles8_avx2(w)), o), s);
+}
+
+/* 32 bytes at p: non-temporal when streaming and p is 32-byte aligned. */
+NPQ_TARGET_AVX2 AQ_INLINE void aq_put32_avx2(void *p, __m256i v, int stream) {
+    if (stream && ((uintptr_t)p & 31) == 0)
+        _mm256_stream_si256((__m256i *)p, v);
+    else
+        _mm256_storeu_si256((__m256i *)p, v);
+}
+
+/* Outputs i..i+16 from two vectors; streaming variant of aq_store16_avx2 (same conversions). */
+NPQ_TARGET_AVX2 AQ_INLINE void aq_gstore16_avx2(void *out, int64_t i, __m256 v0, __m256 v1, int out_t, __m256i nan_v,
+                                                int stream) {
+    if (!stream) {
+        aq_store16_avx2(out, i, v0, v1, out_t, nan_v);
+    } else if (out_t == AQ_OUT_F32) {
+        aq_put32_avx2((float *)out + i, _mm256_castps_si256(v0), 1);
+        aq_put32_avx2((float *)out + i + 8, _mm256_castps_si256(v1), 1);
+    } else {
+        uint16_t tmp[16];
+        aq_store16_avx2(tmp, 0, v0, v1, out_t, nan_v);
+        aq_put32_avx2((uint16_t *)out + i, _mm256_loadu_si256((const __m256i *)tmp), 1);
+    }
+}
+
+/* out_t and stream are compile-time constants in each instantiation below. */
+NPQ_TARGET_AVX2 AQ_INLINE void aq_grouped_body_avx2(const int32_t *x, int64_t n, int64_t w0, int64_t gw,
+                                                    const float *s, const float *o, void *out, const int out_t,
+                                                    const int stream) {
+    const __m256i nan_v = _mm256_set1_epi32(npq_bf16_nan);
+    int64_t w = 0;
+    if ((gw & (gw - 1)) == 0) {
+        /* Power-of-two groups: word w's group is a shift away, so one flat loop with the
+         * scale and offset broadcast per word (no per-group loop overhead for tiny groups). */
+        const int sh = __builtin_ctzll((unsigned long long)gw);
+        for (; w + 2 <= n; w += 2) {
+            const int64_t g0 = (w0 + w) >> sh, g1 = (w0 + w + 1) >> sh;
+            __m256 v0 = aq_grouped8_avx2(x + w, _mm256_set1_ps(s[g0]), _mm256_set1_ps(o ? o[g0] : 0.0f));
+            __m256 v1 = aq_grouped8_avx2(x + w + 1, _mm256_set1_ps(s[g1]), _mm256_set1_ps(o ? o[g1] : 0.0f));
+            aq_gstore16_avx2(out, 8 * w, v0, v1, out_t, nan_v, stream);
+        }
+        if (w < n) {
+            const int64_t g0 = (w0 + w) >> sh;
+            aq_store8_avx2(out, 8 * w, aq_grouped8_avx2(x + w, _mm256_set1_ps(s[g0]), _mm256_set1_ps(o ? o[g0] : 0.0f)),
+                           out_t, nan_v);
+        }
+        if (stream) _mm_sfence();
+        return;
+    }
+    int64_t g = w0 / gw, left = gw - w0 % gw;
+    while (w < n) {
+        const int64_t e = w + (left < n - w ? left : n - w);
+        const __m256 sv = _mm256_set1_ps(s[g]), ov = _mm256_set1_ps(o ? o[g] : 0.0f);
+        for (; w + 2 <= e; w += 2)
+            aq_gstore16_avx2(out, 8 * w, aq_grouped8_avx2(x + w, sv, ov), aq_grouped8_avx2(x + w + 1, sv, ov), out_t,
+                             nan_v, stream);
+        if (w < e) {
+            aq_store8_avx2(out, 8 * w, aq_grouped8_avx2(x + w, sv, ov), out_t, nan_v);
+            w++;
+        }
+        g++;
+        left = gw;
+    }
+    if (stream) _mm_sfence(); /* non-temporal stores are weakly ordered: drain before the job ends */
+}
+
+NPQ_TARGET_AVX2 static void aq_grouped_avx2(const int32_t *x, int64_t n, int64_t w0, int64_t gw, const float *s,
+                                            const float *o, void *out, int out_t, int stream) {
+    switch (out_t * 2 + (stream != 0)) {
+    case 0: aq_grouped_body_avx2(x, n, w0, gw, s, o, out, AQ_OUT_F32, 0); break;
+    case 1: aq_grouped_body_avx2(x, n, w0, gw, s, o, out, AQ_OUT_F32, 1); break;
+    case 2: aq_grouped_body_avx2(x, n, w0, gw, s, o, out, AQ_OUT_F16, 0); break;
+    case 3: aq_grouped_body_avx2(x, n, w0, gw, s, o, out, AQ_OUT_F16, 1); break;
+    case 4: aq_grouped_body_avx2(x, n, w0, gw, s, o, out, AQ_OUT_BF16, 0); break;
+    default: aq_grouped_body_avx2(x, n, w0, gw, s, o, out, AQ_OUT_BF16, 1); break;
+    }
+}
+
+NPQ_TARGET_AVX512 AQ_INLINE __m512 aq_grouped16_avx512(__m512i words, __m512i idx, __m512 s, __m512 o) {
+    return _mm512_mul_ps(_mm512_add_ps(_mm512_cvtepi32_ps(aq_nibbles16_avx512(words, idx)), o), s);
+}
+
+/* Outputs i..i+16; streaming variant of aq_store16_avx512 (same conversions). */
+NPQ_TARGET_AVX512 AQ_INLINE void aq_gstore16_avx512(void *out, int64_t i, __m512 v, int out_t, __m512i nan_v,
+                                                    int stream) {
+    if (!stream) {
+        aq_store16_avx512(out, i, v, out_t, nan_v);
+    } else if (out_t == AQ_OUT_F32) {
+        float *p = (float *)out + i;
+        if (((uintptr_t)p & 63) == 0)
+            _mm512_stream_ps(p, v);
+        else
+            _mm512_storeu_ps(p, v);
+    } else {
+        uint16_t tmp[16];
+        aq_store16_avx512(tmp, 0, v, out_t, nan_v);
+        aq_put32_avx2((uint16_t *)out + i, _mm256_loadu_si256((const __m256i *)tmp), 1);
+    }
+}
+
+NPQ_TARGET_AVX512 AQ_INLINE void aq_grouped_body_avx512(const int32_t *x, int64_t n, int64_t w0, int64_t gw,
+                                                        const float *s, const float *o, void *out, const int out_t,
+                                                        const int stream) {
+    const __m512i nan_v = _mm512_set1_epi32(npq_bf16_nan);
+    const __m256i nan_v8 = _mm256_set1_epi32(npq_bf16_nan);
+    /* idx0 spreads words 0, 1 over lanes 0-7, 8-15; idx1..3 do the same for words 2..7. */
+    const __m512i idx0 = _mm512_setr_epi32(0, 0, 0, 0, 0, 0, 0, 0, 1, 1, 1, 1, 1, 1, 1, 1);
+    const __m512i idx1 = _mm512_add_epi32(idx0, _mm512_set1_epi32(2));
+    const __m512i idx2 = _mm512_add_epi32(idx0, _mm512_set1_epi32(4));
+    const __m512i idx3 = _mm512_add_epi32(idx0, _mm512_set1_epi32(6));
+    int64_t g = w0 / gw, w = 0;
+    if (gw == 1) {
+        /* One group per word: scales and offsets spread over lanes exactly as the words are. */
+        const __m512 zero = _mm512_setzero_ps();
+        for (; w + 8 <= n; w += 8, g += 8) {
+            __m512i words = _mm512_castsi256_si512(_mm256_loadu_si256((const __m256i *)(x + w)));
+            __m512 s8 = _mm512_castps256_ps512(_mm256_loadu_ps(s + g));
+            __m512 o8 = o ? _mm512_castps256_ps512(_mm256_loadu_ps(o + g)) : zero;
+#define AQ_G1(k, idx)                                                                                          \
+    aq_gstore16_avx512(out, 8 * w + 16 * k,                                                                    \
+                       aq_grouped16_avx512(words, idx, _mm512_permutexvar_ps(idx, s8), _mm512_permutexvar_ps(idx, o8)), \
+                       out_t, nan_v, stream)
+            AQ_G1(0, idx0);
+            AQ_G1(1, idx1);
+            AQ_G1(2, idx2);
+            AQ_G1(3, idx3);
+#undef AQ_G1
+        }
+        for (; w < n; w++, g++)
+            aq_store8_avx2(out, 8 * w,
+                           aq_grouped8_avx2(x + w, _mm256_set1_ps(s[g]), _mm256_set1_ps(o ? o[g] : 0.0f)), out_t,
+                           nan_v8);
+    } else if ((gw & (gw - 1)) == 0 && (w0 & 1) == 0) {
+        /* Power-of-two groups of 2+ words, pairs starting at even words: both words of a pair
+         * share a group, found by a shift; one flat loop, no per-group loop overhead. */
+        const int sh = __builtin_ctzll((unsigned long long)gw);
+#define AQ_GP(k, words, idx)                                                                                      \
+    do {                                                                                                          \
+        const int64_t gk = (w0 + w + 2 * (k)) >> sh;                                                              \
+        aq_gstore16_avx512(out, 8 * w + 16 * (k),                                                                 \
+                           aq_grouped16_avx512(words, idx, _mm512_set1_ps(s[gk]), _mm512_set1_ps(o ? o[gk] : 0.0f)), \
+                           out_t, nan_v, stream);                                                                 \
+    } while (0)
+        for (; w + 8 <= n; w += 8) {
+            __m512i words = _mm512_castsi256_si512(_mm256_loadu_si256((const __m256i *)(x + w)));
+            AQ_GP(0, words, idx0);
+            AQ_GP(1, words, idx1);
+            AQ_GP(2, words, idx2);
+            AQ_GP(3, words, idx3);
+        }
+        for (; w + 2 <= n; w += 2) {
+            __m512i words = _mm512_castsi128_si512(_mm_loadl_epi64((const __m128i *)(x + w)));
+            AQ_GP(0, words, idx0);
+        }
+#undef AQ_GP
+        if (w < n) {
+            g = (w0 + w) >> sh;
+            aq_store8_avx2(out, 8 * w,
+                           aq_grouped8_avx2(x + w, _mm256_set1_ps(s[g]), _mm256_set1_ps(o ? o[g] : 0.0f)), out_t,
+                           nan_v8);
+        }
+    } else {
+        int64_t left = gw - w0 % gw;
+        while (w < n) {
+            const int64_t e = w + (left < n - w ? left : n - w);
+            const float og = o ? o[g] : 0.0f;
+            const __m512 sv = _mm512_set1_ps(s[g]), ov = _mm512_set1_ps(og);
+            for (; w + 8 <= e; w += 8) {
+                __m512i words = _mm512_castsi256_si512(_mm256_loadu_si256((const __m256i *)(x + w)));
+                aq_gstore16_avx512(out, 8 * w, aq_grouped16_avx512(words, idx0, sv, ov), out_t, nan_v, stream);
+                aq_gstore16_avx512(out, 8 * w + 16, aq_grouped16_avx512(words, idx1, sv, ov), out_t, nan_v, stream);
+                aq_gstore16_avx512(out, 8 * w + 32, aq_grouped16_avx512(words, idx2, sv, ov), out_t, nan_v, stream);
+                aq_gstore16_avx512(out, 8 * w + 48, aq_grouped16_avx512(words, idx3, sv, ov), out_t, nan_v, stream);
+            }
+            for (; w + 2 <= e; w += 2) {
+                __m512i words = _mm512_castsi128_si512(_mm_loadl_epi64((const __m128i *)(x + w)));
+                aq_gstore16_avx512(out, 8 * w, aq_grouped16_avx512(words, idx0, sv, ov), out_t, nan_v, stream);
+            }
+            if (w < e) {
+                aq_store8_avx2(out, 8 * w, aq_grouped8_avx2(x + w, _mm256_set1_ps(s[g]), _mm256_set1_ps(og)), out_t,
+                               nan_v8);
+                w++;
+            }
+            g++;
+            left = gw;
+        }
+    }
+    if (stream) _mm_sfence();
+}
+
+NPQ_TARGET_AVX512 static void aq_grouped_avx512(const int32_t *x, int64_t n, int64_t w0, int64_t gw, const float *s,
+                                                const float *o, void *out, int out_t, int stream) {
+    switch (out_t * 2 + (stream != 0)) {
+    case 0: aq_grouped_body_avx512(x, n, w0, gw, s, o, out, AQ_OUT_F32, 0); break;
+    case 1: aq_grouped_body_avx512(x, n, w0, gw, s, o, out, AQ_OUT_F32, 1); break;
+    case 2: aq_grouped_body_avx512(x, n, w0, gw, s, o, out, AQ_OUT_F16, 0); break;
+    case 3: aq_grouped_body_avx512(x, n, w0, gw, s, o, out, AQ_OUT_F16, 1); break;
+    case 4: aq_grouped_body_avx512(x, n, w0, gw, s, o, out, AQ_OUT_BF16, 0); break;
+    default: aq_grouped_body_avx512(x, n, w0, gw, s, o, out, AQ_OUT_BF16, 1); break;
+    }
+}
+#endif /* NPQ_X86 */
+
+#define AQ_GROUPED_SPAN 4096     /* words (32768 outputs) per work unit: a long row splits over threads */
+/* Outputs per thread, at least. Waking a pool thread took 30-50 us on a shared 2-core VM,
+ * about what one thread needs for 0.5M outputs, and w4a16 layers dequantize one cache-sized
+ * tile after another: such tiles run on the caller's thread alone. */
+#define AQ_GROUPED_GRAIN (1 << 20)
+#define AQ_GROUPED_CHUNK 16384   /* outputs per claimed piece of the dynamic split */
+
+typedef struct {
+    const int32_t *x;
+    int64_t words, row_stride, word_stride, gw, groups, span, spans_per_row;
+    const float *scale, *offset;
+    char *out;
+    int out_t, stream;
+    size_t out_bytes;
+    aq_grouped_fn fn;
+} aq_grouped_job;
+
+/* Units [begin, end): unit u is span u % spans_per_row of row u / spans_per_row. */
+static void aq_grouped_range(void *ctx, int64_t begin, int64_t end) {
+    const aq_grouped_job *j = (const aq_grouped_job *)ctx;
+    _Alignas(64) int32_t gather[AQ_GATHER];
+    for (int64_t u = begin; u < end; u++) {
+        const int64_t r = u / j->spans_per_row, w0 = (u % j->spans_per_row) * j->span;
+        const int64_t n = j->words - w0 < j->span ? j->words - w0 : j->span;
+        const int32_t *xr = j->x + r * j->row_stride;
+        const float *s = j->scale + r * j->groups, *o = j->offset ? j->offset + r * j->groups : NULL;
+        char *dst = j->out + (r * j->words + w0) * 8 * (int64_t)j->out_bytes;
+        if (j->word_stride == 1) {
+            j->fn(xr + w0, n, w0, j->gw, s, o, dst, j->out_t, j->stream);
+            continue;
+        }
+        for (int64_t w = w0; w < w0 + n; w += AQ_GATHER) { /* strided row: copy words to a contiguous buffer */
+            const int64_t m = w0 + n - w < AQ_GATHER ? w0 + n - w : AQ_GATHER;
+            for (int64_t k = 0; k < m; k++) gather[k] = xr[(w + k) * j->word_stride];
+            j->fn(gather, m, w, j->gw, s, o, dst + (w - w0) * 8 * (int64_t)j->out_bytes, j->out_t, j->stream);
+        }
+    }
+}
+
 /* w4a16 helper: packed int4 weight (rows, words) with one scale (and offset) per row and
  * group of group_words words (group_words * 8 elements along the last dim):
  * out[r, c] = cast((nibble + offset[r, c / G]) * scale[r, c / G]), G = 8 * group_words.
- * scale / offset: contiguous (rows, words / group_words) float32; offset may be NULL. */
+ * scale / offset: contiguous (rows, words / group_words) float32; offset may be NULL.
+ * out: contiguous (rows, 8 * words). Returns 0, or a negative code (nothing touched). */
 NPQ_API int npq_dequant_int4_grouped(const int32_t *packed, int64_t extent, int64_t rows, int64_t words,
                                      int64_t row_stride, int64_t word_stride, int64_t group_words, const float *scale,
                                      const float *offset, void *out, int out_dtype, int nthreads) {
-    aq_job j;
-    memset(&j, 0, sizeof j);
     if (rows < 0 || words < 0 || group_words <= 0 || words % group_words != 0) return NPQ_ERR_ARG;
-    int64_t one_size[1] = {rows}, one_stride[1] = {row_stride};
-    int rc = npq_layout_init(&j.lay, 1, one_size, one_stride, words, word_stride, &rows);
+    if (out_dtype < AQ_OUT_F32 || out_dtype > AQ_OUT_BF16) return NPQ_ERR_ARG;
+    npq_layout lay;
+    int64_t one_size[1] = {rows}, one_stride[1] = {row_stride}, n_rows, outputs;
+    int rc = npq_layout_init(&lay, 1, one_size, one_stride, words, word_stride, &n_rows);
+    if (rc == NPQ_OK) rc = npq_layout_check(&lay, extent);
     if (rc != NPQ_OK) return rc;
-    j.x = (const char *)packed;
-    j.kind = AQ_IN_INT4X8;
-    j.scale = scale;
-    j.scale_row_stride = words / group_words;
-    j.group_units = group_words;
-    j.s_bcast = 1;
-    j.offset = offset ? offset : &aq_zero;
-    j.o_bcast = 1;
-    j.out = (char *)out;
-    j.out_t = out_dtype;
-    return aq_run(&j, rows, extent, nthreads);
+    if (rows == 0 || words == 0) return NPQ_OK;
+    if (!packed || !scale || !out) return NPQ_ERR_ARG;
+    if (__builtin_mul_overflow(rows * words, (int64_t)8, &outputs)) return NPQ_ERR_ARG;
+    const size_t out_bytes = out_dtype == AQ_OUT_F32 ? 4 : 2;
+    aq_grouped_job j = {packed, words, row_stride, word_stride, group_words, words / group_words,
+                        words < AQ_GROUPED_SPAN ? words : AQ_GROUPED_SPAN, 0, scale, offset, (char *)out, out_dtype,
+                        (size_t)outputs * out_bytes >= AQ_STREAM_MIN, out_bytes, aq_grouped_scalar};
+    j.spans_per_row = (words + j.span - 1) / j.span;
+#if NPQ_X86
+    if (npq_isa() >= NPQ_ISA_AVX512)
+        j.fn = aq_grouped_avx512;
+    else if (npq_isa() >= NPQ_ISA_AVX2)
+        j.fn = aq_grouped_avx2;
+#endif
+    const int64_t units = rows * j.spans_per_row, unit_outputs = 8 * j.span;
+    const int64_t grain = (AQ_GROUPED_GRAIN + unit_outputs - 1) / unit_outputs;
+    const int64_t chunk = (AQ_GROUPED_CHUNK + unit_outputs - 1) / unit_outputs;
+    npq_advise_hugepages(out, (size_t)outputs * out_bytes);
+    npq_parallel_for_dynamic(units, grain, chunk, nthreads, aq_grouped_range, &j);
+    return NPQ_OK;
 }

@@ -9,6 +9,7 @@ int8 GEMV itself. Numerics are the ops' own: nothing here re-implements their ma
 
 from __future__ import annotations
 
+import threading
 from typing import Any
 
 import torch
@@ -98,3 +99,31 @@ def dequant_int4_grouped(
 ) -> torch.Tensor:
     """The anti-quant family's grouped int4 path: ``(v + offset[r, g]) * scale[r, g]`` for rows ``(rows, K/8)``."""
     return _anti_quant.dequant_int4_grouped(packed, scale, offset, out_dtype)
+
+
+def grouped_int4_tiles(
+    packed: torch.Tensor, scale: torch.Tensor, offset: torch.Tensor | None, out_dtype: torch.dtype, tile_rows: int
+) -> Any:
+    """The same dequantization as a plan of ``tile_rows``-row tiles (``.bounds``, ``.dequant(i, out)``), built once."""
+    return _anti_quant.grouped_int4_tiles(packed, scale, offset, out_dtype, tile_rows)
+
+
+_scratch = threading.local()  # per thread: concurrent forwards in several threads must not share a tile
+
+
+def scratch(rows: int, columns: int, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
+    """A reusable ``(rows, columns)`` buffer (contents undefined), one per thread, dtype and device.
+
+    Every w4a16 layer dequantizes its tiles into the same memory, so that memory stays in the cache
+    from one tile (and layer) to the next; a buffer per layer would not (measured: per-layer buffers
+    made the matmuls read the tiles from DRAM, ~4x slower).
+    """
+    buffers = getattr(_scratch, "buffers", None)
+    if buffers is None:
+        buffers = _scratch.buffers = {}
+    numel = rows * columns
+    buf = buffers.get((dtype, device))
+    if buf is None or buf.numel() < numel:
+        with torch.inference_mode(False):  # a normal tensor: written in and out of inference mode alike
+            buf = buffers[(dtype, device)] = torch.empty(numel, dtype=dtype, device=device)
+    return buf[:numel].view(rows, columns)

@@ -14,7 +14,7 @@ from ..._args import check, to_dtype
 from ..._native import use_native
 from . import native, reference
 
-__all__ = ["npu_anti_quant", "anti_quant", "dequant_int4_grouped", "output_shape"]
+__all__ = ["npu_anti_quant", "anti_quant", "dequant_int4_grouped", "grouped_int4_tiles", "output_shape"]
 
 MAX_DIMS = 8
 OUTPUT_DTYPES = (torch.float16, torch.bfloat16)
@@ -95,14 +95,40 @@ def dequant_int4_grouped(
     scale: torch.Tensor,
     offset: torch.Tensor | None = None,
     out_dtype: torch.dtype = torch.float32,
+    *,
+    out: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """Group-wise int4 weight dequantization (internal, for a w4a16 linear layer); device dispatch.
 
     packed (rows, K/8) int32, scale / offset (rows, groups): see :func:`.reference.dequant_int4_grouped`.
+    ``out``: optional contiguous ``(rows, K)`` buffer of ``out_dtype`` on packed's device that receives
+    the result (e.g. a tile buffer reused across calls); it is returned.
+    """
+    if use_native(packed, scale, offset, out):
+        return native.dequant_int4_grouped(packed, scale, offset, out_dtype, out=out)
+    result = reference.dequant_int4_grouped(packed, scale, offset, out_dtype)
+    if out is None:
+        return result
+    reference.check_grouped_out(out, result.shape, out_dtype, packed.device)
+    return out.copy_(result)
+
+
+def grouped_int4_tiles(
+    packed: torch.Tensor,
+    scale: torch.Tensor,
+    offset: torch.Tensor | None,
+    out_dtype: torch.dtype,
+    tile_rows: int,
+) -> native.GroupedTiles | reference.GroupedTiles:
+    """:func:`dequant_int4_grouped` of one weight as a plan of row tiles (device dispatch).
+
+    For callers that dequantize the same weight tile by tile again and again (w4a16 layers):
+    ``plan.bounds[i]`` is tile i's row range, ``plan.dequant(i, out)`` writes it into ``out``.
+    Native on CPU (arguments checked once, then one kernel call per tile), else the reference.
     """
     if use_native(packed, scale, offset):
-        return native.dequant_int4_grouped(packed, scale, offset, out_dtype)
-    return reference.dequant_int4_grouped(packed, scale, offset, out_dtype)
+        return native.GroupedTiles(packed, scale, offset, out_dtype, tile_rows)
+    return reference.GroupedTiles(packed, scale, offset, out_dtype, tile_rows)
 
 
 @torch.library.custom_op("npuquant::npu_anti_quant", mutates_args=())

@@ -16,7 +16,7 @@ from ... import _native
 from ..int4.native import check_status, output, row_layout
 from . import reference
 
-__all__ = ["OUT_DTYPES", "anti_quant", "dequant_int4_grouped"]
+__all__ = ["OUT_DTYPES", "GroupedTiles", "anti_quant", "dequant_int4_grouped"]
 
 # Output dtypes the kernels write (codes of csrc/anti_quant.c).
 OUT_DTYPES = {torch.float32: 0, torch.float16: 1, torch.bfloat16: 2}
@@ -106,3 +106,52 @@ def dequant_int4_grouped(
     )  # fmt: skip
     check_status(rc, "dequant_int4_grouped")
     return out
+
+
+class GroupedTiles:
+    """:func:`dequant_int4_grouped` of one weight, a tile of rows at a time (w4a16 layers).
+
+    Same interface as :class:`.reference.GroupedTiles`. The arguments are checked, converted and
+    turned into kernel arguments once, here: :meth:`dequant` then costs one ctypes call (a
+    SmolLM2-135M decode step dequantizes ~1000 tiles, and the full per-call path's checks cost
+    more than a cache-sized tile's conversion). Keeps the tensors it reads alive; build a new
+    plan when they are replaced (in-place updates are seen).
+    """
+
+    def __init__(
+        self,
+        packed: torch.Tensor,
+        scale: torch.Tensor,
+        offset: torch.Tensor | None,
+        out_dtype: torch.dtype,
+        tile_rows: int,
+    ):
+        reference.check_grouped(packed, scale, offset, out_dtype)
+        reference.check_tile_rows(tile_rows)
+        s, o = _as_f32(scale), _as_f32(offset)
+        self._tensors = (packed, s, o)  # the kernel arguments point into these
+        rows, words = packed.shape
+        groups = scale.shape[1]
+        self.out_dtype = out_dtype
+        self.columns = words * 8
+        self._out_code = OUT_DTYPES[out_dtype]
+        self.bounds = [(r0, min(r0 + tile_rows, rows)) for r0 in range(0, rows, tile_rows)]
+        extent = packed.untyped_storage().nbytes() // 4 - packed.storage_offset()
+        row_stride, word_stride = packed.stride()
+        self._args = []
+        for r0, r1 in self.bounds:
+            first = r0 * row_stride  # words from the data pointer to the tile's first row
+            self._args.append((
+                packed.data_ptr() + 4 * first, extent - first, r1 - r0, words, row_stride, word_stride,
+                words // groups, s.data_ptr() + 4 * r0 * groups, None if o is None else o.data_ptr() + 4 * r0 * groups,
+            ))  # fmt: skip
+
+    def dequant(self, i: int, out: torch.Tensor) -> torch.Tensor:
+        """Tile ``i`` into ``out``, a contiguous CPU ``(r1 - r0, K)`` tensor of ``out_dtype``; returns ``out``."""
+        r0, r1 = self.bounds[i]
+        shape = (r1 - r0, self.columns)
+        if out.shape != shape or out.dtype != self.out_dtype or not out.is_contiguous() or out.device.type != "cpu":
+            reference.check_grouped_out(out, shape, self.out_dtype, torch.device("cpu"))  # raises, naming the rule
+        rc = _lib.npq_dequant_int4_grouped(*self._args[i], out.data_ptr(), self._out_code, _native.num_threads())
+        check_status(rc, "dequant_int4_grouped")
+        return out
