@@ -1,20 +1,27 @@
 """``torch_npu`` stand-in: the quantization ops of SPEC Part I, served by npuquant.
 
-Ops are looked up on :mod:`npuquant` when this module is first imported and again on each
-access to a name that was missing then, so the layer works with whatever npuquant provides.
+Every op is npuquant's function of the same name.
 """
 
 from __future__ import annotations
 
 import torch
 
-import npuquant
+from npuquant import (  # noqa: F401 - re-exported under torch_npu's names
+    npu_anti_quant,
+    npu_convert_weight_to_int4pack,
+    npu_dynamic_quant,
+    npu_dynamic_quant_asymmetric,
+    npu_quant_matmul,
+    npu_quantize,
+    npu_trans_quant_param,
+)
 
 from . import contrib, npu  # noqa: F401 - sub-modules, as in torch_npu
 
 __version__ = f"{torch.__version__.split('+')[0]}+npuquant"
 
-# torch_npu names served by the npuquant functions of the same name.
+# torch_npu names served by the npuquant functions of the same name (imported above).
 OPS = (
     "npu_anti_quant",
     "npu_dynamic_quant",
@@ -47,24 +54,8 @@ def get_npu_format(input: torch.Tensor) -> int:
     return ACL_FORMAT_ND
 
 
-def _lookup(name: str):
-    return getattr(npuquant, name, None)
-
-
-for _name in OPS:
-    _op = _lookup(_name)
-    if _op is not None:
-        globals()[_name] = _op
-del _name, _op
-
-
 def __getattr__(name: str):
-    if name in OPS:
-        op = _lookup(name)
-        if op is not None:
-            globals()[name] = op
-            return op
-        raise AttributeError(f"torch_npu.{name} is not available: this npuquant does not implement npuquant.{name}")
+    # Names torch_npu has but this stand-in does not: say what is emulated instead of a bare AttributeError.
     raise AttributeError(
         f"module 'torch_npu' has no attribute {name!r} (npuquant.compat emulates the quantization ops "
         f"{', '.join(OPS)}, npu_format_cast, torch_npu.npu and torch_npu.contrib.module)"
