@@ -15,8 +15,6 @@
  * and many tiny rows both spread over the threads. */
 #include "npq.h"
 
-enum { AQ_OUT_F32 = 0, AQ_OUT_F16 = 1, AQ_OUT_BF16 = 2 };
-enum { AQ_IN_INT8 = 0, AQ_IN_INT4X8 = 1 };
 
 #define AQ_GATHER 256   /* units gathered per step when a row is not contiguous */
 #define AQ_GRAIN 32768  /* output elements per thread, at least */
@@ -28,10 +26,10 @@ enum { AQ_IN_INT8 = 0, AQ_IN_INT4X8 = 1 };
         STORE;                                                              \
     }
 #define AQ_SCALAR_BODY                                                      \
-    if (out_t == AQ_OUT_F32) {                                              \
+    if (out_t == NPQ_F32) {                                              \
         float *y = (float *)out;                                            \
         AQ_SCALAR_LOOP(y[i] = v)                                            \
-    } else if (out_t == AQ_OUT_F16) {                                       \
+    } else if (out_t == NPQ_F16) {                                       \
         uint16_t *y = (uint16_t *)out;                                      \
         AQ_SCALAR_LOOP(y[i] = npq_f32_to_f16(v))                            \
     } else {                                                                \
@@ -76,9 +74,9 @@ static void aq_i4_scalar(const void *xv, int64_t n, const float *s, int sb, cons
 
 /* Converts 8 floats and stores them at out[i..i+8). */
 NPQ_TARGET_AVX2 AQ_INLINE void aq_store8_avx2(void *out, int64_t i, __m256 v, int out_t, __m256i nan_v) {
-    if (out_t == AQ_OUT_F32) {
+    if (out_t == NPQ_F32) {
         _mm256_storeu_ps((float *)out + i, v);
-    } else if (out_t == AQ_OUT_F16) {
+    } else if (out_t == NPQ_F16) {
         _mm_storeu_si128((__m128i *)((uint16_t *)out + i), _mm256_cvtps_ph(v, _MM_FROUND_TO_NEAREST_INT));
     } else {
         __m256i t = npq_bf16_bits_avx2(v, nan_v);
@@ -89,10 +87,10 @@ NPQ_TARGET_AVX2 AQ_INLINE void aq_store8_avx2(void *out, int64_t i, __m256 v, in
 
 /* Converts 16 floats (two vectors) and stores them at out[i..i+16): one pack for bf16. */
 NPQ_TARGET_AVX2 AQ_INLINE void aq_store16_avx2(void *out, int64_t i, __m256 v0, __m256 v1, int out_t, __m256i nan_v) {
-    if (out_t == AQ_OUT_BF16) {
+    if (out_t == NPQ_BF16) {
         __m256i t = _mm256_packus_epi32(npq_bf16_bits_avx2(v0, nan_v), npq_bf16_bits_avx2(v1, nan_v));
         _mm256_storeu_si256((__m256i *)((uint16_t *)out + i), _mm256_permute4x64_epi64(t, 0xD8));
-    } else if (out_t == AQ_OUT_F16) {
+    } else if (out_t == NPQ_F16) {
         __m128i h0 = _mm256_cvtps_ph(v0, _MM_FROUND_TO_NEAREST_INT), h1 = _mm256_cvtps_ph(v1, _MM_FROUND_TO_NEAREST_INT);
         _mm256_storeu_si256((__m256i *)((uint16_t *)out + i), _mm256_set_m128i(h1, h0));
     } else {
@@ -120,8 +118,8 @@ NPQ_TARGET_AVX2 AQ_INLINE void aq_body_avx2(const void *xv, int64_t n, const flo
                                             const int ob, void *out, const int out_t, const int kind) {
     const __m256 s_b = _mm256_set1_ps(s[0]), o_b = _mm256_set1_ps(o[0]);
     const __m256i nan_v = _mm256_set1_epi32(npq_bf16_nan);
-    int64_t total = kind == AQ_IN_INT8 ? n : n * 8, i = 0;
-    if (kind == AQ_IN_INT8) {
+    int64_t total = kind == NPQ_I8 ? n : n * 8, i = 0;
+    if (kind == NPQ_I8) {
         const int8_t *x = (const int8_t *)xv;
         for (; i + 16 <= total; i += 16) {
             __m128i b = _mm_loadu_si128((const __m128i *)(x + i));
@@ -144,7 +142,7 @@ NPQ_TARGET_AVX2 AQ_INLINE void aq_body_avx2(const void *xv, int64_t n, const flo
             __m128i b = _mm_loadl_epi64((const __m128i *)xt);
             __m256 v = aq_apply8_avx2(_mm256_cvtepi8_epi32(b), st, sb, s_b, ot, ob, o_b, 0);
             aq_store8_avx2(res, 0, v, out_t, nan_v);
-            memcpy((char *)out + i * (out_t == AQ_OUT_F32 ? 4 : 2), res, (size_t)r * (out_t == AQ_OUT_F32 ? 4 : 2));
+            memcpy((char *)out + i * (out_t == NPQ_F32 ? 4 : 2), res, (size_t)r * (out_t == NPQ_F32 ? 4 : 2));
         }
     } else {
         const int32_t *x = (const int32_t *)xv;
@@ -178,15 +176,15 @@ NPQ_TARGET_AVX2 AQ_INLINE void aq_body_avx2(const void *xv, int64_t n, const flo
         }                                                                                                        \
     }
 
-AQ_SPECIALIZE(aq_i8_avx2, NPQ_TARGET_AVX2, aq_body_avx2, AQ_IN_INT8)
-AQ_SPECIALIZE(aq_i4_avx2, NPQ_TARGET_AVX2, aq_body_avx2, AQ_IN_INT4X8)
+AQ_SPECIALIZE(aq_i8_avx2, NPQ_TARGET_AVX2, aq_body_avx2, NPQ_I8)
+AQ_SPECIALIZE(aq_i4_avx2, NPQ_TARGET_AVX2, aq_body_avx2, NPQ_I32)
 
 /* ---------------------------------------------------------------- AVX-512 (F/BW/VL/DQ) */
 
 NPQ_TARGET_AVX512 AQ_INLINE void aq_store16_avx512(void *out, int64_t i, __m512 v, int out_t, __m512i nan_v) {
-    if (out_t == AQ_OUT_F32) {
+    if (out_t == NPQ_F32) {
         _mm512_storeu_ps((float *)out + i, v);
-    } else if (out_t == AQ_OUT_F16) {
+    } else if (out_t == NPQ_F16) {
         _mm256_storeu_si256((__m256i *)((uint16_t *)out + i), _mm512_cvtps_ph(v, _MM_FROUND_TO_NEAREST_INT));
     } else {
         __m512i u = _mm512_castps_si512(v);
@@ -213,9 +211,9 @@ NPQ_TARGET_AVX512 AQ_INLINE void aq_body_avx512(const void *xv, int64_t n, const
                                                 const int ob, void *out, const int out_t, const int kind) {
     const __m512 s_b = _mm512_set1_ps(s[0]), o_b = _mm512_set1_ps(o[0]);
     const __m512i nan_v = _mm512_set1_epi32(npq_bf16_nan);
-    int64_t total = kind == AQ_IN_INT8 ? n : n * 8, i = 0;
+    int64_t total = kind == NPQ_I8 ? n : n * 8, i = 0;
     const __m512 zero = _mm512_setzero_ps();
-    if (kind == AQ_IN_INT8) {
+    if (kind == NPQ_I8) {
         const int8_t *x = (const int8_t *)xv;
         for (; i + 32 <= total; i += 32) {
             __m256i b = _mm256_loadu_si256((const __m256i *)(x + i));
@@ -237,7 +235,7 @@ NPQ_TARGET_AVX512 AQ_INLINE void aq_body_avx512(const void *xv, int64_t n, const
                 __m512 v = _mm512_mul_ps(_mm512_add_ps(_mm512_cvtepi32_ps(xi), ov), sv);
                 uint32_t res[16];
                 aq_store16_avx512(res, 0, v, out_t, nan_v);
-                size_t esz = out_t == AQ_OUT_F32 ? 4 : 2;
+                size_t esz = out_t == NPQ_F32 ? 4 : 2;
                 memcpy((char *)out + i * (int64_t)esz, res, (size_t)r * esz);
             }
         }
@@ -267,24 +265,24 @@ NPQ_TARGET_AVX512 AQ_INLINE void aq_body_avx512(const void *xv, int64_t n, const
     }
 }
 
-AQ_SPECIALIZE(aq_i8_avx512, NPQ_TARGET_AVX512, aq_body_avx512, AQ_IN_INT8)
-AQ_SPECIALIZE(aq_i4_avx512, NPQ_TARGET_AVX512, aq_body_avx512, AQ_IN_INT4X8)
+AQ_SPECIALIZE(aq_i8_avx512, NPQ_TARGET_AVX512, aq_body_avx512, NPQ_I8)
+AQ_SPECIALIZE(aq_i4_avx512, NPQ_TARGET_AVX512, aq_body_avx512, NPQ_I32)
 #endif /* NPQ_X86 */
 
 static aq_chunk_fn aq_pick(int kind) {
 #if NPQ_X86
     int isa = npq_isa();
-    if (isa >= NPQ_ISA_AVX512) return kind == AQ_IN_INT8 ? aq_i8_avx512 : aq_i4_avx512;
-    if (isa >= NPQ_ISA_AVX2) return kind == AQ_IN_INT8 ? aq_i8_avx2 : aq_i4_avx2;
+    if (isa >= NPQ_ISA_AVX512) return kind == NPQ_I8 ? aq_i8_avx512 : aq_i4_avx512;
+    if (isa >= NPQ_ISA_AVX2) return kind == NPQ_I8 ? aq_i8_avx2 : aq_i4_avx2;
 #endif
-    return kind == AQ_IN_INT8 ? aq_i8_scalar : aq_i4_scalar;
+    return kind == NPQ_I8 ? aq_i8_scalar : aq_i4_scalar;
 }
 
 /* ---------------------------------------------------------------- layout and driver */
 
 typedef struct {
     const char *x;
-    int kind; /* AQ_IN_* */
+    int kind; /* NPQ_I8, or NPQ_I32 (packed int4) */
     npq_layout lay; /* in units */
     const float *scale;
     int s_bcast;
@@ -299,8 +297,8 @@ static const float aq_zero = 0.0f;
 
 static void aq_range(void *ctx, int64_t begin, int64_t end) {
     const aq_job *j = (const aq_job *)ctx;
-    const int64_t inner = j->lay.inner, per_unit = j->kind == AQ_IN_INT8 ? 1 : 8;
-    const size_t unit_bytes = j->kind == AQ_IN_INT8 ? 1 : 4, out_bytes = j->out_t == AQ_OUT_F32 ? 4 : 2;
+    const int64_t inner = j->lay.inner, per_unit = j->kind == NPQ_I8 ? 1 : 8;
+    const size_t unit_bytes = j->kind == NPQ_I8 ? 1 : 4, out_bytes = j->out_t == NPQ_F32 ? 4 : 2;
     int64_t row = begin / inner, col = begin % inner;
     int64_t row_off = npq_row_offset(&j->lay, row);
     _Alignas(64) int32_t gather[AQ_GATHER];
@@ -317,7 +315,7 @@ static void aq_range(void *ctx, int64_t begin, int64_t end) {
                 if (n > AQ_GATHER) n = AQ_GATHER;
                 for (int64_t k = 0; k < n; k++) {
                     const char *p = src + k * j->lay.inner_stride * (int64_t)unit_bytes;
-                    if (j->kind == AQ_IN_INT8)
+                    if (j->kind == NPQ_I8)
                         ((int8_t *)gather)[k] = *(const int8_t *)p;
                     else
                         memcpy(&gather[k], p, 4);
@@ -340,19 +338,19 @@ static void aq_range(void *ctx, int64_t begin, int64_t end) {
 static int aq_run(aq_job *j, int64_t rows, int64_t extent, int nthreads) {
     int rc = npq_layout_check(&j->lay, extent);
     if (rc != NPQ_OK) return rc;
-    if (j->out_t < AQ_OUT_F32 || j->out_t > AQ_OUT_BF16) return NPQ_ERR_ARG;
+    if (j->out_t < NPQ_F32 || j->out_t > NPQ_BF16) return NPQ_ERR_ARG;
     int64_t units = rows * j->lay.inner;
     if (units == 0) return NPQ_OK;
     if (!j->x || !j->out || !j->scale) return NPQ_ERR_ARG;
     j->fn = aq_pick(j->kind);
-    int64_t grain = j->kind == AQ_IN_INT8 ? AQ_GRAIN : AQ_GRAIN / 8;
-    npq_advise_hugepages(j->out, (size_t)(units * (j->kind == AQ_IN_INT8 ? 1 : 8)) * (j->out_t == AQ_OUT_F32 ? 4 : 2));
+    int64_t grain = j->kind == NPQ_I8 ? AQ_GRAIN : AQ_GRAIN / 8;
+    npq_advise_hugepages(j->out, (size_t)(units * (j->kind == NPQ_I8 ? 1 : 8)) * (j->out_t == NPQ_F32 ? 4 : 2));
     npq_parallel_for_dynamic(units, grain, 2 * grain, nthreads, aq_range, j);
     return NPQ_OK;
 }
 
 /* out[r, c] = cast((float32(unit value) + offset[c]) * scale[c]), rows numbered by the
- * leading dims. x_kind: 0 = int8, 1 = int32 words of 8 int4 (output last dim 8*inner).
+ * leading dims. x_kind: NPQ_I8, or NPQ_I32 for words of 8 int4 (output last dim 8*inner).
  * n_scale: 1 (per tensor) or the output's last dim; offset: NULL or n_scale floats.
  * x_extent: units addressable from x (bounds check). out: contiguous, out_dtype 0 = f32,
  * 1 = f16, 2 = bf16. Returns 0, or a negative code on bad arguments (nothing touched). */
@@ -362,10 +360,10 @@ NPQ_API int npq_anti_quant(const void *x, int x_kind, int64_t x_extent, int nd, 
     aq_job j;
     memset(&j, 0, sizeof j);
     int64_t rows;
-    if (x_kind != AQ_IN_INT8 && x_kind != AQ_IN_INT4X8) return NPQ_ERR_ARG;
+    if (x_kind != NPQ_I8 && x_kind != NPQ_I32) return NPQ_ERR_ARG;
     int rc = npq_layout_init(&j.lay, nd, lead_sizes, lead_strides, inner, inner_stride, &rows);
     if (rc != NPQ_OK) return rc;
-    int64_t out_last = x_kind == AQ_IN_INT8 ? inner : inner * 8;
+    int64_t out_last = x_kind == NPQ_I8 ? inner : inner * 8;
     if (n_scale != 1 && n_scale != out_last) return NPQ_ERR_ARG;
     j.x = (const char *)x;
     j.kind = x_kind;
@@ -404,9 +402,9 @@ static void aq_grouped_scalar(const int32_t *x, int64_t n, int64_t w0, int64_t g
         for (int k = 0; k < 8; k++) {
             float v = ((float)aq_nibble(x + w, k) + og) * sg;
             int64_t i = 8 * w + k;
-            if (out_t == AQ_OUT_F32)
+            if (out_t == NPQ_F32)
                 ((float *)out)[i] = v;
-            else if (out_t == AQ_OUT_F16)
+            else if (out_t == NPQ_F16)
                 ((uint16_t *)out)[i] = npq_f32_to_f16(v);
             else
                 ((uint16_t *)out)[i] = npq_f32_to_bf16(v);
@@ -436,7 +434,7 @@ NPQ_TARGET_AVX2 AQ_INLINE void aq_gstore16_avx2(void *out, int64_t i, __m256 v0,
                                                 int stream) {
     if (!stream) {
         aq_store16_avx2(out, i, v0, v1, out_t, nan_v);
-    } else if (out_t == AQ_OUT_F32) {
+    } else if (out_t == NPQ_F32) {
         aq_put32_avx2((float *)out + i, _mm256_castps_si256(v0), 1);
         aq_put32_avx2((float *)out + i + 8, _mm256_castps_si256(v1), 1);
     } else {
@@ -490,12 +488,12 @@ NPQ_TARGET_AVX2 AQ_INLINE void aq_grouped_body_avx2(const int32_t *x, int64_t n,
 NPQ_TARGET_AVX2 static void aq_grouped_avx2(const int32_t *x, int64_t n, int64_t w0, int64_t gw, const float *s,
                                             const float *o, void *out, int out_t, int stream) {
     switch (out_t * 2 + (stream != 0)) {
-    case 0: aq_grouped_body_avx2(x, n, w0, gw, s, o, out, AQ_OUT_F32, 0); break;
-    case 1: aq_grouped_body_avx2(x, n, w0, gw, s, o, out, AQ_OUT_F32, 1); break;
-    case 2: aq_grouped_body_avx2(x, n, w0, gw, s, o, out, AQ_OUT_F16, 0); break;
-    case 3: aq_grouped_body_avx2(x, n, w0, gw, s, o, out, AQ_OUT_F16, 1); break;
-    case 4: aq_grouped_body_avx2(x, n, w0, gw, s, o, out, AQ_OUT_BF16, 0); break;
-    default: aq_grouped_body_avx2(x, n, w0, gw, s, o, out, AQ_OUT_BF16, 1); break;
+    case 0: aq_grouped_body_avx2(x, n, w0, gw, s, o, out, NPQ_F32, 0); break;
+    case 1: aq_grouped_body_avx2(x, n, w0, gw, s, o, out, NPQ_F32, 1); break;
+    case 2: aq_grouped_body_avx2(x, n, w0, gw, s, o, out, NPQ_F16, 0); break;
+    case 3: aq_grouped_body_avx2(x, n, w0, gw, s, o, out, NPQ_F16, 1); break;
+    case 4: aq_grouped_body_avx2(x, n, w0, gw, s, o, out, NPQ_BF16, 0); break;
+    default: aq_grouped_body_avx2(x, n, w0, gw, s, o, out, NPQ_BF16, 1); break;
     }
 }
 
@@ -508,7 +506,7 @@ NPQ_TARGET_AVX512 AQ_INLINE void aq_gstore16_avx512(void *out, int64_t i, __m512
                                                     int stream) {
     if (!stream) {
         aq_store16_avx512(out, i, v, out_t, nan_v);
-    } else if (out_t == AQ_OUT_F32) {
+    } else if (out_t == NPQ_F32) {
         float *p = (float *)out + i;
         if (((uintptr_t)p & 63) == 0)
             _mm512_stream_ps(p, v);
@@ -614,12 +612,12 @@ NPQ_TARGET_AVX512 AQ_INLINE void aq_grouped_body_avx512(const int32_t *x, int64_
 NPQ_TARGET_AVX512 static void aq_grouped_avx512(const int32_t *x, int64_t n, int64_t w0, int64_t gw, const float *s,
                                                 const float *o, void *out, int out_t, int stream) {
     switch (out_t * 2 + (stream != 0)) {
-    case 0: aq_grouped_body_avx512(x, n, w0, gw, s, o, out, AQ_OUT_F32, 0); break;
-    case 1: aq_grouped_body_avx512(x, n, w0, gw, s, o, out, AQ_OUT_F32, 1); break;
-    case 2: aq_grouped_body_avx512(x, n, w0, gw, s, o, out, AQ_OUT_F16, 0); break;
-    case 3: aq_grouped_body_avx512(x, n, w0, gw, s, o, out, AQ_OUT_F16, 1); break;
-    case 4: aq_grouped_body_avx512(x, n, w0, gw, s, o, out, AQ_OUT_BF16, 0); break;
-    default: aq_grouped_body_avx512(x, n, w0, gw, s, o, out, AQ_OUT_BF16, 1); break;
+    case 0: aq_grouped_body_avx512(x, n, w0, gw, s, o, out, NPQ_F32, 0); break;
+    case 1: aq_grouped_body_avx512(x, n, w0, gw, s, o, out, NPQ_F32, 1); break;
+    case 2: aq_grouped_body_avx512(x, n, w0, gw, s, o, out, NPQ_F16, 0); break;
+    case 3: aq_grouped_body_avx512(x, n, w0, gw, s, o, out, NPQ_F16, 1); break;
+    case 4: aq_grouped_body_avx512(x, n, w0, gw, s, o, out, NPQ_BF16, 0); break;
+    default: aq_grouped_body_avx512(x, n, w0, gw, s, o, out, NPQ_BF16, 1); break;
     }
 }
 #endif /* NPQ_X86 */
@@ -672,7 +670,7 @@ NPQ_API int npq_dequant_int4_grouped(const int32_t *packed, int64_t extent, int6
                                      int64_t row_stride, int64_t word_stride, int64_t group_words, const float *scale,
                                      const float *offset, void *out, int out_dtype, int nthreads) {
     if (rows < 0 || words < 0 || group_words <= 0 || words % group_words != 0) return NPQ_ERR_ARG;
-    if (out_dtype < AQ_OUT_F32 || out_dtype > AQ_OUT_BF16) return NPQ_ERR_ARG;
+    if (out_dtype < NPQ_F32 || out_dtype > NPQ_BF16) return NPQ_ERR_ARG;
     npq_layout lay;
     int64_t one_size[1] = {rows}, one_stride[1] = {row_stride}, n_rows, outputs;
     int rc = npq_layout_init(&lay, 1, one_size, one_stride, words, word_stride, &n_rows);
@@ -681,7 +679,7 @@ NPQ_API int npq_dequant_int4_grouped(const int32_t *packed, int64_t extent, int6
     if (rows == 0 || words == 0) return NPQ_OK;
     if (!packed || !scale || !out) return NPQ_ERR_ARG;
     if (__builtin_mul_overflow(rows * words, (int64_t)8, &outputs)) return NPQ_ERR_ARG;
-    const size_t out_bytes = out_dtype == AQ_OUT_F32 ? 4 : 2;
+    const size_t out_bytes = out_dtype == NPQ_F32 ? 4 : 2;
     aq_grouped_job j = {packed, words, row_stride, word_stride, group_words, words / group_words,
                         words < AQ_GROUPED_SPAN ? words : AQ_GROUPED_SPAN, 0, scale, offset, (char *)out, out_dtype,
                         (size_t)outputs * out_bytes >= AQ_STREAM_MIN, out_bytes, aq_grouped_scalar};

@@ -18,7 +18,6 @@
  * element index, so one long row and many short rows both spread over the threads. */
 #include "npq.h"
 
-enum { DEQ_INT8 = 0, DEQ_INT16 = 1 };
 
 /* Inputs of up to this many elements run on the calling thread; larger ones are shared out in
  * pieces of this size (npq_parallel_for_dynamic). In cache one thread converts ~20 Gelem/s, so
@@ -49,7 +48,7 @@ DEQ_INLINE void deq_body_scalar(const void *xv, int64_t n, const float *restrict
     const int16_t *x16 = (const int16_t *)xv;
     const float s0 = s[0], z0 = has_z ? z[0] : 0.0f;
     for (int64_t i = 0; i < n; i++) {
-        float v = dtype == DEQ_INT8 ? (float)x8[i] : (float)x16[i];
+        float v = dtype == NPQ_I8 ? (float)x8[i] : (float)x16[i];
         if (has_z) v = v + (bcast ? z0 : z[i]);
         out[i] = v * (bcast ? s0 : s[i]);
     }
@@ -62,14 +61,14 @@ DEQ_INLINE void deq_body_scalar(const void *xv, int64_t n, const float *restrict
     }
 /* All eight, and a table [dtype][per-row][zero points] of them. */
 #define DEQ_ALL(PREFIX, TARGET, BODY)                                                     \
-    DEQ_SPECIALIZE(PREFIX##_i8_col, TARGET, BODY, DEQ_INT8, 0, 0)                         \
-    DEQ_SPECIALIZE(PREFIX##_i8_col_z, TARGET, BODY, DEQ_INT8, 0, 1)                       \
-    DEQ_SPECIALIZE(PREFIX##_i8_row, TARGET, BODY, DEQ_INT8, 1, 0)                         \
-    DEQ_SPECIALIZE(PREFIX##_i8_row_z, TARGET, BODY, DEQ_INT8, 1, 1)                       \
-    DEQ_SPECIALIZE(PREFIX##_i16_col, TARGET, BODY, DEQ_INT16, 0, 0)                       \
-    DEQ_SPECIALIZE(PREFIX##_i16_col_z, TARGET, BODY, DEQ_INT16, 0, 1)                     \
-    DEQ_SPECIALIZE(PREFIX##_i16_row, TARGET, BODY, DEQ_INT16, 1, 0)                       \
-    DEQ_SPECIALIZE(PREFIX##_i16_row_z, TARGET, BODY, DEQ_INT16, 1, 1)                     \
+    DEQ_SPECIALIZE(PREFIX##_i8_col, TARGET, BODY, NPQ_I8, 0, 0)                         \
+    DEQ_SPECIALIZE(PREFIX##_i8_col_z, TARGET, BODY, NPQ_I8, 0, 1)                       \
+    DEQ_SPECIALIZE(PREFIX##_i8_row, TARGET, BODY, NPQ_I8, 1, 0)                         \
+    DEQ_SPECIALIZE(PREFIX##_i8_row_z, TARGET, BODY, NPQ_I8, 1, 1)                       \
+    DEQ_SPECIALIZE(PREFIX##_i16_col, TARGET, BODY, NPQ_I16, 0, 0)                       \
+    DEQ_SPECIALIZE(PREFIX##_i16_col_z, TARGET, BODY, NPQ_I16, 0, 1)                     \
+    DEQ_SPECIALIZE(PREFIX##_i16_row, TARGET, BODY, NPQ_I16, 1, 0)                       \
+    DEQ_SPECIALIZE(PREFIX##_i16_row_z, TARGET, BODY, NPQ_I16, 1, 1)                     \
     static const deq_seg_fn PREFIX##_fns[2][2][2] = {                                     \
         {{PREFIX##_i8_col, PREFIX##_i8_col_z}, {PREFIX##_i8_row, PREFIX##_i8_row_z}},     \
         {{PREFIX##_i16_col, PREFIX##_i16_col_z}, {PREFIX##_i16_row, PREFIX##_i16_row_z}}, \
@@ -83,14 +82,14 @@ DEQ_ALL(deq_scalar, DEQ_NO_TARGET, deq_body_scalar)
 
 /* 8 consecutive inputs as int32 lanes. */
 NPQ_TARGET_AVX2 DEQ_INLINE __m256i deq_load8_avx2(const void *x, int64_t i, const int dtype) {
-    if (dtype == DEQ_INT8) return _mm256_cvtepi8_epi32(_mm_loadl_epi64((const __m128i *)((const int8_t *)x + i)));
+    if (dtype == NPQ_I8) return _mm256_cvtepi8_epi32(_mm_loadl_epi64((const __m128i *)((const int8_t *)x + i)));
     return _mm256_cvtepi16_epi32(_mm_loadu_si128((const __m128i *)((const int16_t *)x + i)));
 }
 
 /* 16 consecutive inputs at i as two vectors of 8 int32 lanes. */
 #define DEQ_LOAD16_AVX2(x, i, dtype, lo, hi)                                                   \
     do {                                                                                        \
-        if ((dtype) == DEQ_INT8) {                                                              \
+        if ((dtype) == NPQ_I8) {                                                              \
             __m128i b_ = _mm_loadu_si128((const __m128i *)((const int8_t *)(x) + (i)));         \
             (lo) = _mm256_cvtepi8_epi32(b_);                                                    \
             (hi) = _mm256_cvtepi8_epi32(_mm_srli_si128(b_, 8));                                 \
@@ -115,7 +114,7 @@ NPQ_TARGET_AVX2 DEQ_INLINE void deq_part_avx2(const void *x, int64_t i, int64_t 
                                               const int has_z) {
     int16_t xt[8] = {0};
     float st[8] = {0}, zt[8] = {0}, res[8];
-    size_t esz = dtype == DEQ_INT8 ? 1 : 2;
+    size_t esz = dtype == NPQ_I8 ? 1 : 2;
     memcpy(xt, (const char *)x + i * (int64_t)esz, (size_t)r * esz);
     if (!bcast) {
         memcpy(st, s + i, (size_t)r * 4);
@@ -173,7 +172,7 @@ NPQ_TARGET_AVX512 DEQ_INLINE void deq_part_avx512(const void *x, int64_t i, int6
                                                   const int bcast, const int has_z) {
     const __m512 zero = _mm512_setzero_ps();
     __mmask16 m = (__mmask16)((1u << r) - 1u);
-    __m512i xi = dtype == DEQ_INT8 ? _mm512_cvtepi8_epi32(_mm_maskz_loadu_epi8(m, (const int8_t *)x + i))
+    __m512i xi = dtype == NPQ_I8 ? _mm512_cvtepi8_epi32(_mm_maskz_loadu_epi8(m, (const int8_t *)x + i))
                                    : _mm512_cvtepi16_epi32(_mm256_maskz_loadu_epi16(m, (const int16_t *)x + i));
     __m512 v = _mm512_cvtepi32_ps(xi);
     if (has_z) v = _mm512_add_ps(v, bcast ? z_b : _mm512_mask_loadu_ps(zero, m, z + i));
@@ -184,7 +183,7 @@ NPQ_TARGET_AVX512 DEQ_INLINE void deq_part_avx512(const void *x, int64_t i, int6
 /* 32 consecutive inputs at i as two vectors of 16 int32 lanes. */
 #define DEQ_LOAD32_AVX512(x, i, dtype, lo, hi)                                                  \
     do {                                                                                        \
-        if ((dtype) == DEQ_INT8) {                                                              \
+        if ((dtype) == NPQ_I8) {                                                              \
             __m256i b_ = _mm256_loadu_si256((const __m256i *)((const int8_t *)(x) + (i)));      \
             (lo) = _mm512_cvtepi8_epi32(_mm256_castsi256_si128(b_));                            \
             (hi) = _mm512_cvtepi8_epi32(_mm256_extracti128_si256(b_, 1));                       \
@@ -228,10 +227,10 @@ DEQ_ALL(deq_avx512, NPQ_TARGET_AVX512, deq_body_avx512)
 static deq_seg_fn deq_pick(int dtype, int bcast, int has_z) {
 #if NPQ_X86
     int isa = npq_isa();
-    if (isa >= NPQ_ISA_AVX512) return deq_avx512_fns[dtype][bcast][has_z];
-    if (isa >= NPQ_ISA_AVX2) return deq_avx2_fns[dtype][bcast][has_z];
+    if (isa >= NPQ_ISA_AVX512) return deq_avx512_fns[dtype == NPQ_I16][bcast][has_z];
+    if (isa >= NPQ_ISA_AVX2) return deq_avx2_fns[dtype == NPQ_I16][bcast][has_z];
 #endif
-    return deq_scalar_fns[dtype][bcast][has_z];
+    return deq_scalar_fns[dtype == NPQ_I16][bcast][has_z];
 }
 
 /* ---------------------------------------------------------------- driver */
@@ -285,7 +284,7 @@ static void deq_range(void *ctx, int64_t begin, int64_t end) {
 /* out[row, c] = (float32(x[row, c]) + zp[p]) * scale[p], p = row (axis -1) or
  * row / rows_per_matrix * cols + c (axis -2); zero_points may be NULL.
  *
- * x: int8 (x_dtype 0) or int16 (1); rows of `cols` elements at stride 1, numbered by nd
+ * x: int8 (x_dtype NPQ_I8) or int16 (NPQ_I16); rows of `cols` elements at stride 1, numbered by nd
  * (<= 8) leading dims of sizes lead_sizes and strides lead_strides (elements, >= 0);
  * x_extent = elements addressable from x (every element read is checked to lie inside).
  * scale / zero_points: contiguous float32, n_param values (must be the count the axis
@@ -296,7 +295,7 @@ NPQ_API int npq_dequantize(const void *x, int x_dtype, int64_t x_extent, int nd,
                            int64_t n_param, int axis, int64_t rows_per_matrix, float *out, int nthreads) {
     deq_job j;
     memset(&j, 0, sizeof j);
-    if (x_dtype != DEQ_INT8 && x_dtype != DEQ_INT16) return NPQ_ERR_ARG;
+    if (x_dtype != NPQ_I8 && x_dtype != NPQ_I16) return NPQ_ERR_ARG;
     if (axis != -1 && axis != -2) return NPQ_ERR_ARG;
     if (x_extent < 0 || n_param < 0) return NPQ_ERR_ARG;
     int64_t rows;
@@ -313,7 +312,7 @@ NPQ_API int npq_dequantize(const void *x, int x_dtype, int64_t x_extent, int nd,
     if (rc != NPQ_OK) return rc;
 
     j.x = (const char *)x;
-    j.esize = x_dtype == DEQ_INT8 ? 1 : 2;
+    j.esize = x_dtype == NPQ_I8 ? 1 : 2;
     j.per_col = axis == -2;
     j.rows_per_matrix = rows_per_matrix;
     j.scale = scale;

@@ -15,8 +15,6 @@
 
 #include "npq.h"
 
-enum { DQ_F32 = 0, DQ_F16 = 1, DQ_BF16 = 2 };
-enum { DQ_OK = 0, DQ_EARG = -1, DQ_EGROUP = -2, DQ_ENOMEM = -3 };
 #define DQ_MAX_GROUPS 1024
 #define DQ_CLEAN_BOUND 1.0e9 /* |v| below this: float->int32 conversion is exact, no NaN/inf possible */
 
@@ -38,8 +36,8 @@ typedef struct {
 /* ------------------------------------------------------------------ scalar pieces */
 
 static inline float dq_load1(const void *p, int dt, int64_t i) {
-    if (dt == DQ_F32) return ((const float *)p)[i];
-    if (dt == DQ_F16) return npq_f16_to_f32(((const uint16_t *)p)[i]);
+    if (dt == NPQ_F32) return ((const float *)p)[i];
+    if (dt == NPQ_F16) return npq_f16_to_f32(((const uint16_t *)p)[i]);
     return npq_bf16_to_f32(((const uint16_t *)p)[i]);
 }
 
@@ -144,9 +142,9 @@ static void pass2_scalar(const float *src, int64_t n, dq_params p, int asym, int
 /* ------------------------------------------------------------------ AVX2 + FMA + F16C */
 
 NPQ_TARGET_AVX2 static inline __m256 load8(const void *p, int64_t i, const int dt) {
-    if (dt == DQ_F32) return _mm256_loadu_ps((const float *)p + i);
+    if (dt == NPQ_F32) return _mm256_loadu_ps((const float *)p + i);
     __m128i h = _mm_loadu_si128((const __m128i *)((const uint16_t *)p + i));
-    if (dt == DQ_F16) return _mm256_cvtph_ps(h);
+    if (dt == NPQ_F16) return _mm256_cvtph_ps(h);
     return _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_cvtepu16_epi32(h), 16));
 }
 
@@ -171,9 +169,9 @@ NPQ_TARGET_AVX2 static inline float hmin8(__m256 v) {
 #define DQ_ENTRY_POINTS(ISA, TARGET)                                                                             \
     TARGET static void pass1_##ISA(const void *x, const float *s, int dt, int64_t n, float *buf, dq_bounds *b) { \
         switch (dt) {                                                                                            \
-        case DQ_F16: pass1_##ISA##_body(x, s, DQ_F16, n, buf, b); break;                                         \
-        case DQ_BF16: pass1_##ISA##_body(x, s, DQ_BF16, n, buf, b); break;                                       \
-        default: pass1_##ISA##_body(x, s, DQ_F32, n, buf, b); break;                                             \
+        case NPQ_F16: pass1_##ISA##_body(x, s, NPQ_F16, n, buf, b); break;                                         \
+        case NPQ_BF16: pass1_##ISA##_body(x, s, NPQ_BF16, n, buf, b); break;                                       \
+        default: pass1_##ISA##_body(x, s, NPQ_F32, n, buf, b); break;                                             \
         }                                                                                                        \
     }                                                                                                            \
     TARGET static void pass2_##ISA(const float *src, int64_t n, dq_params p, int asym, int int4, void *out) {    \
@@ -276,9 +274,9 @@ DQ_ENTRY_POINTS(avx2, NPQ_TARGET_AVX2)
 /* ------------------------------------------------------------------ AVX-512 (F/BW/VL/DQ) */
 
 NPQ_TARGET_AVX512 static inline __m512 load16(const void *p, int64_t i, const int dt) {
-    if (dt == DQ_F32) return _mm512_loadu_ps((const float *)p + i);
+    if (dt == NPQ_F32) return _mm512_loadu_ps((const float *)p + i);
     __m256i h = _mm256_loadu_si256((const __m256i *)((const uint16_t *)p + i));
-    if (dt == DQ_F16) return _mm512_cvtph_ps(h);
+    if (dt == NPQ_F16) return _mm512_cvtph_ps(h);
     return _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(h), 16));
 }
 
@@ -379,7 +377,7 @@ static void dq_range(void *vctx, int64_t begin, int64_t end) {
     const int64_t cols = c->cols;
     const int gather = c->col_stride != 1 && cols > 1;
     /* fp32 rows without smoothing are quantized in place; everything else goes through a float row. */
-    const int direct = c->dt == DQ_F32 && !c->smooth && !gather;
+    const int direct = c->dt == NPQ_F32 && !c->smooth && !gather;
     const size_t fbytes = (size_t)((cols * 4 + 63) / 64 * 64);
     float *buf = NULL, *smooth_f32 = NULL;
     char *row_copy = NULL;
@@ -387,7 +385,7 @@ static void dq_range(void *vctx, int64_t begin, int64_t end) {
         buf = (float *)aligned_alloc(64, fbytes);
         if (!buf) goto oom;
     }
-    if (c->smooth && c->dt != DQ_F32 && cols > 0) {
+    if (c->smooth && c->dt != NPQ_F32 && cols > 0) {
         smooth_f32 = (float *)aligned_alloc(64, fbytes);
         if (!smooth_f32) goto oom;
     }
@@ -463,43 +461,45 @@ oom:
     free(buf);
     free(smooth_f32);
     free(row_copy);
-    atomic_store(&c->error, DQ_ENOMEM);
+    atomic_store(&c->error, NPQ_ERR_NOMEM);
 }
 
 /* Quantizes every row of x (leading dims `lead_shape`/`lead_stride`, last dim `cols` with stride
- * `col_stride`; strides in elements, x dtype 0 = float32, 1 = float16, 2 = bfloat16).
+ * `col_stride`; strides in elements, x dtype NPQ_F32, NPQ_F16 or NPQ_BF16; x_extent elements from
+ * x are readable, and the layout is checked against it before anything is read).
  * smooth: NULL, [cols], or [ngroups, cols] with group_index (contiguous, x's dtype).
  * y: int8 [rows, cols], or with int4 != 0 int32 [rows, cols / 8]; scale (and offset, NULL for the
- * symmetric op) float32 [rows]. Returns 0 or a negative DQ_E* code; argument errors (DQ_EARG,
- * DQ_EGROUP) are found before any memory is read or written. */
-NPQ_API int npq_dynamic_quant(const void *x, int x_dtype, int nlead, const int64_t *lead_shape,
+ * symmetric op) float32 [rows]. Returns an npq_status; argument errors (NPQ_ERR_ARG, NPQ_ERR_BOUNDS,
+ * NPQ_ERR_GROUP) are found before any memory is read or written. */
+NPQ_API int npq_dynamic_quant(const void *x, int x_dtype, int64_t x_extent, int nlead, const int64_t *lead_shape,
                               const int64_t *lead_stride, int64_t cols, int64_t col_stride, const void *smooth,
                               const int32_t *group_index, int64_t ngroups, void *y, float *scale, float *offset,
                               int int4, int nthreads) {
-    if (x_dtype < DQ_F32 || x_dtype > DQ_BF16 || nlead < 0 || nlead > NPQ_MAX_LEAD || cols < 0 || col_stride < 0)
-        return DQ_EARG;
-    if (int4 && cols % 8 != 0) return DQ_EARG;
-    int64_t rows = 1;
-    for (int d = 0; d < nlead; d++) {
-        if (lead_shape[d] < 0 || lead_stride[d] < 0) return DQ_EARG;
-        rows *= lead_shape[d];
-    }
-    if (rows == 0) return DQ_OK;
-    if (!scale || (cols > 0 && (!x || !y))) return DQ_EARG; /* empty tensors may have NULL data */
+    if (x_dtype < NPQ_F32 || x_dtype > NPQ_BF16 || nlead < 0 || nlead > NPQ_MAX_LEAD || cols < 0 || col_stride < 0)
+        return NPQ_ERR_ARG;
+    if (int4 && cols % 8 != 0) return NPQ_ERR_ARG;
+    npq_layout lay;
+    int64_t rows;
+    int rc = npq_layout_init(&lay, nlead, lead_shape, lead_stride, cols, col_stride, &rows);
+    if (rc != NPQ_OK) return rc;
+    if (rows == 0) return NPQ_OK;
+    rc = npq_layout_check(&lay, x_extent);
+    if (rc != NPQ_OK) return rc;
+    if (!scale || (cols > 0 && (!x || !y))) return NPQ_ERR_ARG; /* empty tensors may have NULL data */
     if (group_index) {
-        if (!smooth || ngroups < 1 || ngroups > DQ_MAX_GROUPS) return DQ_EGROUP;
+        if (!smooth || ngroups < 1 || ngroups > DQ_MAX_GROUPS) return NPQ_ERR_GROUP;
         int32_t prev = 0;
         for (int64_t i = 0; i < ngroups; i++) {
-            if (group_index[i] < prev || group_index[i] > rows) return DQ_EGROUP;
+            if (group_index[i] < prev || group_index[i] > rows) return NPQ_ERR_GROUP;
             prev = group_index[i];
         }
-        if (prev != rows) return DQ_EGROUP;
+        if (prev != rows) return NPQ_ERR_GROUP;
     }
     dq_ctx c;
     memset(&c, 0, sizeof c);
     c.x = (const char *)x;
     c.dt = x_dtype;
-    c.esize = x_dtype == DQ_F32 ? 4 : 2;
+    c.esize = x_dtype == NPQ_F32 ? 4 : 2;
     c.nlead = nlead;
     for (int d = 0; d < nlead; d++) {
         c.shape[d] = lead_shape[d];
@@ -517,7 +517,7 @@ NPQ_API int npq_dynamic_quant(const void *x, int x_dtype, int nlead, const int64
     c.offset = offset;
     c.int4 = int4 != 0;
     c.isa = npq_isa();
-    atomic_init(&c.error, DQ_OK);
+    atomic_init(&c.error, NPQ_OK);
     int64_t grain = cols > 0 ? 16384 / cols : 16384;
     npq_parallel_for(rows, grain > 0 ? grain : 1, nthreads, dq_range, &c);
     return atomic_load(&c.error);

@@ -44,44 +44,19 @@
 #define KGROUP 4     /* k per packed group */
 #define GROUP_BYTES (PANEL * KGROUP)
 
-enum { OUT_INT32 = 0, OUT_INT8 = 1, OUT_F16 = 2, OUT_BF16 = 3, OUT_F32 = 4 };
+enum { OUT_INT32 = NPQ_I32, OUT_INT8 = NPQ_I8, OUT_F16 = NPQ_F16, OUT_BF16 = NPQ_BF16, OUT_F32 = NPQ_F32 };
 
-/* Error codes returned to Python (negative). */
+/* Status codes (npq_status). */
 enum {
-    GEMM_OK = 0,
-    GEMM_EBADSIZE = -1,
-    GEMM_ENULL = -2,
-    GEMM_EINDEX = -4,
-    GEMM_EKIND = -5,
-    GEMM_ENOMEM = -6,
+    GEMM_OK = NPQ_OK,
+    GEMM_EBADSIZE = NPQ_ERR_ARG,
+    GEMM_ENULL = NPQ_ERR_NULL,
+    GEMM_EINDEX = NPQ_ERR_ARG,
+    GEMM_EKIND = NPQ_ERR_DTYPE,
+    GEMM_ENOMEM = NPQ_ERR_NOMEM,
 };
 
-/* Mirrors the ctypes.Structure in npuquant/ops/quant_matmul/native.py: keep in sync. */
-typedef struct {
-    int64_t batch, m, n, k;
-    /* activations: logical int8 (m, k) per x1 batch, element strides */
-    const int8_t *a;
-    int64_t a_sm, a_sk;
-    int64_t a_nbatch;
-    const int64_t *a_boff; /* element offset of each x1 batch (a_nbatch) */
-    const int64_t *a_bidx; /* x1 batch of each output batch (batch) */
-    /* packed weights */
-    const uint8_t *w;
-    int64_t w_nbatch;
-    const int32_t *colsum;  /* (w_nbatch, n_panels * 16) */
-    const int64_t *w_bidx;  /* weight batch of each output batch (batch) */
-    /* epilogue */
-    int64_t out_kind;
-    const int32_t *bias_i32;
-    int64_t bias_i32_bstride;
-    const float *scale;
-    int64_t scale_nstride;
-    const float *pertoken;
-    const float *row_offset;
-    const float *add;
-    int64_t add_nstride, add_bstride;
-    void *out; /* contiguous (batch, m, n) */
-} npq_gemm_args;
+/* npq_gemm_args: csrc/npq.h */
 
 static int64_t ceil_div(int64_t a, int64_t b) { return (a + b - 1) / b; }
 
@@ -494,9 +469,9 @@ static inline uint8_t sat_rne_i8(float v) {
     return (uint8_t)(int8_t)(int32_t)nearbyintf(v);
 }
 
-/* One output element; the scalar reference for the SIMD epilogue (and its tail). */
-static inline void epi_one(const npq_gemm_args *g, int64_t b, int64_t m, int64_t n, const int32_t *colsum,
-                           int32_t acc) {
+/* One output element; the scalar reference for the SIMD epilogue (and its tail). cs: the column
+ * sum of column n, read only with row_offset. */
+static inline void epi_one(const npq_gemm_args *g, int64_t b, int64_t m, int64_t n, int32_t cs, int32_t acc) {
     int32_t s = acc;
     if (g->bias_i32) s = (int32_t)((uint32_t)s + (uint32_t)g->bias_i32[b * g->bias_i32_bstride + n]);
     int64_t o = (b * g->m + m) * g->n + n;
@@ -506,7 +481,7 @@ static inline void epi_one(const npq_gemm_args *g, int64_t b, int64_t m, int64_t
     }
     float v = (float)s;
     if (g->row_offset) {
-        float corr = g->row_offset[m] * (float)colsum[n];
+        float corr = g->row_offset[m] * (float)cs;
         v = v - corr;
     }
     if (g->scale) v = v * g->scale[n * g->scale_nstride];
@@ -520,10 +495,12 @@ static inline void epi_one(const npq_gemm_args *g, int64_t b, int64_t m, int64_t
     }
 }
 
+/* The epilogue of an (mr x nc) int32 tile c for output rows m0.., columns n0..; colsum points at
+ * column n0's sum and is read only with row_offset (it may be NULL without). */
 static void epi_tile_scalar(const npq_gemm_args *g, int64_t b, int64_t m0, int mr, int64_t n0, int nc,
                             const int32_t *c, int64_t ldc, const int32_t *colsum) {
     for (int r = 0; r < mr; r++)
-        for (int j = 0; j < nc; j++) epi_one(g, b, m0 + r, n0 + j, colsum, c[r * ldc + j]);
+        for (int j = 0; j < nc; j++) epi_one(g, b, m0 + r, n0 + j, g->row_offset ? colsum[j] : 0, c[r * ldc + j]);
 }
 
 #if NPQ_X86
@@ -547,7 +524,7 @@ NPQ_TARGET_AVX2 static void epi_tile_avx2(const npq_gemm_args *g, int64_t b, int
             }
             __m256 v = _mm256_cvtepi32_ps(acc);
             if (g->row_offset) {
-                __m256 cs = _mm256_cvtepi32_ps(_mm256_loadu_si256((const __m256i *)(colsum + n)));
+                __m256 cs = _mm256_cvtepi32_ps(_mm256_loadu_si256((const __m256i *)(colsum + j)));
                 v = _mm256_sub_ps(v, _mm256_mul_ps(_mm256_set1_ps(g->row_offset[m]), cs));
             }
             if (g->scale)
@@ -578,7 +555,7 @@ NPQ_TARGET_AVX2 static void epi_tile_avx2(const npq_gemm_args *g, int64_t b, int
             default: _mm256_storeu_ps((float *)g->out + orow + n, v); break;
             }
         }
-        for (; j < nc; j++) epi_one(g, b, m, n0 + j, colsum, cr[j]);
+        for (; j < nc; j++) epi_one(g, b, m, n0 + j, g->row_offset ? colsum[j] : 0, cr[j]);
     }
 }
 #endif
@@ -600,13 +577,14 @@ typedef struct {
     atomic_int next_cbuf;
 } gemm_ctx;
 
-static void tile_epilogue(const gemm_ctx *x, int64_t b, int64_t m0, int mr, int64_t n0, int cols,
+/* The epilogue of a tile of `cols` columns from n0 (clipped to n), shared by the GEMM and GEMV
+ * drivers so both round identically. colsum: as epi_tile_scalar. */
+static void tile_epilogue(const npq_gemm_args *g, int isa, int64_t b, int64_t m0, int mr, int64_t n0, int cols,
                           const int32_t *c, int64_t ldc, const int32_t *colsum) {
-    const npq_gemm_args *g = x->g;
     int nc = (int)(g->n - n0 < cols ? g->n - n0 : cols);
     if (nc <= 0) return;
 #if NPQ_X86
-    if (x->isa >= NPQ_ISA_AVX2) {
+    if (isa >= NPQ_ISA_AVX2) {
         epi_tile_avx2(g, b, m0, mr, n0, nc, c, ldc, colsum);
         return;
     }
@@ -676,7 +654,8 @@ static void gemm_range(void *vctx, int64_t t_begin, int64_t t_end) {
                     {
                         ukr_scalar(mr, kq, (const int16_t *)x->apack + arow, x->lda, wp, c, ldc);
                     }
-                    if (last) tile_epilogue(x, b, m0 + ir, mr, p * PANEL, np * PANEL, c, ldc, colsum);
+                    if (last)
+                        tile_epilogue(g, x->isa, b, m0 + ir, mr, p * PANEL, np * PANEL, c, ldc, colsum + p * PANEL);
                 }
                 pj += np;
             }
@@ -684,19 +663,299 @@ static void gemm_range(void *vctx, int64_t t_begin, int64_t t_end) {
     }
 }
 
-/* Runs the GEMM + epilogue. Returns 0 or a negative GEMM_E* code (nothing written on error). */
+/* ================================================================= natural-layout GEMV
+ *
+ * Small M (decode) against the weight as it lies in memory, W[kk][j] = wn[j * wn_sn + kk * wn_sk]
+ * (a row-major (n, k) nn.Linear weight: wn_sn = k, wn_sk = 1). Nothing is packed or cached: the
+ * call is bound by DRAM bandwidth, and packing would read the weight once more (or keep a second
+ * copy of the model). Each weight row (one output column) is streamed once, in address order.
+ *
+ * Activations are widened to int16 once per call (the GEMM's own pack_a_range); each weight row
+ * is widened in registers (vpmovsxbw) and multiplied with vpmaddwd, exact as in the GEMM. Column
+ * sums (row_offset only) come from the same widened weights, added in int16 lanes.
+ *
+ * A task is (batch, block of nb columns). It walks M 8 rows at a time (the block's weights are
+ * still in cache for later row groups), fills an int32 tile and hands it to tile_epilogue: the
+ * results are bit-identical to the packed GEMM's. There is no AVX-512 kernel: for M <= 2 AVX2
+ * already outruns DRAM, and AVX-512 machines run the AVX2 one. */
+
+#define GV_ROWS 8       /* activation rows per pass over a weight block */
+#define GV_MAXNC 4      /* columns per micro-tile */
+#define GV_MAXNB 64     /* columns per task */
+#define GV_PF_AHEAD 1024 /* bytes prefetched beyond the next micro-tile */
+#define GV_STACK_ELEMS 8192 /* widened activations up to 16 KiB live on the stack */
+
+/* Columns per micro-tile for mr rows: mr * nc accumulators stay within the 16 vector registers,
+ * and more columns amortize the horizontal sums. */
+static int gv_nc(int mr) { return mr == 1 ? 4 : mr <= 4 ? 2 : 1; }
+
+/* Micro-tile, the scalar reference and the fallback for any strides: for r < mr, c < nc, with
+ * W(c, kk) = w[c * sn + kk * sk] and all sums modulo 2^32,
+ *   out[r * ldo + c] = sum_kk a[r][kk] * W(c, kk),   and if cs != NULL: cs[c] = sum_kk W(c, kk). */
+static void gv_tile_scalar(int mr, int nc, int64_t k, const int16_t *const *a, const int8_t *w, int64_t sn,
+                           int64_t sk, int32_t *out, int64_t ldo, int32_t *cs) {
+    for (int c = 0; c < nc; c++) {
+        uint32_t acc[GV_ROWS] = {0}, sum = 0;
+        for (int64_t kk = 0; kk < k; kk++) {
+            int32_t wv = w[c * sn + kk * sk];
+            sum += (uint32_t)wv;
+            for (int r = 0; r < mr; r++) acc[r] += (uint32_t)(a[r][kk] * wv);
+        }
+        for (int r = 0; r < mr; r++) out[r * ldo + c] = (int32_t)acc[r];
+        if (cs) cs[c] = (int32_t)sum;
+    }
+}
+
+#if NPQ_X86
+/* Sums of a SIMD micro-tile: row r's column c at s[r * GV_MAXNC + c], column sums at row GV_ROWS. */
+#define GV_SUMS ((GV_ROWS + 1) * GV_MAXNC)
+
+/* The last k % 8 or k % 16 of a SIMD micro-tile, added into s. Out of line so that GCC does not
+ * vectorize and unroll these few iterations inside every kernel instance. */
+static __attribute__((noinline)) void gv_tail(int mr, int nc, int cs, int64_t k0, int64_t k,
+                                              const int16_t *const *a, const int8_t *w, int64_t sn, uint32_t *s) {
+    for (int c = 0; c < nc; c++)
+        for (int64_t kk = k0; kk < k; kk++) {
+            int32_t wv = w[c * sn + kk];
+            for (int r = 0; r < mr; r++) s[r * GV_MAXNC + c] += (uint32_t)(a[r][kk] * wv);
+            if (cs) s[GV_ROWS * GV_MAXNC + c] += (uint32_t)wv;
+        }
+}
+
+/* Zeroes the sums a tile uses (not all of s: GCC clears a whole array with a slow rep stosq). */
+static inline __attribute__((always_inline)) void gv_sums_init(const int MR, const int NC, uint32_t *s) {
+    for (int c = 0; c < NC; c++) {
+        for (int r = 0; r < MR; r++) s[r * GV_MAXNC + c] = 0;
+        s[GV_ROWS * GV_MAXNC + c] = 0;
+    }
+}
+
+/* s[c] += sum of the int32 lanes of v[c], c < NC. */
+NPQ_TARGET_AVX2 static inline __attribute__((always_inline)) void gv_hsum_x(const int NC, const __m128i *v,
+                                                                            uint32_t *s) {
+    for (int c = 0; c < NC; c++) {
+        __m128i t = _mm_add_epi32(v[c], _mm_shuffle_epi32(v[c], 0x4E));
+        t = _mm_add_epi32(t, _mm_shuffle_epi32(t, 0xB1));
+        s[c] += (uint32_t)_mm_cvtsi128_si32(t);
+    }
+}
+
+NPQ_TARGET_AVX2 static inline __attribute__((always_inline)) void gv_hsum_y(const int NC, const __m256i *v,
+                                                                            uint32_t *s) {
+    __m128i h[GV_MAXNC];
+    for (int c = 0; c < NC; c++) h[c] = _mm_add_epi32(_mm256_castsi256_si128(v[c]), _mm256_extracti128_si256(v[c], 1));
+    gv_hsum_x(NC, h, s);
+}
+
+/* Software prefetch, once per 64 bytes the tile consumes: the same point in the next micro-tile
+ * plus GV_PF_AHEAD. With dense rows (sn = k) the tiles are consecutive, so this streams the block
+ * ahead of the reads; the hardware prefetchers alone do not keep NC interleaved rows in flight. */
+#define GV_PREFETCH(STEP)                                                              \
+    if (((kk * NC) & 63) < NC * (STEP)) _mm_prefetch((const char *)(pf + kk * NC), _MM_HINT_T0)
+
+/* gv_tile_scalar for sk = 1 with 128-bit vectors, 8 k per step: for mr <= 2, where the weights'
+ * widening is paid by one or two rows (vpmovsxbw ymm costs twice vpmovsxbw xmm on cores with
+ * 128-bit units, such as Zen 1). Column sums: the widened weights are added in int16 lanes
+ * (vpaddw, no second vpmaddwd), flushed to int32 every 256 steps (|256 * -128| fits in int16). */
+NPQ_TARGET_AVX2 static inline __attribute__((always_inline)) void gv_tile_x_t(
+    const int MR, const int NC, const int CS, int64_t k, const int16_t *const *a, const int8_t *w, int64_t sn,
+    int32_t *out, int64_t ldo, int32_t *cs) {
+    __m128i acc[GV_ROWS][GV_MAXNC], csum[GV_MAXNC];
+    uint32_t s[GV_SUMS];
+    gv_sums_init(MR, NC, s);
+    for (int r = 0; r < MR; r++)
+        for (int c = 0; c < NC; c++) acc[r][c] = _mm_setzero_si128();
+    const int8_t *pf = w + NC * sn + GV_PF_AHEAD;
+    int64_t kv = k & ~(int64_t)7;
+    for (int64_t k0 = 0; k0 < kv; k0 += 256 * 8) {
+        int64_t k1 = kv - k0 < 256 * 8 ? kv : k0 + 256 * 8;
+        for (int c = 0; c < NC; c++) csum[c] = _mm_setzero_si128();
+        for (int64_t kk = k0; kk < k1; kk += 8) {
+            GV_PREFETCH(8);
+#pragma GCC unroll 16
+            for (int c = 0; c < NC; c++) {
+                __m128i wv = _mm_cvtepi8_epi16(_mm_loadl_epi64((const __m128i *)(w + c * sn + kk)));
+                if (CS) csum[c] = _mm_add_epi16(csum[c], wv);
+#pragma GCC unroll 16
+                for (int r = 0; r < MR; r++)
+                    acc[r][c] = _mm_add_epi32(acc[r][c], _mm_madd_epi16(wv, _mm_load_si128((const __m128i *)(a[r] + kk))));
+            }
+        }
+        if (CS) {
+            for (int c = 0; c < NC; c++) csum[c] = _mm_madd_epi16(csum[c], _mm_set1_epi16(1));
+            gv_hsum_x(NC, csum, s + GV_ROWS * GV_MAXNC);
+        }
+    }
+#pragma GCC unroll 16
+    for (int r = 0; r < MR; r++) gv_hsum_x(NC, acc[r], s + r * GV_MAXNC);
+    if (kv < k) gv_tail(MR, NC, CS, kv, k, a, w, sn, s);
+    for (int c = 0; c < NC; c++) {
+        for (int r = 0; r < MR; r++) out[r * ldo + c] = (int32_t)s[r * GV_MAXNC + c];
+        if (CS) cs[c] = (int32_t)s[GV_ROWS * GV_MAXNC + c];
+    }
+}
+
+/* The same with 256-bit vectors, 16 k per step, for mr >= 3 (the widening is shared by the rows). */
+NPQ_TARGET_AVX2 static inline __attribute__((always_inline)) void gv_tile_y_t(
+    const int MR, const int NC, const int CS, int64_t k, const int16_t *const *a, const int8_t *w, int64_t sn,
+    int32_t *out, int64_t ldo, int32_t *cs) {
+    __m256i acc[GV_ROWS][GV_MAXNC], csum[GV_MAXNC];
+    uint32_t s[GV_SUMS];
+    gv_sums_init(MR, NC, s);
+    for (int r = 0; r < MR; r++)
+        for (int c = 0; c < NC; c++) acc[r][c] = _mm256_setzero_si256();
+    const int8_t *pf = w + NC * sn + GV_PF_AHEAD;
+    int64_t kv = k & ~(int64_t)15;
+    for (int64_t k0 = 0; k0 < kv; k0 += 256 * 16) {
+        int64_t k1 = kv - k0 < 256 * 16 ? kv : k0 + 256 * 16;
+        for (int c = 0; c < NC; c++) csum[c] = _mm256_setzero_si256();
+        for (int64_t kk = k0; kk < k1; kk += 16) {
+            GV_PREFETCH(16);
+#pragma GCC unroll 16
+            for (int c = 0; c < NC; c++) {
+                __m256i wv = _mm256_cvtepi8_epi16(_mm_loadu_si128((const __m128i *)(w + c * sn + kk)));
+                if (CS) csum[c] = _mm256_add_epi16(csum[c], wv);
+#pragma GCC unroll 16
+                for (int r = 0; r < MR; r++)
+                    acc[r][c] = _mm256_add_epi32(acc[r][c], _mm256_madd_epi16(wv, _mm256_load_si256((const __m256i *)(a[r] + kk))));
+            }
+        }
+        if (CS) {
+            for (int c = 0; c < NC; c++) csum[c] = _mm256_madd_epi16(csum[c], _mm256_set1_epi16(1));
+            gv_hsum_y(NC, csum, s + GV_ROWS * GV_MAXNC);
+        }
+    }
+#pragma GCC unroll 16
+    for (int r = 0; r < MR; r++) gv_hsum_y(NC, acc[r], s + r * GV_MAXNC);
+    if (kv < k) gv_tail(MR, NC, CS, kv, k, a, w, sn, s);
+    for (int c = 0; c < NC; c++) {
+        for (int r = 0; r < MR; r++) out[r * ldo + c] = (int32_t)s[r * GV_MAXNC + c];
+        if (CS) cs[c] = (int32_t)s[GV_ROWS * GV_MAXNC + c];
+    }
+}
+#undef GV_PREFETCH
+
+/* Instances: nc = gv_nc(mr) for whole tiles, nc = 1 for the columns left over; cs: column sums. */
+NPQ_TARGET_AVX2 static void gv_tile_avx2(int mr, int nc, int64_t k, const int16_t *const *a, const int8_t *w,
+                                         int64_t sn, int32_t *out, int64_t ldo, int32_t *cs) {
+#define GV_X(MR, NC)                                                                     \
+    case MR * 16 + NC:                                                                   \
+        if (cs) gv_tile_x_t(MR, NC, 1, k, a, w, sn, out, ldo, cs);                       \
+        else gv_tile_x_t(MR, NC, 0, k, a, w, sn, out, ldo, cs);                          \
+        return;
+#define GV_Y(MR, NC)                                                                     \
+    case MR * 16 + NC:                                                                   \
+        if (cs) gv_tile_y_t(MR, NC, 1, k, a, w, sn, out, ldo, cs);                       \
+        else gv_tile_y_t(MR, NC, 0, k, a, w, sn, out, ldo, cs);                          \
+        return;
+    switch (mr * 16 + nc) {
+        GV_X(1, 4) GV_X(2, 2) GV_Y(3, 2) GV_Y(4, 2) GV_Y(5, 1) GV_Y(6, 1) GV_Y(7, 1) GV_Y(8, 1)
+        GV_X(1, 1) GV_X(2, 1) GV_Y(3, 1) GV_Y(4, 1)
+    default: break;
+    }
+#undef GV_X
+#undef GV_Y
+    gv_tile_scalar(mr, nc, k, a, w, sn, 1, out, ldo, cs); /* not reached: the driver asks for the above */
+}
+#endif
+
+typedef struct {
+    const npq_gemm_args *g;
+    int isa;
+    const int16_t *abuf; /* (a_nbatch * m) widened activation rows of lda */
+    int64_t lda, nb, nblocks;
+} gemv_ctx;
+
+static void gemv_tile(const gemv_ctx *x, int mr, int nc, const int16_t *const *a, const int8_t *w, int32_t *out,
+                      int64_t ldo, int32_t *cs) {
+    const npq_gemm_args *g = x->g;
+#if NPQ_X86
+    if (x->isa >= NPQ_ISA_AVX2 && g->wn_sk == 1) {
+        gv_tile_avx2(mr, nc, g->k, a, w, g->wn_sn, out, ldo, cs);
+        return;
+    }
+#endif
+    gv_tile_scalar(mr, nc, g->k, a, w, g->wn_sn, g->wn_sk, out, ldo, cs);
+}
+
+static void gemv_range(void *vctx, int64_t t_begin, int64_t t_end) {
+    const gemv_ctx *x = (const gemv_ctx *)vctx;
+    const npq_gemm_args *g = x->g;
+    int32_t tile[GV_ROWS * GV_MAXNB], colsum[GV_MAXNB];
+    for (int64_t t = t_begin; t < t_end; t++) {
+        int64_t b = t / x->nblocks, n0 = t % x->nblocks * x->nb;
+        int cols = (int)(g->n - n0 < x->nb ? g->n - n0 : x->nb);
+        const int8_t *wb = g->wn + g->w_bidx[b] * g->wn_bstride + n0 * g->wn_sn;
+        const int16_t *ab = x->abuf + g->a_bidx[b] * g->m * x->lda;
+        for (int64_t r0 = 0; r0 < g->m; r0 += GV_ROWS) {
+            int mr = (int)(g->m - r0 < GV_ROWS ? g->m - r0 : GV_ROWS);
+            int want_cs = g->row_offset && r0 == 0; /* column sums with the first row group */
+            const int16_t *arow[GV_ROWS];
+            for (int r = 0; r < mr; r++) arow[r] = ab + (r0 + r) * x->lda;
+            int nc = gv_nc(mr), j = 0;
+            for (; j < cols; j += nc) {
+                if (cols - j < nc) nc = 1;
+                gemv_tile(x, mr, nc, arow, wb + j * g->wn_sn, tile + j, x->nb, want_cs ? colsum + j : NULL);
+            }
+            tile_epilogue(g, x->isa, b, r0, mr, n0, cols, tile, x->nb, g->row_offset ? colsum : NULL);
+        }
+    }
+}
+
+/* npq_gemm_s8 with natural-layout weights (g->wn); arguments already validated. */
+static int gemv_natural(const npq_gemm_args *g, int nthreads) {
+    gemv_ctx x;
+    memset(&x, 0, sizeof x);
+    x.g = g;
+    x.isa = npq_isa();
+    x.lda = ceil_div(g->k, 16) * 16; /* 32-byte aligned rows for the SIMD loads */
+    /* ~128 KiB of weights per task, a multiple of 8 columns for the vector epilogue */
+    int64_t nb = ((int64_t)1 << 17) / (g->k > 0 ? g->k : 1) / 8 * 8;
+    x.nb = nb < 8 ? 8 : nb > GV_MAXNB ? GV_MAXNB : nb;
+    x.nblocks = ceil_div(g->n, x.nb);
+
+    /* one thread for small jobs: waking the other costs about as much as streaming 64 KiB */
+    int64_t wbytes = g->batch * g->n * g->k * ceil_div(g->m, GV_ROWS);
+    if (wbytes < ((int64_t)1 << 16)) nthreads = 1;
+    if (nthreads < 1) nthreads = 1;
+
+    /* widened activations: on the stack when small (decode), saving a malloc per call */
+    _Alignas(64) int16_t stack_buf[GV_STACK_ELEMS];
+    int64_t arows = g->a_nbatch * g->m;
+    int16_t *abuf = stack_buf, *heap = NULL;
+    if (arows * x.lda > GV_STACK_ELEMS) {
+        heap = (int16_t *)aligned_alloc(64, (size_t)(arows * x.lda * 2 + 63) / 64 * 64);
+        if (!heap) return GEMM_ENOMEM;
+        abuf = heap;
+    }
+    if (x.lda > 0) {
+        pack_a_ctx pa = {g, APACK_S16, x.lda, x.lda, abuf, x.isa};
+        npq_parallel_for(arows, ceil_div(1 << 15, x.lda), nthreads, pack_a_range, &pa);
+    }
+    x.abuf = abuf;
+    npq_parallel_for_dynamic(g->batch * x.nblocks, 1, 1, nthreads, gemv_range, &x);
+    free(heap);
+    return GEMM_OK;
+}
+
+/* Runs the GEMM (or, with g->wn, the natural-layout GEMV) + epilogue. Returns 0 or a negative GEMM_E* code (nothing written on error). */
 NPQ_API int npq_gemm_s8(const npq_gemm_args *g, int nthreads) {
     if (!g) return GEMM_ENULL;
     if (g->batch < 0 || g->m < 0 || g->n < 0 || g->k < 0 || g->a_nbatch < 0 || g->w_nbatch < 0)
         return GEMM_EBADSIZE;
-    if (g->out_kind < OUT_INT32 || g->out_kind > OUT_F32) return GEMM_EKIND;
+    if (g->out_kind != OUT_INT32 && g->out_kind != OUT_INT8 && g->out_kind != OUT_F16 && g->out_kind != OUT_BF16 &&
+        g->out_kind != OUT_F32)
+        return GEMM_EKIND;
     if (g->batch == 0 || g->m == 0 || g->n == 0) return GEMM_OK;
-    if (!g->out || !g->a_bidx || !g->w_bidx || !g->w || !g->colsum || (g->k > 0 && (!g->a || !g->a_boff)))
+    int natural = g->wn != NULL; /* natural-layout weights: the GEMV path, no packed w / colsum */
+    if (!g->out || !g->a_bidx || !g->w_bidx || (!natural && (!g->w || !g->colsum)) ||
+        (g->k > 0 && (!g->a || !g->a_boff)))
         return GEMM_ENULL;
     for (int64_t b = 0; b < g->batch; b++) {
         if (g->a_bidx[b] < 0 || g->a_bidx[b] >= g->a_nbatch || g->w_bidx[b] < 0 || g->w_bidx[b] >= g->w_nbatch)
             return GEMM_EINDEX;
     }
+    if (natural) return gemv_natural(g, nthreads);
 
     gemm_ctx x;
     memset(&x, 0, sizeof x);

@@ -10,7 +10,6 @@
 #include "npq.h"
 
 /* Value dtypes pack accepts (element sizes 1, 1, 2, 4, 8). */
-enum { I4_INT8 = 0, I4_UINT8 = 1, I4_INT16 = 2, I4_INT32 = 3, I4_INT64 = 4 };
 
 #define I4_GRAIN_WORDS 16384
 
@@ -120,19 +119,19 @@ static inline void i4_minmax_add(i4_minmax *mm, int64_t lo, int64_t hi) {
 
 static inline int64_t i4_load(const char *p, int dtype) {
     switch (dtype) {
-    case I4_INT8: return *(const int8_t *)p;
-    case I4_UINT8: return *(const uint8_t *)p;
-    case I4_INT16: { int16_t v; memcpy(&v, p, 2); return v; }
-    case I4_INT32: { int32_t v; memcpy(&v, p, 4); return v; }
+    case NPQ_I8: return *(const int8_t *)p;
+    case NPQ_U8: return *(const uint8_t *)p;
+    case NPQ_I16: { int16_t v; memcpy(&v, p, 2); return v; }
+    case NPQ_I32: { int32_t v; memcpy(&v, p, 4); return v; }
     default: { int64_t v; memcpy(&v, p, 8); return v; }
     }
 }
 
-static const int i4_sizes[5] = {1, 1, 2, 4, 8};
+static int i4_size(int dtype) { return dtype == NPQ_I64 ? 8 : dtype == NPQ_I32 ? 4 : dtype == NPQ_I16 ? 2 : 1; }
 
 /* Any dtype, any element stride (in elements): n words from 8n values. */
 static void i4_pack_scalar(const char *v, int64_t n, int64_t stride, int dtype, int32_t *out, i4_minmax *mm) {
-    const int64_t step = stride * i4_sizes[dtype];
+    const int64_t step = stride * i4_size(dtype);
     int64_t lo = mm->lo, hi = mm->hi;
     for (int64_t k = 0; k < n; k++) {
         uint32_t word = 0;
@@ -176,7 +175,7 @@ NPQ_TARGET_AVX2 static void i4_pack_i8_avx2(const int8_t *v, int64_t n, int32_t 
         _mm256_storeu_si256((__m256i *)hi, mx);
         for (int t = 0; t < 32; t++) i4_minmax_add(mm, lo[t], hi[t]);
     }
-    i4_pack_scalar((const char *)(v + k * 8), n - k, 1, I4_INT8, out + k, mm);
+    i4_pack_scalar((const char *)(v + k * 8), n - k, 1, NPQ_I8, out + k, mm);
 }
 
 /* int32 values: the range is taken on the raw values; saturating narrowing to int8 then
@@ -205,7 +204,7 @@ NPQ_TARGET_AVX2 static void i4_pack_i32_avx2(const int32_t *v, int64_t n, int32_
         _mm256_storeu_si256((__m256i *)hi, mx);
         for (int t = 0; t < 8; t++) i4_minmax_add(mm, lo[t], hi[t]);
     }
-    i4_pack_scalar((const char *)(v + k * 8), n - k, 1, I4_INT32, out + k, mm);
+    i4_pack_scalar((const char *)(v + k * 8), n - k, 1, NPQ_I32, out + k, mm);
 }
 #endif
 
@@ -221,7 +220,7 @@ typedef struct {
 
 static void i4_pack_range(void *ctx, int64_t begin, int64_t end) {
     i4_pack_job *j = (i4_pack_job *)ctx;
-    const int64_t wpr = j->words_per_row, esz = i4_sizes[j->dtype];
+    const int64_t wpr = j->words_per_row, esz = i4_size(j->dtype);
     int64_t row = begin / wpr, col = begin % wpr;
     i4_minmax mm = {INT64_MAX, INT64_MIN};
     while (begin < end) {
@@ -231,8 +230,8 @@ static void i4_pack_range(void *ctx, int64_t begin, int64_t end) {
         int done = 0;
 #if NPQ_X86
         if (j->simd && j->lay.inner_stride == 1) {
-            if (j->dtype == I4_INT8) i4_pack_i8_avx2((const int8_t *)src, take, dst, &mm), done = 1;
-            else if (j->dtype == I4_INT32) i4_pack_i32_avx2((const int32_t *)src, take, dst, &mm), done = 1;
+            if (j->dtype == NPQ_I8) i4_pack_i8_avx2((const int8_t *)src, take, dst, &mm), done = 1;
+            else if (j->dtype == NPQ_I32) i4_pack_i32_avx2((const int32_t *)src, take, dst, &mm), done = 1;
         }
 #endif
         if (!done) i4_pack_scalar(src, take, j->lay.inner_stride, j->dtype, dst, &mm);
@@ -257,7 +256,7 @@ NPQ_API int npq_pack_int4(const void *values, int dtype, int64_t extent, int nd,
                           int64_t *hi, int nthreads) {
     i4_pack_job j;
     int64_t rows;
-    if (dtype < I4_INT8 || dtype > I4_INT64 || inner % 8 != 0 || !lo || !hi) return NPQ_ERR_ARG;
+    if (dtype < NPQ_I8 || dtype > NPQ_I64 || inner % 8 != 0 || !lo || !hi) return NPQ_ERR_ARG;
     int rc = i4_layout(&j.lay, nd, lead_sizes, lead_strides, inner, inner_stride, extent, &rows);
     if (rc != NPQ_OK) return rc;
     j.words_per_row = inner / 8;

@@ -1,8 +1,10 @@
 /* Shared declarations for npuquant's native kernels.
  *
- * The library is plain C with no libtorch dependency: Python passes data pointers,
- * sizes, strides (in elements) and a thread count through ctypes. Every kernel keeps a
- * scalar version beside its SIMD versions; npq_isa() picks one at run time. */
+ * This header is the whole native interface: the dtype and status enums, CPU features and ISA
+ * levels, and every exported prototype. The kernels are plain C and know nothing of torch:
+ * the C++ operator wrappers (torch_ops.cpp) check every tensor against its storage, then pass
+ * data pointers, sizes, strides (in elements), storage extents and a thread count. Every kernel
+ * keeps a scalar version beside its SIMD versions; npq_isa() picks one at run time. */
 #ifndef NPQ_H
 #define NPQ_H
 
@@ -10,6 +12,35 @@
 #include <string.h>
 
 #define NPQ_API __attribute__((visibility("default")))
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+/* ---- the one dtype numbering: every kernel argument that names a dtype uses it ---- */
+typedef enum {
+    NPQ_F32 = 0,
+    NPQ_F16 = 1,
+    NPQ_BF16 = 2,
+    NPQ_I8 = 3,
+    NPQ_U8 = 4,
+    NPQ_I16 = 5,
+    NPQ_I32 = 6,
+    NPQ_I64 = 7,
+} npq_dtype;
+
+/* ---- the one status set: every entry point returns one of these; npq_status_message() words it ---- */
+typedef enum {
+    NPQ_OK = 0,
+    NPQ_ERR_ARG = -1,    /* a size, stride, count or code is invalid (negative, overflowing, unknown) */
+    NPQ_ERR_BOUNDS = -2, /* a tensor's sizes and strides reach outside its storage */
+    NPQ_ERR_NOMEM = -3,  /* a scratch allocation failed */
+    NPQ_ERR_GROUP = -4,  /* group_index is not non-decreasing within [0, rows] ending at rows */
+    NPQ_ERR_DTYPE = -5,  /* a dtype code the kernel does not take */
+    NPQ_ERR_NULL = -6,   /* a required pointer is missing */
+} npq_status;
+
+NPQ_API const char *npq_status_message(int status);
 
 /* Feature bits reported by npq_cpu_features(). */
 enum {
@@ -33,7 +64,10 @@ enum { NPQ_ISA_SCALAR = 0, NPQ_ISA_AVX2 = 1, NPQ_ISA_AVX512 = 2 };
 
 NPQ_API uint32_t npq_cpu_features(void);
 NPQ_API int npq_isa(void);
-NPQ_API int npq_set_isa_limit(int level); /* returns the level now in force */
+NPQ_API int npq_best_isa(void);
+NPQ_API int npq_set_isa_limit(int level); /* returns the level now in force; a negative level lifts the cap */
+/* The bfloat16 NaN pattern every kernel writes (see "exact conversions" below). */
+NPQ_API void npq_set_bf16_nan(uint16_t bits);
 
 /* ---- parallel loops on our pthread pool (runtime.c) ----
  * Both run fn over [0, n), the caller's thread taking part, and run it inline on the caller's
@@ -58,9 +92,7 @@ void npq_advise_hugepages(void *p, size_t bytes);
 /* ---- strided row layouts ----
  * A tensor seen as rows of `inner` elements (element stride inner_stride) numbered by up to
  * NPQ_MAX_LEAD leading dims of any strides; strides and extents count elements (or units, e.g.
- * int32 words of packed int4). Entry points check a layout before touching memory and return
- * these codes (Python turns them into errors). */
-enum { NPQ_OK = 0, NPQ_ERR_ARG = -1, NPQ_ERR_BOUNDS = -2 };
+ * int32 words of packed int4). Entry points check a layout before touching memory. */
 #define NPQ_MAX_LEAD 8
 
 typedef struct {
@@ -87,19 +119,103 @@ static inline int64_t npq_row_offset(const npq_layout *l, int64_t row) {
     return off;
 }
 
+/* ---- kernels: every entry point returns an npq_status and checks its layouts against the given
+ * extents (elements, or int32 words for packed int4, readable from the data pointer) before it
+ * reads or writes anything. Outputs are contiguous and sized by the caller. nthreads <= 1 runs
+ * on the caller's thread. ---- */
+
+/* anti_quant.c: out = cast_out((float32(x) [+ offset]) * scale). x_dtype NPQ_I8, or NPQ_I32 for
+ * words of 8 int4 (output last dim 8 * inner); scale/offset n_scale (1 or the output's last dim)
+ * float32; out_dtype NPQ_F32 / NPQ_F16 / NPQ_BF16. */
+NPQ_API int npq_anti_quant(const void *x, int x_dtype, int64_t x_extent, int nd, const int64_t *lead_sizes,
+                           const int64_t *lead_strides, int64_t inner, int64_t inner_stride, const float *scale,
+                           int64_t n_scale, const float *offset, void *out, int out_dtype, int nthreads);
+/* anti_quant.c: grouped int4 weight rows: out[r, c] = cast((nibble[r, c] + offset[r, g]) * scale[r, g]),
+ * g = c / (8 * group_words); packed (rows, words) int32 with strides (row_stride, word_stride). */
+NPQ_API int npq_dequant_int4_grouped(const int32_t *packed, int64_t extent, int64_t rows, int64_t words,
+                                     int64_t row_stride, int64_t word_stride, int64_t group_words,
+                                     const float *scale, const float *offset, void *out, int out_dtype,
+                                     int nthreads);
+/* dequantize.c: out = (float32(x) [+ zero_points]) * scale per row (axis -2) or per column (axis -1);
+ * x NPQ_I8 / NPQ_I16 rows of `cols` elements at stride 1. */
+NPQ_API int npq_dequantize(const void *x, int x_dtype, int64_t x_extent, int nd, const int64_t *lead_sizes,
+                           const int64_t *lead_strides, int64_t cols, const float *scale, const float *zero_points,
+                           int64_t n_param, int axis, int64_t rows_per_matrix, float *out, int nthreads);
+/* dynamic_quant.c: per-row dynamic quantization (symmetric when offset is NULL), int8 or packed int4. */
+NPQ_API int npq_dynamic_quant(const void *x, int x_dtype, int64_t x_extent, int nlead, const int64_t *lead_shape,
+                              const int64_t *lead_stride, int64_t cols, int64_t col_stride, const void *smooth,
+                              const int32_t *group_index, int64_t ngroups, void *y, float *scale, float *offset,
+                              int int4, int nthreads);
+/* int4.c: int32 words of 8 int4 -> int8, and integers (NPQ_I8 / U8 / I16 / I32 / I64) -> words,
+ * with the smallest and largest value seen in *lo / *hi (the caller rejects values outside [-8, 7]). */
+NPQ_API int npq_unpack_int4(const int32_t *packed, int64_t extent, int nd, const int64_t *lead_sizes,
+                            const int64_t *lead_strides, int64_t inner, int64_t inner_stride, int8_t *out,
+                            int nthreads);
+NPQ_API int npq_pack_int4(const void *values, int dtype, int64_t extent, int nd, const int64_t *lead_sizes,
+                          const int64_t *lead_strides, int64_t inner, int64_t inner_stride, int32_t *out, int64_t *lo,
+                          int64_t *hi, int nthreads);
+
+/* runtime.c: thread-pool self-tests (out[i] = i * i over [0, n)). */
+NPQ_API void npq_pool_selftest(int64_t *out, int64_t n, int nthreads);
+NPQ_API void npq_pool_selftest_dynamic(int64_t *out, int64_t n, int64_t chunk, int nthreads);
+
+/* gemm_s8.c: one exact int8 GEMM / GEMV call with its epilogue (the file's header gives the
+ * layouts and the epilogue's float32 order). Filled by the C++ wrapper. */
+typedef struct npq_gemm_args {
+    int64_t batch, m, n, k;
+    /* activations: logical int8 (m, k) per x1 batch, element strides */
+    const int8_t *a;
+    int64_t a_sm, a_sk;
+    int64_t a_nbatch;
+    const int64_t *a_boff; /* element offset of each x1 batch (a_nbatch) */
+    const int64_t *a_bidx; /* x1 batch of each output batch (batch) */
+    /* packed weights */
+    const uint8_t *w;
+    int64_t w_nbatch;
+    const int32_t *colsum;  /* (w_nbatch, n_panels * 16) */
+    const int64_t *w_bidx;  /* weight batch of each output batch (batch) */
+    /* epilogue */
+    int64_t out_kind; /* npq_dtype: NPQ_I32, NPQ_I8, NPQ_F16, NPQ_BF16 or NPQ_F32 */
+    const int32_t *bias_i32;
+    int64_t bias_i32_bstride;
+    const float *scale;
+    int64_t scale_nstride;
+    const float *pertoken;
+    const float *row_offset;
+    const float *add;
+    int64_t add_nstride, add_bstride;
+    void *out; /* contiguous (batch, m, n) */
+    /* natural-layout weights: when wn is set, the GEMV path reads W[kk][j] =
+     * wn[w_bidx[b] * wn_bstride + j * wn_sn + kk * wn_sk] in place (a row-major (n, k) weight has
+     * wn_sn = k, wn_sk = 1) and w / colsum may be NULL. Leave wn NULL for the packed path. */
+    const int8_t *wn;
+    int64_t wn_sn, wn_sk, wn_bstride;
+} npq_gemm_args;
+
+NPQ_API int64_t npq_gemm_panels(int64_t n);               /* 16-column panels for n columns */
+NPQ_API int64_t npq_gemm_packed_bytes(int64_t k, int64_t n); /* bytes of one packed weight batch */
+/* Packs one weight batch, the logical (k, n) int8 matrix w with element strides (sk, sn), into
+ * npq_gemm_packed_bytes(k, n) bytes at out, with its exact column sums (npq_gemm_panels(n) * 16). */
+NPQ_API int npq_gemm_pack_b(const int8_t *w, int64_t k, int64_t n, int64_t sk, int64_t sn, uint8_t *out,
+                            int32_t *colsum, int nthreads);
+NPQ_API int npq_gemm_s8(const npq_gemm_args *g, int nthreads);
+
+#ifdef __cplusplus
+} /* extern "C" */
+#else /* kernel-internal helpers below: C only */
+
 /* ---- exact conversions, bit-identical to PyTorch's CPU tensor casts ----
  * Finite and infinite values round half to even, as torch does. NaN, where torch's casts differ
  * from IEEE defaults and from each other:
  *   float16:  sign and top 10 payload bits kept, quiet bit set (F16C's vcvtps2ph). torch gives
  *             this with every ATen CPU capability, vectorized or not.
  *   bfloat16: one pattern for every NaN, set by the torch build: its AVX2 / AVX-512 kernels write
- *             0xFFFF, c10's scalar conversion (ATEN_CPU_CAPABILITY=default) 0x7FC0. npuquant._native
+ *             0xFFFF, c10's scalar conversion (ATEN_CPU_CAPABILITY=default) 0x7FC0. the operator library
  *             asks torch once at load and stores the answer with npq_set_bf16_nan(); every kernel
  *             that writes bfloat16 uses it (npq_f32_to_bf16, npq_bf16_bits_avx2 with npq_bf16_nan).
  * Kernels writing only float32 or integers follow their reference's own NaN rules (see each file). */
 
-extern uint16_t npq_bf16_nan;                    /* runtime.c; default 0x7FC0 until Python sets it */
-NPQ_API void npq_set_bf16_nan(uint16_t bits);
+extern uint16_t npq_bf16_nan; /* runtime.c; default 0x7FC0 until npq_set_bf16_nan() at load */
 
 static inline uint32_t npq_f32_bits(float f) { uint32_t u; memcpy(&u, &f, 4); return u; }
 static inline float npq_f32_from_bits(uint32_t u) { float f; memcpy(&f, &u, 4); return f; }
@@ -162,5 +278,7 @@ NPQ_TARGET_AVX2 static inline __attribute__((always_inline)) __m256i npq_bf16_bi
 #endif
 
 static inline int npq_has(uint32_t bits) { return (npq_cpu_features() & bits) == bits; }
+
+#endif /* !__cplusplus */
 
 #endif

@@ -3,14 +3,14 @@
  *
  * Why our own pool and not OpenMP: torch ships its own libgomp, and a second OpenMP
  * runtime in one process oversubscribes cores or deadlocks after fork. A handful of
- * pthreads, sized by the thread count Python passes (torch.get_num_threads()), avoids
+ * pthreads, sized by the thread count the wrappers pass (torch.get_num_threads()), avoids
  * both. The pool is rebuilt lazily in a forked child. */
-#define PY_SSIZE_T_CLEAN
-#include <Python.h>
+#define _GNU_SOURCE /* MADV_HUGEPAGE */
 #include <pthread.h>
 #include <stdatomic.h>
+#include <time.h>
 #if defined(__linux__)
-#include <sys/mman.h> /* MADV_HUGEPAGE: visible because Python.h defines _GNU_SOURCE */
+#include <sys/mman.h>
 #endif
 
 #include "npq.h"
@@ -45,7 +45,20 @@ NPQ_API uint32_t npq_cpu_features(void) {
     return f;
 }
 
-static int best_isa(void) {
+NPQ_API const char *npq_status_message(int status) {
+    switch (status) {
+    case NPQ_OK: return "success";
+    case NPQ_ERR_ARG: return "invalid size, stride, count or code";
+    case NPQ_ERR_BOUNDS: return "the tensor's sizes and strides reach outside its storage";
+    case NPQ_ERR_NOMEM: return "out of memory";
+    case NPQ_ERR_GROUP: return "group_index must be non-decreasing within [0, rows] and end at rows";
+    case NPQ_ERR_DTYPE: return "unsupported dtype";
+    case NPQ_ERR_NULL: return "a required pointer is missing";
+    default: return "unknown status";
+    }
+}
+
+NPQ_API int npq_best_isa(void) {
     uint32_t f = npq_cpu_features();
     uint32_t avx2 = NPQ_CPU_AVX2 | NPQ_CPU_FMA | NPQ_CPU_F16C;
     uint32_t avx512 = avx2 | NPQ_CPU_AVX512F | NPQ_CPU_AVX512BW | NPQ_CPU_AVX512VL | NPQ_CPU_AVX512DQ;
@@ -55,7 +68,7 @@ static int best_isa(void) {
 }
 
 NPQ_API int npq_isa(void) {
-    int best = best_isa();
+    int best = npq_best_isa();
     return best < g_isa_limit ? best : g_isa_limit;
 }
 
@@ -64,7 +77,7 @@ NPQ_API int npq_set_isa_limit(int level) {
     return npq_isa();
 }
 
-/* bfloat16 NaN pattern of this process's torch (npq.h explains; set once by npuquant._native). */
+/* bfloat16 NaN pattern of this process's torch (npq.h explains; set once when the operators load). */
 uint16_t npq_bf16_nan = 0x7FC0;
 
 NPQ_API void npq_set_bf16_nan(uint16_t bits) { npq_bf16_nan = bits; }
@@ -82,10 +95,58 @@ static pthread_mutex_t g_busy = PTHREAD_MUTEX_INITIALIZER; /* one job at a time 
 static pthread_mutex_t g_lock = PTHREAD_MUTEX_INITIALIZER;
 static pthread_cond_t g_wake = PTHREAD_COND_INITIALIZER;
 static pthread_cond_t g_done = PTHREAD_COND_INITIALIZER;
-static int g_nworkers;        /* started worker threads */
-static uint64_t g_generation; /* bumped for each job */
-static npq_job g_job;
-static int g_pending;         /* workers still running the current job */
+static int g_nworkers;              /* started worker threads */
+static int g_sleepers;              /* workers blocked on g_wake (under g_lock) */
+static _Atomic uint64_t g_generation; /* bumped (under g_lock) for each job */
+static npq_job g_job;               /* written and copied under g_lock */
+static _Atomic int g_pending;       /* workers still running the current job */
+
+/* How long a worker (and the caller waiting for it) spins before blocking. A model runs ~200
+ * small jobs back to back with ~0.1 ms of other work between them; a futex wake costs 30-50 us
+ * on a VM, more than many of the jobs. Spinning on the otherwise idle core is cheap by
+ * comparison; past this it sleeps, so an idle process burns nothing. */
+#define NPQ_SPIN_NS 400000
+
+static inline void cpu_relax(void) {
+#if NPQ_X86
+    __builtin_ia32_pause();
+#elif defined(__aarch64__)
+    __asm__ __volatile__("yield");
+#endif
+}
+
+static uint64_t now_ns(void) {
+    struct timespec t;
+    clock_gettime(CLOCK_MONOTONIC, &t);
+    return (uint64_t)t.tv_sec * 1000000000u + (uint64_t)t.tv_nsec;
+}
+
+/* Spins until *value differs from `old` (returns 1) or NPQ_SPIN_NS pass (returns 0). */
+static int spin_while_u64(_Atomic uint64_t *value, uint64_t old) {
+    uint64_t start = 0;
+    for (unsigned i = 1;; i++) {
+        if (atomic_load_explicit(value, memory_order_acquire) != old) return 1;
+        cpu_relax();
+        if ((i & 255) == 0) { /* look at the clock now and then: it costs ~20 ns */
+            uint64_t t = now_ns();
+            if (!start) start = t;
+            else if (t - start > NPQ_SPIN_NS) return 0;
+        }
+    }
+}
+
+static int spin_while_pending(void) {
+    uint64_t start = 0;
+    for (unsigned i = 1;; i++) {
+        if (atomic_load_explicit(&g_pending, memory_order_acquire) == 0) return 1;
+        cpu_relax();
+        if ((i & 255) == 0) {
+            uint64_t t = now_ns();
+            if (!start) start = t;
+            else if (t - start > NPQ_SPIN_NS) return 0;
+        }
+    }
+}
 
 static void run_part(const npq_job *job, int part) {
     int64_t b = job->n * part / job->parts, e = job->n * (part + 1) / job->parts;
@@ -95,15 +156,25 @@ static void run_part(const npq_job *job, int part) {
 static void *worker_main(void *arg) {
     int id = (int)(intptr_t)arg; /* 1-based: part 0 belongs to the caller */
     uint64_t seen = 0;
-    pthread_mutex_lock(&g_lock);
     for (;;) {
-        while (g_generation == seen) pthread_cond_wait(&g_wake, &g_lock);
-        seen = g_generation;
+        if (!spin_while_u64(&g_generation, seen)) {
+            pthread_mutex_lock(&g_lock);
+            g_sleepers++;
+            while (atomic_load(&g_generation) == seen) pthread_cond_wait(&g_wake, &g_lock);
+            g_sleepers--;
+            pthread_mutex_unlock(&g_lock);
+        }
+        pthread_mutex_lock(&g_lock); /* a consistent copy of the job that goes with the generation */
+        seen = atomic_load(&g_generation);
         npq_job job = g_job;
         pthread_mutex_unlock(&g_lock);
-        if (id < job.parts) run_part(&job, id);
-        pthread_mutex_lock(&g_lock);
-        if (id < job.parts && --g_pending == 0) pthread_cond_signal(&g_done);
+        if (id >= job.parts) continue;
+        run_part(&job, id);
+        if (atomic_fetch_sub_explicit(&g_pending, 1, memory_order_acq_rel) == 1) {
+            pthread_mutex_lock(&g_lock); /* the caller may be blocked on g_done */
+            pthread_cond_signal(&g_done);
+            pthread_mutex_unlock(&g_lock);
+        }
     }
     return NULL;
 }
@@ -115,7 +186,8 @@ static void after_fork_child(void) {
     pthread_cond_init(&g_wake, NULL);
     pthread_cond_init(&g_done, NULL);
     g_nworkers = 0;
-    g_pending = 0;
+    g_sleepers = 0;
+    atomic_store(&g_pending, 0);
 }
 
 static pthread_once_t g_once = PTHREAD_ONCE_INIT;
@@ -144,16 +216,18 @@ void npq_parallel_for(int64_t n, int64_t grain, int nthreads, npq_range_fn fn, v
     g_job.ctx = ctx;
     g_job.n = n;
     g_job.parts = (int)parts;
-    g_pending = (int)parts - 1;
-    g_generation++;
-    pthread_cond_broadcast(&g_wake);
+    atomic_store(&g_pending, (int)parts - 1);
+    atomic_fetch_add_explicit(&g_generation, 1, memory_order_release);
+    if (g_sleepers) pthread_cond_broadcast(&g_wake);
     pthread_mutex_unlock(&g_lock);
 
     run_part(&g_job, 0);
 
-    pthread_mutex_lock(&g_lock);
-    while (g_pending > 0) pthread_cond_wait(&g_done, &g_lock);
-    pthread_mutex_unlock(&g_lock);
+    if (!spin_while_pending()) {
+        pthread_mutex_lock(&g_lock);
+        while (atomic_load(&g_pending) > 0) pthread_cond_wait(&g_done, &g_lock);
+        pthread_mutex_unlock(&g_lock);
+    }
     pthread_mutex_unlock(&g_busy);
 }
 
@@ -277,10 +351,3 @@ NPQ_API void npq_pool_selftest_dynamic(int64_t *out, int64_t n, int64_t chunk, i
     fill_ctx c = {out};
     npq_parallel_for_dynamic(n, 1, chunk, nthreads, add_range, &c);
 }
-
-/* A real (tiny) extension module, so `import npuquant._npuquant_c` works; the kernels
- * themselves are reached through ctypes on this same shared object. */
-static struct PyModuleDef npq_module = {PyModuleDef_HEAD_INIT, "_npuquant_c",
-                                        "npuquant native kernels (called through ctypes).", -1, NULL};
-
-PyMODINIT_FUNC PyInit__npuquant_c(void) { return PyModule_Create(&npq_module); }

@@ -45,3 +45,22 @@ def check(condition: bool, message: str) -> None:
     """torch_npu's TORCH_CHECK: raise RuntimeError carrying the quoted text when the rule fails."""
     if not condition:
         raise RuntimeError(message)
+
+
+def tensors(op: str, **arguments: object) -> None:
+    """TypeError naming the argument when a required tensor argument is None or not a tensor.
+
+    Called first by every public op, so a missing tensor never surfaces as an AttributeError.
+    """
+    for name, value in arguments.items():
+        if not isinstance(value, torch.Tensor):
+            raise TypeError(f"{op}(): argument '{name}' must be a torch.Tensor, but got {type(value).__name__}")
+
+
+def optional_tensors(op: str, **arguments: object) -> None:
+    """As :func:`tensors` for optional arguments: None is fine, anything else must be a tensor."""
+    for name, value in arguments.items():
+        if value is not None and not isinstance(value, torch.Tensor):
+            raise TypeError(
+                f"{op}(): argument '{name}' must be a torch.Tensor or None, but got {type(value).__name__}"
+            )

@@ -1,25 +1,28 @@
-"""Loads npuquant's compiled kernels and decides, per call, whether to use them.
+"""npuquant's native operators: loading them, the CPU-kernel switches, and wiring each operator.
 
-The shared object is plain C (no libtorch): calls pass data pointers, sizes, strides
-and a thread count through ctypes, which releases the GIL for the duration of a kernel.
+The C kernels are registered as torch operators by ``csrc/torch_ops.cpp`` (LibTorch stable ABI):
+``torch.ops.npuquant.<name>`` with the schema and the CPU kernel defined in C++. For each one,
+:func:`operator` adds from Python what belongs beside the pure-torch golden: the fake kernel
+(``torch.compile``) and the reference as the implementation on every other device
+(``CompositeExplicitAutograd``). So one call, ``torch.ops.npuquant.<name>(...)``, runs the native
+kernel on CPU tensors and the reference elsewhere; the dispatcher decides, not Python.
 
-Dispatch rule (DEVELOPERS.md, SPEC I.2): CPU tensors run native kernels, tensors on any
-other device run the pure-torch reference. ``NPUQUANT_FORCE_REFERENCE=1`` in the
-environment (or :func:`force_reference`) sends everything to the reference path.
+``NPUQUANT_FORCE_REFERENCE=1`` in the environment (or :func:`force_reference`) sends CPU calls to
+the reference too (for comparisons); ``NPUQUANT_ISA`` caps the kernel variant for the process.
 """
 
 from __future__ import annotations
 
 import contextlib
-import ctypes
-import importlib.machinery
 import os
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import torch
 
 ISA_NAMES = {0: "scalar", 1: "avx2", 2: "avx512"}
+_ISA_LEVELS = {v: k for k, v in ISA_NAMES.items()}
+# Feature bits of npq_cpu_features() (csrc/npq.h).
 _FEATURE_BITS = {
     "avx2": 1 << 0,
     "fma": 1 << 1,
@@ -35,16 +38,22 @@ _FEATURE_BITS = {
 }
 
 
-def _load() -> tuple[ctypes.CDLL | None, str | None]:
-    here = Path(__file__).parent
-    for suffix in importlib.machinery.EXTENSION_SUFFIXES:
-        path = here / f"_npuquant_c{suffix}"
-        if path.exists():
-            try:
-                return ctypes.CDLL(str(path)), None
-            except OSError as exc:  # pragma: no cover - broken build
-                return None, f"cannot load {path}: {exc}"
-    return None, "the native extension was not built (reinstall npuquant with a C compiler available)"
+def _load() -> str | None:
+    path = Path(__file__).with_name("_C.abi3.so")
+    if not path.exists():
+        return "the native operators were not built (reinstall npuquant with a C/C++ compiler available)"
+    try:
+        torch.ops.load_library(str(path))
+    except (OSError, RuntimeError) as exc:  # pragma: no cover - broken build or too old a torch
+        return f"cannot load {path}: {exc}"
+    return None
+
+
+load_error = _load()
+if load_error is not None:
+    raise ImportError(f"npuquant: {load_error}")
+
+_ops = torch.ops.npuquant
 
 
 def _probe_bf16_nan() -> int:
@@ -57,79 +66,62 @@ def _probe_bf16_nan() -> int:
     return int(probe.view(torch.int16)[0]) & 0xFFFF
 
 
-lib, load_error = _load()
 BF16_NAN_BITS = _probe_bf16_nan()
-_forced_reference = False
-
-if lib is not None:
-    lib.npq_cpu_features.restype = ctypes.c_uint32
-    lib.npq_isa.restype = ctypes.c_int
-    lib.npq_set_isa_limit.restype = ctypes.c_int
-    lib.npq_set_isa_limit.argtypes = [ctypes.c_int]
-    lib.npq_pool_selftest.restype = None
-    lib.npq_pool_selftest.argtypes = [ctypes.c_void_p, ctypes.c_int64, ctypes.c_int]
-    lib.npq_pool_selftest_dynamic.restype = None
-    lib.npq_pool_selftest_dynamic.argtypes = [ctypes.c_void_p, ctypes.c_int64, ctypes.c_int64, ctypes.c_int]
-    lib.npq_set_bf16_nan.restype = None
-    lib.npq_set_bf16_nan.argtypes = [ctypes.c_uint16]
-    lib.npq_set_bf16_nan(BF16_NAN_BITS)
+_ops.set_bf16_nan(BF16_NAN_BITS)
+_forced_reference = os.environ.get("NPUQUANT_FORCE_REFERENCE", "") not in ("", "0")
 
 
 def available() -> bool:
-    """True when the compiled kernels are loaded."""
-    return lib is not None
+    """True when the native operators are loaded (always, once npuquant imports)."""
+    return True
 
 
 def cpu_features() -> list[str]:
     """CPU features the native library detected (e.g. ``['avx2', 'fma', 'f16c']``)."""
-    if lib is None:
-        return []
-    bits = lib.npq_cpu_features()
+    bits = _ops.cpu_features()
     return [name for name, bit in _FEATURE_BITS.items() if bits & bit]
 
 
 def best_isa() -> str:
     """The best kernel variant this CPU supports, whatever cap is in force."""
-    if lib is None:
-        return "none"
-    previous = lib.npq_isa()
-    best = ISA_NAMES[lib.npq_set_isa_limit(-1)]
-    lib.npq_set_isa_limit(previous)
-    return best
+    return ISA_NAMES[_ops.best_isa()]
 
 
 def supported_isas() -> list[str]:
     """Every kernel variant this CPU can run, lowest first (tests run each against the reference)."""
-    if lib is None:
-        return []
-    best = {v: k for k, v in ISA_NAMES.items()}[best_isa()]
-    return [ISA_NAMES[level] for level in range(best + 1)]
+    return [ISA_NAMES[level] for level in range(_ops.best_isa() + 1)]
 
 
 def isa() -> str:
-    """Name of the kernel variant in force: ``'avx512'``, ``'avx2'`` or ``'scalar'`` (``'none'`` if not built)."""
-    if lib is None:
-        return "none"
-    return ISA_NAMES.get(lib.npq_isa(), "unknown")
+    """Name of the kernel variant in force: ``'avx512'``, ``'avx2'`` or ``'scalar'``."""
+    return ISA_NAMES.get(_ops.isa(), "unknown")
 
 
 def set_isa_limit(name: str | None) -> str:
     """Caps the kernel variant (``'scalar'``, ``'avx2'``, ``'avx512'``; None lifts the cap). Returns the one in force."""
-    if lib is None:
-        return "none"
-    level = -1 if name is None else {v: k for k, v in ISA_NAMES.items()}[name]
-    return ISA_NAMES[lib.npq_set_isa_limit(level)]
+    if name is not None and name not in _ISA_LEVELS:
+        raise ValueError(f"unknown ISA {name!r}; expected one of {sorted(_ISA_LEVELS)}")
+    return ISA_NAMES[_ops.set_isa_limit(-1 if name is None else _ISA_LEVELS[name])]
 
 
 @contextlib.contextmanager
 def isa_limit(name: str | None) -> Iterator[str]:
     """Context manager form of :func:`set_isa_limit` (used by tests to run every variant)."""
-    previous = lib.npq_isa() if lib is not None else -1
-    capped = lib is not None and previous != {v: k for k, v in ISA_NAMES.items()}.get(best_isa(), -1)
+    previous = _ops.isa()
+    capped = previous != _ops.best_isa()
     try:
         yield set_isa_limit(name)
     finally:
         set_isa_limit(ISA_NAMES[previous] if capped else None)
+
+
+if os.environ.get("NPUQUANT_ISA"):
+    set_isa_limit(os.environ["NPUQUANT_ISA"])
+
+
+def reference_forced() -> bool:
+    """Whether CPU calls go to the pure-torch reference (:func:`force_reference`)."""
+    return _forced_reference
 
 
 @contextlib.contextmanager
@@ -144,10 +136,8 @@ def force_reference(enabled: bool = True) -> Iterator[None]:
 
 
 def use_native(*tensors: torch.Tensor | None) -> bool:
-    """Whether an op on these tensors should run the native kernels."""
-    if lib is None or _forced_reference or os.environ.get("NPUQUANT_FORCE_REFERENCE", "") not in ("", "0"):
-        return False
-    return all(t is None or t.is_cpu for t in tensors)  # is_cpu: no device object built per call
+    """Whether an op on these tensors runs the native kernels (all on CPU, reference not forced)."""
+    return not _forced_reference and all(t is None or t.is_cpu for t in tensors)
 
 
 def num_threads() -> int:
@@ -155,6 +145,23 @@ def num_threads() -> int:
     return max(1, torch.get_num_threads())
 
 
-def ptr(t: torch.Tensor | None) -> int | None:
-    """Data pointer of a tensor for ctypes (None for a missing optional tensor)."""
-    return None if t is None else t.data_ptr()
+def operator(name: str, reference: Callable, fake: Callable) -> Callable:
+    """Wires ``torch.ops.npuquant.<name>`` (schema and CPU kernel from C++) and returns its caller.
+
+    ``reference`` becomes the implementation on every non-CPU device; ``fake`` the meta kernel
+    torch.compile traces with. The returned function calls the operator (the reference when
+    :func:`force_reference` is on), with the operator's positional arguments.
+    """
+    qualname = f"npuquant::{name}"
+    torch.library.register_fake(qualname)(fake)
+    torch.library.impl(qualname, "CompositeExplicitAutograd")(reference)
+    overload = getattr(_ops, name).default
+
+    def call(*args: object) -> object:
+        if _forced_reference:
+            return reference(*args)
+        return overload(*args)
+
+    call.__name__ = name
+    call.__doc__ = f"``torch.ops.npuquant.{name}`` (native on CPU, reference elsewhere)."
+    return call

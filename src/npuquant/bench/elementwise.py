@@ -2,8 +2,8 @@
 int4 pack / unpack and per-token dynamic quantization.
 
 Each case times the public op as users call it (output allocated per call), the native
-kernel writing a preallocated output where one exists (``kernel``: what the memory system
-allows, comparable with ``Tensor.copy_``), and the eager torch composition of the same maths.
+operator alone (``kernel``: no argument checks, still allocating its output), and the eager torch
+composition of the same maths.
 """
 
 from __future__ import annotations
@@ -13,6 +13,7 @@ import torch
 import npuquant
 from npuquant.ops.anti_quant import native as aq_native
 from npuquant.ops.anti_quant import reference as aq_reference
+from npuquant.ops.dynamic_quant import native as dq_native
 from npuquant.ops.int4 import native as int4_native
 from npuquant.ops.int4 import reference as int4_reference
 
@@ -48,7 +49,7 @@ def _anti_quant(shape: tuple[int, ...], packed: bool, dst: torch.dtype) -> Workl
     buf = torch.empty(rows, cols, dtype=dst)
     return Workload(
         run=lambda: npuquant.npu_anti_quant(x, scale, offset=offset, dst_dtype=dst),
-        kernel=lambda: aq_native.anti_quant(x, scale, offset, dst, out=buf),
+        kernel=lambda: aq_native.anti_quant(x, scale, offset, dst),
         # the reference path is the eager composition: ((float(x) + offset) * scale).to(dst), int4 unpacked first
         eager=lambda: aq_reference.anti_quant(x, scale, offset, dst),
         bytes=x.nbytes + buf.nbytes + scale.nbytes + offset.nbytes,
@@ -62,7 +63,7 @@ def _unpack(shape: tuple[int, ...]) -> Workload:
     buf = torch.empty(rows, cols, dtype=torch.int8)
     return Workload(
         run=lambda: npuquant.unpack_int4(packed),
-        kernel=lambda: int4_native.unpack_int4(packed, out=buf),
+        kernel=lambda: int4_native.unpack_int4(packed),
         eager=lambda: int4_reference.unpack_int4(packed),
         bytes=packed.nbytes + buf.nbytes,
         elements=rows * cols,
@@ -81,7 +82,7 @@ def _pack(shape: tuple[int, ...]) -> Workload:
 
     return Workload(
         run=lambda: npuquant.pack_int4(values),
-        kernel=lambda: int4_native.pack_int4(values, out=buf),
+        kernel=lambda: int4_native.pack_int4(values),
         eager=eager,
         bytes=values.nbytes + buf.nbytes,
         elements=rows * cols,
@@ -106,6 +107,7 @@ def _dynamic_quant(shape: tuple[int, ...], dtype: torch.dtype) -> Workload | Non
 
     return Workload(
         run=lambda: fn(x, smooth_scales=s),
+        kernel=lambda: dq_native.dynamic_quant(x, s, None, True, False),
         eager=eager,
         bytes=x.nbytes + s.nbytes + rows * cols + rows * 8,  # y int8, scale and offset float32 per row
         elements=rows * cols,

@@ -9,9 +9,9 @@ Rows per shape (GOP/s counts 2*M*N*K operations; ``x eager`` is the speed-up ove
 matmul of the same shape, timed in the same process into a preallocated output):
 
 * ``gemm`` / ``a8w8 bf16 pertoken``: ``npu_quant_matmul`` as users call it (exact int32 accumulation,
-  per-channel scale x per-token scale epilogue, bfloat16 output; the packed weight is cached
-  after the first call, as for a model's weights). ``kernel`` = the native call without the
-  op's validation and dispatch.
+  per-channel scale x per-token scale epilogue, bfloat16 output; nothing cached between calls:
+  M <= 8 reads the weight in place, larger M packs it per call). ``kernel`` = the operator
+  ``torch.ops.npuquant.quant_matmul`` without the public function's validation.
 * ``gemm_fbgemm`` / ``qlinear_dynamic (inexact)``: PyTorch's dynamically quantized Linear
   (fbgemm engine, int8 weights, activations quantized per call). Not exact on CPUs without VNNI
   (vpmaddubsw saturates int16 pair sums); shown as the speed reference it is. Its ``x eager``
@@ -26,7 +26,6 @@ import warnings
 import torch
 
 import npuquant
-from npuquant import _native
 from npuquant.ops.quant_matmul import native
 
 from .harness import Case, Options, Workload, register
@@ -73,9 +72,7 @@ def _ours(m: int, k: int, n: int) -> Workload:
     out_bytes = m * n * 2
     return Workload(
         run=lambda: npuquant.npu_quant_matmul(x, w.t(), scale, pertoken_scale=pertoken, output_dtype=torch.bfloat16),
-        kernel=(lambda: native.quant_matmul(x1, x2, scale, None, pertoken, None, torch.bfloat16))
-        if _native.available()
-        else None,
+        kernel=lambda: native.quant_matmul(x1, x2, scale, None, pertoken, None, torch.bfloat16),
         eager=_fp32_matmul(m, k, n),
         bytes=x.nbytes + w.nbytes + scale.nbytes + pertoken.nbytes + out_bytes,
         elements=m * n,

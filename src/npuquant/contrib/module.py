@@ -19,6 +19,7 @@ from torch import Tensor, nn
 from torch.nn.parameter import Parameter
 
 from .._args import to_dtype
+from ..ops.dynamic_quant import quantize_weight_int8
 from ..ops.quant_matmul import npu_quant_matmul, npu_trans_quant_param
 
 __all__ = ["LinearQuant", "LinearA8W8Quant"]
@@ -163,8 +164,9 @@ class LinearQuant(nn.Module):
     ) -> LinearQuant:
         """Builds a layer from a float ``nn.Linear`` with per-channel symmetric int8 weights.
 
-        ``w_scale[j] = max|W[j, :]| / 127`` (1 for an all-zero row), ``weight = RNE(W / w_scale)``
-        in [-127, 127]; the float bias is kept as float32.
+        ``w_scale[j] = max|W[j, :]| / 127``, ``weight = RNE(W * (1 / w_scale))`` in [-127, 127]
+        (``ops.dynamic_quant.quantize_weight_int8``, the rule ``quantize_model`` uses too; an all-zero
+        row gets scale 0); the float bias is kept as float32.
 
         Args:
             linear: the float layer.
@@ -186,10 +188,8 @@ class LinearQuant(nn.Module):
                 "a float bias without pertoken_scale needs output_dtype=torch.bfloat16 (npu_quant_matmul rule), "
                 f"but output_dtype is {output_dtype}."
             )
-        w = linear.weight.detach().to(torch.float32)
-        amax = w.abs().amax(dim=1)
-        w_scale = torch.where(amax > 0, amax / 127.0, torch.ones_like(amax))
-        q = torch.round(w / w_scale.unsqueeze(1)).clamp(-127, 127).to(torch.int8)
+        w = linear.weight.detach()
+        q, w_scale = quantize_weight_int8(w)
         layer = cls(
             linear.in_features,
             linear.out_features,

@@ -24,12 +24,81 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..ops.dynamic_quant import npu_dynamic_quant, npu_dynamic_quant_asymmetric
-from . import _kernels
+from .. import _native
+from ..ops import quant_matmul as _quant_matmul
+from ..ops.anti_quant import dequant_int4_grouped
+from ..ops.dynamic_quant import npu_dynamic_quant, npu_dynamic_quant_asymmetric, quantize_weight_int8
+from ..ops.quant_matmul.asymmetric import quant_matmul_asymmetric
 
 __all__ = ["QuantizedLinear", "W8A8Linear", "W8A8SymLinear", "W4A16Linear", "SCHEMES"]
 
 ACTIVATION_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
+
+
+# ---- one operator per layer: torch.ops.npuquant.linear_* (C++ on CPU); the references below are
+# ---- the same computation composed of the public ops, the golden and the path on other devices.
+
+
+def _linear_fake(x: torch.Tensor, weight: torch.Tensor, *args: Any) -> torch.Tensor:
+    return x.new_empty((*x.shape[:-1], weight.shape[0]), dtype=x.dtype)
+
+
+def _smooth(smooth_scales: torch.Tensor | None, x: torch.Tensor) -> torch.Tensor | None:
+    return None if smooth_scales is None else smooth_scales.to(x.dtype)  # the ops take x's dtype
+
+
+def _linear_w8a8_reference(
+    x: torch.Tensor,
+    weight: torch.Tensor,
+    weight_scale: torch.Tensor,
+    smooth_scales: torch.Tensor | None,
+    bias: torch.Tensor | None,
+) -> torch.Tensor:
+    rows = x.reshape(-1, x.shape[-1])
+    q, scale, offset = npu_dynamic_quant_asymmetric(rows, smooth_scales=_smooth(smooth_scales, x))
+    out = quant_matmul_asymmetric(q, scale, offset, weight.t(), weight_scale, bias, output_dtype=x.dtype)
+    return out.reshape(*x.shape[:-1], weight.shape[0])
+
+
+def _linear_w8a8_sym_reference(
+    x: torch.Tensor,
+    weight: torch.Tensor,
+    weight_scale: torch.Tensor,
+    smooth_scales: torch.Tensor | None,
+    bias: torch.Tensor | None,
+) -> torch.Tensor:
+    rows = x.reshape(-1, x.shape[-1])
+    q, scale = npu_dynamic_quant(rows, smooth_scales=_smooth(smooth_scales, x))
+    # npu_quant_matmul's operator on normalised arguments: the public op's per-token mode has no
+    # float32 output, and float32 activations should not round through float16.
+    b = None if bias is None else bias.reshape(1, -1)
+    out = _quant_matmul._compute(q.unsqueeze(0), weight.t().unsqueeze(0), weight_scale, None, scale, b, x.dtype)[0]
+    return out.reshape(*x.shape[:-1], weight.shape[0])
+
+
+def _linear_w4a16_reference(
+    x: torch.Tensor,
+    weight: torch.Tensor,
+    weight_scale: torch.Tensor,
+    weight_offset: torch.Tensor,
+    bias: torch.Tensor | None,
+    in_features: int,
+    tile_rows: int,
+) -> torch.Tensor:
+    rows = x.reshape(-1, in_features)
+    n = weight.shape[0]
+    out = torch.empty((rows.shape[0], n), dtype=x.dtype, device=x.device)
+    for r0 in range(0, n, tile_rows):  # tile by tile, as the native operator, so the matmuls agree bit for bit
+        r1 = min(r0 + tile_rows, n)
+        tile = dequant_int4_grouped(weight[r0:r1], weight_scale[r0:r1], weight_offset[r0:r1], x.dtype)
+        tile_bias = None if bias is None else bias[r0:r1]
+        torch.ops.aten.linear.out(rows, tile[:, :in_features], tile_bias, out=out[:, r0:r1])
+    return out.reshape(*x.shape[:-1], n)
+
+
+_linear_w8a8 = _native.operator("linear_w8a8", _linear_w8a8_reference, _linear_fake)
+_linear_w8a8_sym = _native.operator("linear_w8a8_sym", _linear_w8a8_sym_reference, _linear_fake)
+_linear_w4a16 = _native.operator("linear_w4a16", _linear_w4a16_reference, _linear_fake)
 
 
 class QuantizedLinear(nn.Module):
@@ -92,22 +161,14 @@ class QuantizedLinear(nn.Module):
 
     # ---- per-call helpers ----
 
-    def _rows(self, x: torch.Tensor) -> torch.Tensor:
-        """x as a 2-D ``(tokens, in_features)`` tensor; the few checks the ops rely on."""
+    def _check_input(self, x: torch.Tensor) -> None:
+        """The few checks on x the layer's operator relies on (metadata only)."""
         if x.dtype not in ACTIVATION_DTYPES:
             raise ValueError(f"{type(self).__name__} expects float32, float16 or bfloat16 input, got {x.dtype}")
         if x.dim() == 0 or x.shape[-1] != self.in_features:
             raise ValueError(
                 f"{type(self).__name__} expects input of shape (..., {self.in_features}), got {tuple(x.shape)}"
             )
-        return x.reshape(-1, self.in_features)
-
-    def _finish(self, out: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
-        return out.reshape(*x.shape[:-1], self.out_features)
-
-    def _load_from_state_dict(self, *args: Any, **kwargs: Any) -> None:
-        super()._load_from_state_dict(*args, **kwargs)
-        self._invalidate()  # derived (packed) data was built from the old buffers
 
     def _apply(self, fn: Any, recurse: bool = True) -> QuantizedLinear:
         result = super()._apply(fn, recurse)
@@ -118,11 +179,7 @@ class QuantizedLinear(nn.Module):
             if t is not None and t.dtype != torch.float32:
                 self._buffers[name] = t.to(torch.float32)
         self.dtype = fn(torch.empty(0, dtype=self.dtype)).dtype  # the float dtype the model now has
-        self._invalidate()  # derived data (packed weights, converted smooth scales) is stale
         return result
-
-    def _invalidate(self) -> None:
-        pass
 
 
 class _Int8WeightLinear(QuantizedLinear):
@@ -143,32 +200,18 @@ class _Int8WeightLinear(QuantizedLinear):
         self.register_buffer("weight_scale", torch.zeros(out_features, dtype=torch.float32))
         # Multiplies activations inside the dynamic quantization op (1 / SmoothQuant factor).
         self.register_buffer("smooth_scales", torch.ones(in_features, dtype=torch.float32) if smooth else None)
-        self._smooth_by_dtype: dict[torch.dtype, torch.Tensor] = {}
 
     def _quantize_from(self, weight: torch.Tensor, smooth_scales: torch.Tensor | None) -> None:
         if smooth_scales is not None:
             s = smooth_scales.to(device=weight.device, dtype=torch.float32)
             weight = weight * s
             self.smooth_scales.copy_(torch.reciprocal(s))
-        # Per-row symmetric int8 = per-output-channel weight quantization: scale = max|w| / 127.
-        q, scale = npu_dynamic_quant(weight.contiguous())
+        q, scale = quantize_weight_int8(weight)  # the library's one per-channel int8 rule
         self.weight.copy_(q)
         self.weight_scale.copy_(scale)
 
     def options(self) -> dict[str, Any]:
         return {"smooth": self.smooth_scales is not None}
-
-    def _smooth_for(self, dtype: torch.dtype) -> torch.Tensor | None:
-        # The op wants smooth_scales in x's dtype; convert once per dtype.
-        if self.smooth_scales is None:
-            return None
-        s = self._smooth_by_dtype.get(dtype)
-        if s is None:
-            s = self._smooth_by_dtype[dtype] = self.smooth_scales.to(dtype).contiguous()
-        return s
-
-    def _invalidate(self) -> None:
-        self._smooth_by_dtype = {}
 
 
 class W8A8Linear(_Int8WeightLinear):
@@ -181,42 +224,24 @@ class W8A8Linear(_Int8WeightLinear):
 
     scheme = "w8a8"
 
-    def __init__(self, *args: Any, **kwargs: Any):
-        super().__init__(*args, **kwargs)
-        self._packed: Any = None
-
-    def _invalidate(self) -> None:
-        super()._invalidate()
-        self._packed = None
-
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        rows = self._rows(x)
-        packed = self._packed
-        if packed is None:
-            packed = self._packed = _kernels.prepare_asymmetric(self.weight)
-        q, scale, offset = _kernels.dynamic_quant_asymmetric(rows, self._smooth_for(x.dtype))
-        out = _kernels.asymmetric_matmul(packed, q, scale, offset, self.weight_scale, self.bias, x.dtype)
-        return self._finish(out, x)
+        self._check_input(x)
+        return _linear_w8a8(x, self.weight, self.weight_scale, self.smooth_scales, self.bias)
 
 
 class W8A8SymLinear(_Int8WeightLinear):
     """``w8a8-sym``: ``npu_dynamic_quant`` (symmetric per token) + ``npu_quant_matmul`` with ``pertoken_scale``.
 
-    ``out = acc * weight_scale * scale_token`` in float32, cast to x's dtype. The public op's
+    ``out = acc * weight_scale * scale_token (+ bias)`` in float32, one cast to x's dtype. The public op's
     per-token mode only offers float16/bfloat16 outputs; the layer asks its dispatch point for
     x's dtype directly (float32 activations skip a float16 rounding and its ±65504 range).
-    The bias is added after, in x's dtype.
     """
 
     scheme = "w8a8-sym"
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        rows = self._rows(x)
-        q, scale = _kernels.dynamic_quant_symmetric(rows, self._smooth_for(x.dtype))
-        out = _kernels.quant_matmul_pertoken(q, self.weight.t(), self.weight_scale, scale, x.dtype)
-        if self.bias is not None:
-            out = out + self.bias
-        return self._finish(out, x)
+        self._check_input(x)
+        return _linear_w8a8_sym(x, self.weight, self.weight_scale, self.smooth_scales, self.bias)
 
 
 class W4A16Linear(QuantizedLinear):
@@ -230,8 +255,8 @@ class W4A16Linear(QuantizedLinear):
     """
 
     scheme = "w4a16"
-    # Dequantized elements per tile (4 MiB of float32), written into one buffer that every layer
-    # reuses, so the matmul reads it back from the cache. Measured on SmolLM2-135M (2-core Zen4
+    # Dequantized elements per tile (4 MiB of float32), written into one buffer per thread that
+    # every layer reuses (csrc/torch_ops.cpp), so the matmul reads it back from the cache. Measured on SmolLM2-135M (2-core Zen4
     # VM, group 32): 1M elements decoded fastest; 256K-element tiles, small enough for L2, were
     # ~15% slower (4x the per-tile calls, and the GEMV gained nothing from L2 over L3); 2M spilled.
     TILE_ELEMENTS = 1 << 20
@@ -254,7 +279,6 @@ class W4A16Linear(QuantizedLinear):
         self.register_buffer("weight_scale", torch.zeros(out_features, groups, dtype=torch.float32))
         self.register_buffer("weight_offset", torch.zeros(out_features, groups, dtype=torch.float32))
         self.tile_rows = max(1, min(out_features, self.TILE_ELEMENTS // self.padded_in_features))
-        self._tiles: dict[torch.dtype, Any] = {}  # dequantization plans by output dtype, built on first use
 
     def options(self) -> dict[str, Any]:
         return {"group_size": self.group_size}
@@ -273,31 +297,14 @@ class W4A16Linear(QuantizedLinear):
 
     def dequantize(self, dtype: torch.dtype = torch.float32) -> torch.Tensor:
         """The whole float weight ``(out_features, in_features)`` (for inspection; forward never builds it)."""
-        w = _kernels.dequant_int4_grouped(self.weight, self.weight_scale, self.weight_offset, dtype)
+        w = dequant_int4_grouped(self.weight, self.weight_scale, self.weight_offset, dtype)
         return w[:, : self.in_features]
 
-    def _invalidate(self) -> None:
-        self._tiles = {}
-
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        rows = self._rows(x)
-        dtype, k, kp, step = x.dtype, self.in_features, self.padded_in_features, self.tile_rows
-        tiles = self._tiles.get(dtype)
-        if tiles is None:
-            tiles = self._tiles[dtype] = _kernels.grouped_int4_tiles(
-                self.weight, self.weight_scale, self.weight_offset, dtype, step
-            )
-        # Each tile of weight rows fills a block of columns of the contiguous (m, n) result (a
-        # column slice is a valid BLAS output, no copy). Contiguous like F.linear's: a transposed
-        # result made the attention that follows leave its fused kernel (~8% of prefill).
-        out = torch.empty((rows.shape[0], self.out_features), dtype=dtype, device=x.device)
-        buf = _kernels.scratch(step, kp, dtype, x.device)
-        for i, (r0, r1) in enumerate(tiles.bounds):
-            tile = tiles.dequant(i, buf if r1 - r0 == step else buf[: r1 - r0])
-            torch.mm(rows, (tile if kp == k else tile[:, :k]).t(), out=out[:, r0:r1])
-        if self.bias is not None:
-            out = out + self.bias
-        return self._finish(out, x)
+        self._check_input(x)
+        return _linear_w4a16(
+            x, self.weight, self.weight_scale, self.weight_offset, self.bias, self.in_features, self.tile_rows
+        )
 
 
 SCHEMES: dict[str, type[QuantizedLinear]] = {

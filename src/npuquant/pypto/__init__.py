@@ -1,7 +1,7 @@
 """PyPTO-compatible ``dequantize`` on CPU (SPEC §8), tile by tile.
 
 A thin front-end: it checks PyPTO's rules with PyPTO's messages, then walks the output in
-vector tiles (``set_vec_tile_shapes``) and calls the op ``torch.ops.npuquant.dequantize_per_row_col``
+vector tiles (``set_vec_tile_shapes``) and calls the operator ``torch.ops.npuquant.dequantize``
 (``npuquant.ops.dequantize``) on each tile. The tile shape never changes the numbers.
 
     import torch
@@ -40,6 +40,7 @@ from collections.abc import Sequence
 
 import torch
 
+from ..ops.dequantize import dequantize as dequantize_op
 from ..ops.dequantize import normalize_axis, param_shape
 
 __all__ = [
@@ -422,7 +423,7 @@ def dequantize(
 
     x = input.to_torch()
     out = torch.empty(in_shape, dtype=torch.float32, device=x.device)
-    op = torch.ops.npuquant.dequantize_per_row_col
+    op = dequantize_op  # validated above: the operator itself, once per tile
     starts = [range(0, size, step) for size, step in zip(in_shape, tile, strict=True)]
     for origin in itertools.product(*starts):
         tile_idx = tuple(slice(o, o + t) for o, t in zip(origin, tile, strict=True))

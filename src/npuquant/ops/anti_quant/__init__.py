@@ -1,20 +1,20 @@
 """``npu_anti_quant``: int8 / packed-int4 -> float16 / bfloat16 (SPEC §1).
 
-Layers: :func:`npu_anti_quant` (torch_npu's signature; dtype codes) -> custom op
-``torch.ops.npuquant.npu_anti_quant`` (validation with torch_npu's messages, fake kernel
-for torch.compile) -> :func:`anti_quant` (device dispatch: native CPU kernels or the
-pure-torch reference). The aclnn front-end calls :func:`anti_quant` too, with sqrt mode.
+Route: :func:`npu_anti_quant` (torch_npu's signature, dtype codes, validation with torch_npu's
+messages) -> operator ``torch.ops.npuquant.anti_quant`` (fake kernel for torch.compile; the C
+kernel on CPU, the pure-torch reference elsewhere). The aclnn front-end calls :func:`anti_quant`
+(the operator on validated arguments), with sqrt mode.
 """
 
 from __future__ import annotations
 
 import torch
 
-from ..._args import check, to_dtype
-from ..._native import use_native
-from . import native, reference
+from ... import _native
+from ..._args import check, optional_tensors, tensors, to_dtype
+from . import reference
 
-__all__ = ["npu_anti_quant", "anti_quant", "dequant_int4_grouped", "grouped_int4_tiles", "output_shape"]
+__all__ = ["npu_anti_quant", "anti_quant", "dequant_int4_grouped", "output_shape"]
 
 MAX_DIMS = 8
 OUTPUT_DTYPES = (torch.float16, torch.bfloat16)
@@ -74,6 +74,23 @@ def validate(
     return dst
 
 
+def _anti_quant_fake(
+    x: torch.Tensor, scale: torch.Tensor, offset: torch.Tensor | None, dst_dtype: torch.dtype
+) -> torch.Tensor:
+    return x.new_empty(output_shape(x), dtype=dst_dtype)
+
+
+def _grouped_fake(
+    packed: torch.Tensor, scale: torch.Tensor, offset: torch.Tensor | None, out_dtype: torch.dtype
+) -> torch.Tensor:
+    reference.check_grouped(packed, scale, offset, out_dtype)
+    return packed.new_empty((packed.shape[0], packed.shape[1] * 8), dtype=out_dtype)
+
+
+_anti_quant = _native.operator("anti_quant", reference.anti_quant, _anti_quant_fake)
+_dequant_int4_grouped = _native.operator("dequant_int4_grouped", reference.dequant_int4_grouped, _grouped_fake)
+
+
 def anti_quant(
     x: torch.Tensor,
     scale: torch.Tensor,
@@ -81,13 +98,11 @@ def anti_quant(
     dst_dtype: torch.dtype,
     sqrt_mode: bool = False,
 ) -> torch.Tensor:
-    """Device dispatch for validated arguments: native kernels on CPU, the reference elsewhere.
-
-    Also accepts ``dst_dtype=torch.float32`` (internal callers such as a w4a16 layer).
-    """
-    if x.dtype in (torch.int8, torch.int32) and dst_dtype in native.OUT_DTYPES and use_native(x, scale, offset):
-        return native.anti_quant(x, scale, offset, dst_dtype, sqrt_mode)
-    return reference.anti_quant(x, scale, offset, dst_dtype, sqrt_mode)
+    """The operator on validated arguments (also ``dst_dtype=torch.float32``, and aclnn's sqrt mode)."""
+    if sqrt_mode:
+        s = scale.to(torch.float32)
+        scale = s * s  # float32 multiply first, as the reference does
+    return _anti_quant(x, scale, offset, dst_dtype)
 
 
 def dequant_int4_grouped(
@@ -95,64 +110,13 @@ def dequant_int4_grouped(
     scale: torch.Tensor,
     offset: torch.Tensor | None = None,
     out_dtype: torch.dtype = torch.float32,
-    *,
-    out: torch.Tensor | None = None,
 ) -> torch.Tensor:
-    """Group-wise int4 weight dequantization (internal, for a w4a16 linear layer); device dispatch.
+    """Group-wise int4 weight dequantization ``(v + offset[r, g]) * scale[r, g]`` (see :mod:`.reference`).
 
-    packed (rows, K/8) int32, scale / offset (rows, groups): see :func:`.reference.dequant_int4_grouped`.
-    ``out``: optional contiguous ``(rows, K)`` buffer of ``out_dtype`` on packed's device that receives
-    the result (e.g. a tile buffer reused across calls); it is returned.
+    packed (rows, K/8) int32, scale / offset (rows, groups). Checked with the reference's messages.
     """
-    if use_native(packed, scale, offset, out):
-        return native.dequant_int4_grouped(packed, scale, offset, out_dtype, out=out)
-    result = reference.dequant_int4_grouped(packed, scale, offset, out_dtype)
-    if out is None:
-        return result
-    reference.check_grouped_out(out, result.shape, out_dtype, packed.device)
-    return out.copy_(result)
-
-
-def grouped_int4_tiles(
-    packed: torch.Tensor,
-    scale: torch.Tensor,
-    offset: torch.Tensor | None,
-    out_dtype: torch.dtype,
-    tile_rows: int,
-) -> native.GroupedTiles | reference.GroupedTiles:
-    """:func:`dequant_int4_grouped` of one weight as a plan of row tiles (device dispatch).
-
-    For callers that dequantize the same weight tile by tile again and again (w4a16 layers):
-    ``plan.bounds[i]`` is tile i's row range, ``plan.dequant(i, out)`` writes it into ``out``.
-    Native on CPU (arguments checked once, then one kernel call per tile), else the reference.
-    """
-    if use_native(packed, scale, offset):
-        return native.GroupedTiles(packed, scale, offset, out_dtype, tile_rows)
-    return reference.GroupedTiles(packed, scale, offset, out_dtype, tile_rows)
-
-
-@torch.library.custom_op("npuquant::npu_anti_quant", mutates_args=())
-def _npu_anti_quant_op(
-    x: torch.Tensor,
-    scale: torch.Tensor,
-    offset: torch.Tensor | None = None,
-    dst_dtype: torch.dtype | None = None,
-    src_dtype: torch.dtype | None = None,
-) -> torch.Tensor:
-    dst = validate(x, scale, offset, dst_dtype, src_dtype)
-    return anti_quant(x, scale, offset, dst)
-
-
-@_npu_anti_quant_op.register_fake
-def _(
-    x: torch.Tensor,
-    scale: torch.Tensor,
-    offset: torch.Tensor | None = None,
-    dst_dtype: torch.dtype | None = None,
-    src_dtype: torch.dtype | None = None,
-) -> torch.Tensor:
-    dst = validate(x, scale, offset, dst_dtype, src_dtype)
-    return x.new_empty(output_shape(x), dtype=dst)
+    reference.check_grouped(packed, scale, offset, out_dtype)
+    return _dequant_int4_grouped(packed, scale, offset, out_dtype)
 
 
 def npu_anti_quant(
@@ -180,7 +144,10 @@ def npu_anti_quant(
     Raises:
         RuntimeError: containing torch_npu's message for every rule of SPEC §1.5.
     """
+    tensors("npu_anti_quant", x=x, scale=scale)
+    optional_tensors("npu_anti_quant", offset=offset)
     unknown = "Input dst_type must be valid, but got UNKNOWN_SCALAR"
     dst = to_dtype(dst_dtype, unknown)
     src = to_dtype(src_dtype, "Input src_dtype must be valid, but got UNKNOWN_SCALAR")
-    return torch.ops.npuquant.npu_anti_quant(x, scale, offset, dst, src)
+    dst = validate(x, scale, offset, dst, src)
+    return _anti_quant(x, scale, offset, dst)

@@ -7,8 +7,6 @@ int32 x holds 8 packed int4 per word (SPEC §2). Works on any torch device.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-
 import torch
 
 from ..._args import check
@@ -78,51 +76,3 @@ def dequant_int4_grouped(
         values = values + offset.to(torch.float32).unsqueeze(-1)
     out = values * scale.to(torch.float32).unsqueeze(-1)
     return out.reshape(rows, packed.shape[1] * 8).to(out_dtype).contiguous()
-
-
-def check_grouped_out(out: torch.Tensor, shape: Sequence[int], dtype: torch.dtype, device: torch.device) -> None:
-    """An ``out=`` buffer for :func:`dequant_int4_grouped` must match its result exactly (no broadcasting)."""
-    check(
-        tuple(out.shape) == tuple(shape) and out.dtype == dtype and out.device == device and out.is_contiguous(),
-        f"out must be a contiguous tensor of shape {tuple(shape)} and dtype {dtype} on {device}, "
-        f"but got shape {tuple(out.shape)}, dtype {out.dtype} on {out.device}",
-    )
-
-
-def check_tile_rows(tile_rows: int) -> None:
-    """Rule of the ``GroupedTiles`` plans: at least one row per tile."""
-    check(isinstance(tile_rows, int) and tile_rows >= 1, f"tile_rows must be a positive int, got {tile_rows!r}")
-
-
-class GroupedTiles:
-    """:func:`dequant_int4_grouped` of one weight, a tile of rows at a time, into the caller's buffers.
-
-    ``bounds[i] = (r0, r1)`` are the tiles' row ranges (``tile_rows`` rows each, the last may be
-    shorter); ``dequant(i, out)`` writes rows r0..r1 of the result into ``out`` ``(r1 - r0, K)`` of
-    ``out_dtype`` and returns it. The native twin (:class:`..native.GroupedTiles`) checks its
-    arguments once so that each tile goes straight to the kernel; this one shares the interface.
-    """
-
-    def __init__(
-        self,
-        packed: torch.Tensor,
-        scale: torch.Tensor,
-        offset: torch.Tensor | None,
-        out_dtype: torch.dtype,
-        tile_rows: int,
-    ):
-        check_grouped(packed, scale, offset, out_dtype)
-        check_tile_rows(tile_rows)
-        rows = packed.shape[0]
-        self.out_dtype = out_dtype
-        self.columns = packed.shape[1] * 8
-        self.bounds = [(r0, min(r0 + tile_rows, rows)) for r0 in range(0, rows, tile_rows)]
-        self._tiles = [
-            (packed[r0:r1], scale[r0:r1], None if offset is None else offset[r0:r1]) for r0, r1 in self.bounds
-        ]
-
-    def dequant(self, i: int, out: torch.Tensor) -> torch.Tensor:
-        """Tile ``i`` into ``out``; returns ``out``."""
-        packed, scale, offset = self._tiles[i]
-        check_grouped_out(out, (packed.shape[0], self.columns), self.out_dtype, packed.device)
-        return out.copy_(dequant_int4_grouped(packed, scale, offset, self.out_dtype))

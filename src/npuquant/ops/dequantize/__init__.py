@@ -5,9 +5,9 @@
 This is the math behind ``pypto.dequantize``; the pypto front-end (``npuquant.pypto``) checks
 PyPTO's rules and walks the output tile by tile, calling this op on each tile.
 
-Layers: :func:`dequantize_per_row_col` (public, keyword arguments) -> custom op
-``torch.ops.npuquant.dequantize_per_row_col`` (validation, fake kernel for torch.compile)
--> :func:`dequantize` (device dispatch: the native CPU kernel or the pure-torch reference).
+Route: :func:`dequantize_per_row_col` (public, keyword arguments, validation) -> operator
+``torch.ops.npuquant.dequantize`` (fake kernel; the C kernel on CPU, the pure-torch reference
+elsewhere).
 
 Shapes (x = ``[..., row, col]``):
     axis -1 (per-row):    scale / zero_points ``[..., row]``  = ``x.shape[:-1]``
@@ -19,9 +19,9 @@ from __future__ import annotations
 
 import torch
 
-from ..._args import check
-from ..._native import use_native
-from . import native, reference
+from ... import _native
+from ..._args import check, optional_tensors, tensors
+from . import reference
 
 __all__ = ["dequantize_per_row_col", "dequantize", "normalize_axis", "param_shape"]
 
@@ -65,24 +65,17 @@ def validate(x: torch.Tensor, scale: torch.Tensor, zero_points: torch.Tensor | N
     return norm
 
 
-def dequantize(x: torch.Tensor, scale: torch.Tensor, zero_points: torch.Tensor | None, axis: int) -> torch.Tensor:
-    """Device dispatch for validated arguments (axis already -1 or -2): the native kernel on
-    CPU (bit-identical: same float32 operation order), the pure-torch reference elsewhere."""
-    if x.dtype in native.IN_DTYPES and use_native(x, scale, zero_points):
-        return native.dequantize(x, scale, zero_points, axis)
-    return reference.dequantize(x, scale, zero_points, axis)
-
-
-@torch.library.custom_op("npuquant::dequantize_per_row_col", mutates_args=())
-def _dequantize_op(x: torch.Tensor, scale: torch.Tensor, zero_points: torch.Tensor | None, axis: int) -> torch.Tensor:
-    norm = validate(x, scale, zero_points, axis)
-    return dequantize(x, scale, zero_points, norm)
-
-
-@_dequantize_op.register_fake
-def _(x: torch.Tensor, scale: torch.Tensor, zero_points: torch.Tensor | None, axis: int) -> torch.Tensor:
-    validate(x, scale, zero_points, axis)
+def _fake(x: torch.Tensor, scale: torch.Tensor, zero_points: torch.Tensor | None, axis: int) -> torch.Tensor:
     return x.new_empty(x.shape, dtype=torch.float32)
+
+
+_dequantize = _native.operator("dequantize", reference.dequantize, _fake)
+
+
+def dequantize(x: torch.Tensor, scale: torch.Tensor, zero_points: torch.Tensor | None, axis: int) -> torch.Tensor:
+    """The operator on validated arguments (axis already -1 or -2): the native CPU kernel
+    (bit-identical: same float32 operation order) or the pure-torch reference elsewhere."""
+    return _dequantize(x, scale, zero_points, axis)
 
 
 def dequantize_per_row_col(
@@ -106,4 +99,7 @@ def dequantize_per_row_col(
     Raises:
         RuntimeError: naming the argument and the rule that failed.
     """
-    return torch.ops.npuquant.dequantize_per_row_col(x, scale, zero_points, axis)
+    tensors("dequantize_per_row_col", x=x, scale=scale)
+    optional_tensors("dequantize_per_row_col", zero_points=zero_points)
+    norm = validate(x, scale, zero_points, axis)
+    return _dequantize(x, scale, zero_points, norm)

@@ -1,22 +1,19 @@
 """``npu_dynamic_quant_asymmetric`` and ``npu_dynamic_quant``: per-token dynamic quantization (SPEC §3).
 
-Layers: public functions (torch_npu's signatures; dtype codes) -> custom ops
-``torch.ops.npuquant.npu_dynamic_quant_asymmetric`` / ``torch.ops.npuquant.npu_dynamic_quant``
-(validation with torch_npu's messages in the real op and the fake kernel) -> :func:`dynamic_quant`
-(native CPU kernels or the pure-torch reference). The exact float32 formula is in ``reference.py``.
+Route: public functions (torch_npu's signatures, dtype codes, validation with torch_npu's
+messages) -> operator ``torch.ops.npuquant.dynamic_quant`` (fake kernel; the C kernel on CPU, the
+pure-torch reference elsewhere). The exact float32 formula is in ``reference.py``.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
-
 import torch
 
 from ... import _native
-from ..._args import check, to_dtype
-from . import native, reference
+from ..._args import check, optional_tensors, tensors, to_dtype
+from . import reference
 
-__all__ = ["npu_dynamic_quant_asymmetric", "npu_dynamic_quant", "dynamic_quant"]
+__all__ = ["npu_dynamic_quant_asymmetric", "npu_dynamic_quant", "dynamic_quant", "quantize_weight_int8"]
 
 X_DTYPES = (torch.float16, torch.bfloat16, torch.float32)
 MAX_GROUPS = 1024
@@ -102,6 +99,40 @@ def check_group_values(group_index: torch.Tensor | None, rows: int) -> None:
     )
 
 
+def output_shapes(x: torch.Tensor, int4: bool) -> tuple[tuple[int, ...], tuple[int, ...]]:
+    """(y shape, scale/offset shape) for input x."""
+    lead = tuple(x.shape[:-1])
+    return (*lead, x.shape[-1] // 8 if int4 else x.shape[-1]), lead
+
+
+def _reference(
+    x: torch.Tensor,
+    smooth_scales: torch.Tensor | None,
+    group_index: torch.Tensor | None,
+    asymmetric: bool,
+    int4: bool,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    y, scale, offset = reference.dynamic_quant(x, smooth_scales, group_index, int4, asymmetric)
+    return y, scale, offset if offset is not None else scale.new_empty((0,))
+
+
+def _fake(
+    x: torch.Tensor,
+    smooth_scales: torch.Tensor | None,
+    group_index: torch.Tensor | None,
+    asymmetric: bool,
+    int4: bool,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    y_shape, s_shape = output_shapes(x, int4)
+    y = x.new_empty(y_shape, dtype=torch.int32 if int4 else torch.int8)
+    scale = x.new_empty(s_shape, dtype=torch.float32)
+    return y, scale, x.new_empty(s_shape if asymmetric else (0,), dtype=torch.float32)
+
+
+# (y, scale, offset); offset is empty for the symmetric op.
+_dynamic_quant = _native.operator("dynamic_quant", _reference, _fake)
+
+
 def dynamic_quant(
     x: torch.Tensor,
     smooth_scales: torch.Tensor | None,
@@ -109,10 +140,9 @@ def dynamic_quant(
     int4_out: bool,
     asymmetric: bool,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
-    """Device dispatch for validated arguments: native kernels on CPU, the reference elsewhere."""
-    if _native.use_native(x, smooth_scales, group_index):
-        return native.dynamic_quant(x, smooth_scales, group_index, asymmetric=asymmetric, int4=int4_out)
-    return reference.dynamic_quant(x, smooth_scales, group_index, int4_out, asymmetric)
+    """The operator on validated arguments: ``(y, scale, offset)``, offset None when symmetric."""
+    y, scale, offset = _dynamic_quant(x, smooth_scales, group_index, asymmetric, int4_out)
+    return y, scale, offset if asymmetric else None
 
 
 def _run(
@@ -122,53 +152,15 @@ def _run(
     dst_type: torch.dtype | None,
     asymmetric: bool,
 ) -> tuple[torch.Tensor, ...]:
-    """Body of both real ops: every check, then the kernels; ``(y, scale, offset)`` or ``(y, scale)``."""
+    """Body of both public ops: every check, then the operator; ``(y, scale, offset)`` or ``(y, scale)``."""
+    op = "npu_dynamic_quant_asymmetric" if asymmetric else "npu_dynamic_quant"
+    tensors(op, x=x)
+    optional_tensors(op, smooth_scales=smooth_scales, group_index=group_index)
     int4_out = validate(x, smooth_scales, group_index, dst_type, asymmetric)
-    check_group_values(group_index, _rows(x))
-    y, scale, offset = dynamic_quant(x, smooth_scales, group_index, int4_out, asymmetric)
+    if group_index is not None and not torch.compiler.is_compiling():
+        check_group_values(group_index, _rows(x))  # data-dependent: eager only (the kernel checks it too)
+    y, scale, offset = _dynamic_quant(x, smooth_scales, group_index, asymmetric, int4_out)
     return (y, scale, offset) if asymmetric else (y, scale)
-
-
-def _fake(asymmetric: bool) -> Callable[..., tuple[torch.Tensor, ...]]:
-    """Fake kernel of either op (torch.compile): the same metadata checks, empty outputs of the right shapes."""
-
-    def fake(
-        x: torch.Tensor,
-        smooth_scales: torch.Tensor | None = None,
-        group_index: torch.Tensor | None = None,
-        dst_type: torch.dtype | None = None,
-    ) -> tuple[torch.Tensor, ...]:
-        int4_out = validate(x, smooth_scales, group_index, dst_type, asymmetric)
-        y_shape, s_shape = native.output_shapes(x, int4_out)
-        outs = [x.new_empty(y_shape, dtype=torch.int32 if int4_out else torch.int8)]
-        outs += [x.new_empty(s_shape, dtype=torch.float32) for _ in range(2 if asymmetric else 1)]
-        return tuple(outs)
-
-    return fake
-
-
-@torch.library.custom_op("npuquant::npu_dynamic_quant_asymmetric", mutates_args=())
-def _asymmetric_op(
-    x: torch.Tensor,
-    smooth_scales: torch.Tensor | None = None,
-    group_index: torch.Tensor | None = None,
-    dst_type: torch.dtype | None = None,
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    return _run(x, smooth_scales, group_index, dst_type, True)
-
-
-@torch.library.custom_op("npuquant::npu_dynamic_quant", mutates_args=())
-def _symmetric_op(
-    x: torch.Tensor,
-    smooth_scales: torch.Tensor | None = None,
-    group_index: torch.Tensor | None = None,
-    dst_type: torch.dtype | None = None,
-) -> tuple[torch.Tensor, torch.Tensor]:
-    return _run(x, smooth_scales, group_index, dst_type, False)
-
-
-_asymmetric_op.register_fake(_fake(True))
-_symmetric_op.register_fake(_fake(False))
 
 
 def npu_dynamic_quant_asymmetric(
@@ -199,7 +191,7 @@ def npu_dynamic_quant_asymmetric(
         RuntimeError: containing torch_npu's message for every rule of SPEC §3.2 / §3.6.
     """
     dst = to_dtype(dst_type, _DST_TYPE_MESSAGE[True])
-    return torch.ops.npuquant.npu_dynamic_quant_asymmetric(x, smooth_scales, group_index, dst)
+    return _run(x, smooth_scales, group_index, dst, True)  # type: ignore[return-value]
 
 
 def npu_dynamic_quant(
@@ -219,4 +211,19 @@ def npu_dynamic_quant(
         ``(y, scale)``; scale float32 of shape ``x.shape[:-1]``.
     """
     dst = to_dtype(dst_type, _DST_TYPE_MESSAGE[False])
-    return torch.ops.npuquant.npu_dynamic_quant(x, smooth_scales, group_index, dst)
+    return _run(x, smooth_scales, group_index, dst, False)  # type: ignore[return-value]
+
+
+def quantize_weight_int8(weight: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-output-channel symmetric int8 weight quantization: the one rule every layer uses.
+
+    ``npu_dynamic_quant`` on the float32 rows of ``weight`` ``(n, k)``: ``scale[j] = max|W[j, :]| / 127``
+    and ``q = clamp(RNE(W * (1 / scale)), -127, 127)`` in float32 (values stay within [-127, 127]:
+    the largest magnitude maps to exactly 127). An all-zero row gets scale 0 and q 0, so it
+    contributes exactly 0 whatever the activations (a NaN-free zero, unlike a scale of 1 with a
+    zero weight only by luck of the epilogue).
+
+    Returns:
+        ``(q, scale)``: int8 ``(n, k)`` and float32 ``(n,)``.
+    """
+    return npu_dynamic_quant(weight.detach().to(torch.float32).contiguous())

@@ -4,9 +4,12 @@ from __future__ import annotations
 
 import torch
 
-from ..._args import check
-from ..._native import use_native
-from . import native, reference
+from ... import _native
+from ..._args import check, tensors
+from . import reference
+
+# Value dtypes the native pack reads; others go to the reference.
+PACK_DTYPES = (torch.int8, torch.uint8, torch.int16, torch.int32, torch.int64)
 
 __all__ = ["pack_int4", "unpack_int4", "npu_convert_weight_to_int4pack"]
 
@@ -26,56 +29,40 @@ def _check_bounds(lo: int | None, hi: int | None, name: str) -> None:
 
 
 def _check_range(values: torch.Tensor, name: str) -> None:
-    # Data-dependent, so eager only: a value outside [-8, 7] would be silently truncated.
+    # Data-dependent: a value outside [-8, 7] would be silently truncated. (Fake tensors have no values.)
     if values.numel() and not isinstance(values, torch._subclasses.FakeTensor):
-        if values.dtype not in native.PACK_DTYPES:  # e.g. torch.uint16: torch has no min/max for it
+        if values.dtype not in PACK_DTYPES:  # e.g. torch.uint16: torch has no min/max for it
             values = values.to(torch.int64)
         _check_bounds(int(values.min()), int(values.max()), name)
 
 
-def _pack(values: torch.Tensor, name: str) -> torch.Tensor:
-    """Range check + pack, dispatched: the native kernel finds min/max in the same pass."""
-    if values.dtype in native.PACK_DTYPES and use_native(values):
-        packed, lo, hi = native.pack_int4(values)
-        _check_bounds(lo, hi, name)
-        return packed
+def _pack_reference(values: torch.Tensor, name: str = "values") -> torch.Tensor:
     _check_range(values, name)
     return reference.pack_int4(values)
 
 
-def _unpack(packed: torch.Tensor) -> torch.Tensor:
-    if use_native(packed):
-        return native.unpack_int4(packed)
-    return reference.unpack_int4(packed)
-
-
-@torch.library.custom_op("npuquant::pack_int4", mutates_args=())
-def _pack_int4_op(values: torch.Tensor) -> torch.Tensor:
-    _check_pack(values, "values")
-    return _pack(values, "values")
-
-
-@_pack_int4_op.register_fake
-def _(values: torch.Tensor) -> torch.Tensor:
-    _check_pack(values, "values")
+def _pack_fake(values: torch.Tensor, name: str = "values") -> torch.Tensor:
     return values.new_empty((*values.shape[:-1], values.shape[-1] // 8), dtype=torch.int32)
 
 
-@torch.library.custom_op("npuquant::unpack_int4", mutates_args=())
-def _unpack_int4_op(packed: torch.Tensor) -> torch.Tensor:
-    _check_unpack(packed)
-    return _unpack(packed)
+def _unpack_fake(packed: torch.Tensor) -> torch.Tensor:
+    return packed.new_empty((*packed.shape[:-1], packed.shape[-1] * 8), dtype=torch.int8)
+
+
+# The native kernel finds the smallest and largest value in the same pass and raises the same error.
+_pack = _native.operator("pack_int4", _pack_reference, _pack_fake)
+_unpack = _native.operator("unpack_int4", reference.unpack_int4, _unpack_fake)
+
+
+def _pack_any(values: torch.Tensor, name: str) -> torch.Tensor:
+    if values.dtype in PACK_DTYPES:
+        return _pack(values, name)
+    return _pack_reference(values, name)  # another integer dtype (uint16, ...): the kernels take none of those
 
 
 def _check_unpack(packed: torch.Tensor) -> None:
     check(packed.dtype == torch.int32, f"packed must be int32 (8 int4 per word), but got {packed.dtype}")
     check(packed.dim() >= 1, "packed must have at least 1 dimension")
-
-
-@_unpack_int4_op.register_fake
-def _(packed: torch.Tensor) -> torch.Tensor:
-    _check_unpack(packed)
-    return packed.new_empty((*packed.shape[:-1], packed.shape[-1] * 8), dtype=torch.int8)
 
 
 def _check_convert(weight: torch.Tensor, inner_k_tiles: int) -> None:
@@ -95,18 +82,6 @@ def _check_convert(weight: torch.Tensor, inner_k_tiles: int) -> None:
     check(inner_k_tiles == 0, f"inner_k_tiles must be 0 (ND layout), but it is {inner_k_tiles}")
 
 
-@torch.library.custom_op("npuquant::npu_convert_weight_to_int4pack", mutates_args=())
-def _convert_op(weight: torch.Tensor, inner_k_tiles: int = 0) -> torch.Tensor:
-    _check_convert(weight, inner_k_tiles)
-    return _pack(weight, "weight")
-
-
-@_convert_op.register_fake
-def _(weight: torch.Tensor, inner_k_tiles: int = 0) -> torch.Tensor:
-    _check_convert(weight, inner_k_tiles)
-    return weight.new_empty((*weight.shape[:-1], weight.shape[-1] // 8), dtype=torch.int32)
-
-
 def pack_int4(values: torch.Tensor) -> torch.Tensor:
     """Packs int4 values into int32 words, 8 per word, element j in bits 4j..4j+3 (SPEC §2).
 
@@ -119,12 +94,16 @@ def pack_int4(values: torch.Tensor) -> torch.Tensor:
     Raises:
         RuntimeError: non-integer dtype, last dim not a multiple of 8, or a value outside [-8, 7].
     """
-    return torch.ops.npuquant.pack_int4(values)
+    tensors("pack_int4", values=values)
+    _check_pack(values, "values")
+    return _pack_any(values, "values")
 
 
 def unpack_int4(packed: torch.Tensor) -> torch.Tensor:
     """Inverse of :func:`pack_int4`: int32 ``(..., n)`` -> int8 ``(..., 8n)`` in [-8, 7]."""
-    return torch.ops.npuquant.unpack_int4(packed)
+    tensors("unpack_int4", packed=packed)
+    _check_unpack(packed)
+    return _unpack(packed)
 
 
 def npu_convert_weight_to_int4pack(weight: torch.Tensor, inner_k_tiles: int = 0) -> torch.Tensor:
@@ -133,4 +112,6 @@ def npu_convert_weight_to_int4pack(weight: torch.Tensor, inner_k_tiles: int = 0)
     The weight must be contiguous, 2-D or 3-D, with a last dim that is a multiple of 8 and
     values in [-8, 7]; the packing is :func:`pack_int4`'s (SPEC §2).
     """
-    return torch.ops.npuquant.npu_convert_weight_to_int4pack(weight, inner_k_tiles)
+    tensors("npu_convert_weight_to_int4pack", weight=weight)
+    _check_convert(weight, inner_k_tiles)
+    return _pack_any(weight, "weight")

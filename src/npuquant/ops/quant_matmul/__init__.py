@@ -1,10 +1,10 @@
 """``npu_quant_matmul`` (A8W8 / A4W4) and ``npu_trans_quant_param`` (SPEC §4, §5).
 
-Layers: public function (torch_npu signature, dtype codes) -> custom op ``torch.ops.npuquant.<name>``
-(validation with torch_npu's messages in the real op and the fake kernel) -> normalisation (int64
-scales decoded, float32 scales FP19-encoded where torch_npu does so, int4 unpacked, batch
-broadcast resolved) -> :func:`_compute`, the single dispatch point for the integer GEMM and its
-epilogue.
+Route: public function (torch_npu signature, dtype codes, validation with torch_npu's messages)
+-> normalisation in plain torch ops (int64 scales decoded, float32 scales FP19-encoded where
+torch_npu does so, int4 unpacked, batch broadcast resolved) -> operator
+``torch.ops.npuquant.quant_matmul`` (:data:`_compute`; the exact int8 GEMM and its epilogue in C
+on CPU, the pure-torch reference elsewhere). ``npu_trans_quant_param`` is pure torch (a custom op).
 """
 
 from __future__ import annotations
@@ -14,9 +14,9 @@ from typing import NamedTuple
 import torch
 
 from ... import _native
-from ..._args import check, to_dtype
-from ..int4 import reference as int4
-from . import native, reference
+from ..._args import check, optional_tensors, tensors, to_dtype
+from .. import int4
+from . import reference
 
 __all__ = ["npu_quant_matmul", "npu_trans_quant_param", "validate", "output_shape"]
 
@@ -284,16 +284,14 @@ def output_shape(plan: Plan) -> tuple:
     return plan.shape
 
 
-def _normalise(x1, x2, scale, offset, pertoken_scale, bias, plan: Plan, on_native: bool):
+def _normalise(x1, x2, scale, offset, pertoken_scale, bias, plan: Plan):
     """Validated torch_npu arguments -> the arguments of :func:`_compute` (see its docstring).
 
-    ``on_native``: the call runs the native kernels (CPU), where per-weight work is cached.
+    Plain torch ops, nothing cached: int4 operands are unpacked and int64 scales decoded per call.
     """
     if plan.is_a4w4:
         x1 = int4.unpack_int4(x1)
-        if on_native:  # cached per weight: a model's int4 weights are unpacked and packed once
-            x2 = native.unpacked_int4_weight(x2, plan.x2_packed_along_k)
-        elif plan.x2_packed_along_k:
+        if plan.x2_packed_along_k:
             x2 = int4.unpack_int4(x2.transpose(-1, -2)).transpose(-1, -2)
         else:
             x2 = int4.unpack_int4(x2)
@@ -310,14 +308,8 @@ def _normalise(x1, x2, scale, offset, pertoken_scale, bias, plan: Plan, on_nativ
     effective_offset = None
     if plan.scale_is_quant_param:
         # What the kernel receives: an int64 quant param; its encoded offset is the one used (SPEC §4.3).
-        def decode() -> tuple[torch.Tensor, torch.Tensor]:
-            quant_param = scale if scale.dtype == torch.int64 else reference.trans_quant_param(scale, offset)
-            return reference.decode_quant_param(quant_param)
-
-        if on_native and (scale.dtype == torch.int64 or offset is None):  # a function of the scale alone
-            scale_f32, decoded_offset = native.decoded_quant_param(scale, decode)
-        else:
-            scale_f32, decoded_offset = decode()
+        quant_param = scale if scale.dtype == torch.int64 else reference.trans_quant_param(scale, offset)
+        scale_f32, decoded_offset = reference.decode_quant_param(quant_param)
         if out == torch.int8 and (scale.dtype == torch.int64 or offset is not None):
             effective_offset = decoded_offset
     else:
@@ -327,67 +319,29 @@ def _normalise(x1, x2, scale, offset, pertoken_scale, bias, plan: Plan, on_nativ
     return x1, x2, scale_f32, effective_offset, pertoken_scale, bias, out
 
 
-def _compute(
-    x1: torch.Tensor,
-    x2: torch.Tensor,
-    scale: torch.Tensor,
-    offset: torch.Tensor | None,
-    pertoken_scale: torch.Tensor | None,
-    bias: torch.Tensor | None,
-    out_dtype: torch.dtype,
-    *,
-    on_native: bool | None = None,
-) -> torch.Tensor:
-    """The one dispatch point of npu_quant_matmul: exact int8 GEMM + epilogue on normalised arguments.
-
-    Contract (everything is validated and normalised before this call; all tensors on one device):
-
-    * ``x1``: int8 ``(B, m, k)`` logical values (A4W4 already unpacked to [-8, 7]); any strides,
-      including a batch stride of 0 (broadcast).
-    * ``x2``: int8 ``(B, k, n)`` logical values; any strides (typically the transpose of a
-      contiguous ``(B, n, k)`` weight, or batch stride 0 for one weight shared by every batch).
-    * ``scale``: float32 1-D, length 1 or n: the *effective* scale. Already FP19-truncated where
-      the hardware does it (int64 scales decoded, float32 scales with int8/float16 output and no
-      pertoken_scale encoded then decoded). Not read for int32 output.
-    * ``offset``: None, or float32 1-D (1 or n) of integers in [-256, 255]; only for int8 output.
-    * ``pertoken_scale``: None, or float32 ``(m,)``.
-    * ``bias``: None, or 2-D ``(1, n)`` / ``(B, n)`` of int32 (joins the int32 accumulator),
-      or bfloat16 / float16 / float32 (added in float32 after the scales).
-    * ``out_dtype``: torch.int8, torch.float16, torch.bfloat16 or torch.int32.
-    * ``on_native``: the path when the caller has already chosen it (the op does, from x1 alone,
-      once :func:`validate` has put every tensor on x1's device); None: native when all are on CPU.
-
-    Returns a new contiguous ``(B, m, n)`` tensor of ``out_dtype``, bit-identical to
-    ``reference.quant_matmul`` (int32 accumulation wrapping modulo 2**32, then
-    ``reference.epilogue``'s float32 operation order).
-    """
-    if on_native is None:
-        on_native = _native.use_native(x1, x2, scale, offset, pertoken_scale, bias)
-    backend = native if on_native else reference  # native: exact int8 GEMM, epilogue fused (csrc/gemm_s8.c)
-    return backend.quant_matmul(x1, x2, scale, offset, pertoken_scale, bias, out_dtype)
+def _fake(x1, x2, scale, offset, pertoken_scale, bias, out_dtype):  # the operator's signature
+    return x1.new_empty((x1.shape[0], x1.shape[1], x2.shape[2]), dtype=out_dtype)
 
 
-@torch.library.custom_op("npuquant::npu_quant_matmul", mutates_args=())
-def _npu_quant_matmul_op(
-    x1: torch.Tensor,
-    x2: torch.Tensor,
-    scale: torch.Tensor,
-    offset: torch.Tensor | None = None,
-    pertoken_scale: torch.Tensor | None = None,
-    bias: torch.Tensor | None = None,
-    output_dtype: torch.dtype | None = None,
-    group_sizes: list[int] | None = None,
-) -> torch.Tensor:
-    plan = validate(x1, x2, scale, offset, pertoken_scale, bias, output_dtype, group_sizes)
-    on_native = _native.use_native(x1)  # validate() put every tensor on x1's device
-    args = _normalise(x1, x2, scale, offset, pertoken_scale, bias, plan, on_native)
-    return _compute(*args, on_native=on_native).view(plan.shape)
-
-
-@_npu_quant_matmul_op.register_fake
-def _(x1, x2, scale, offset=None, pertoken_scale=None, bias=None, output_dtype=None, group_sizes=None):
-    plan = validate(x1, x2, scale, offset, pertoken_scale, bias, output_dtype, group_sizes)
-    return x1.new_empty(plan.shape, dtype=plan.out_dtype)
+#: The one dispatch point of npu_quant_matmul: exact int8 GEMM + epilogue on normalised arguments.
+#:
+#: * ``x1``: int8 ``(B, m, k)`` logical values (A4W4 already unpacked to [-8, 7]); any strides,
+#:   including a batch stride of 0 (broadcast).
+#: * ``x2``: int8 ``(B, k, n)`` logical values; any strides (typically the transpose of a
+#:   contiguous ``(B, n, k)`` weight, or batch stride 0 for one weight shared by every batch).
+#: * ``scale``: float32 1-D, length 1 or n: the *effective* scale. Already FP19-truncated where
+#:   the hardware does it (int64 scales decoded, float32 scales with int8/float16 output and no
+#:   pertoken_scale encoded then decoded). Not read for int32 output.
+#: * ``offset``: None, or float32 1-D (1 or n) of integers in [-256, 255]; only for int8 output.
+#: * ``pertoken_scale``: None, or float32 ``(m,)``.
+#: * ``bias``: None, or 2-D ``(1, n)`` / ``(B, n)`` of int32 (joins the int32 accumulator),
+#:   or bfloat16 / float16 / float32 (added in float32 after the scales).
+#: * ``out_dtype``: torch.int8, torch.float16, torch.bfloat16, torch.int32 (or torch.float32).
+#:
+#: Returns a new contiguous ``(B, m, n)`` tensor of ``out_dtype``, bit-identical to
+#: ``reference.quant_matmul`` (int32 accumulation wrapping modulo 2**32, then
+#: ``reference.epilogue``'s float32 operation order).
+_compute = _native.operator("quant_matmul", reference.quant_matmul, _fake)
 
 
 def npu_quant_matmul(
@@ -426,11 +380,14 @@ def npu_quant_matmul(
     Raises:
         RuntimeError: containing torch_npu's message for every rule of SPEC §4.6 / §4.8.
     """
+    tensors("npu_quant_matmul", x1=x1, x2=x2, scale=scale)
+    optional_tensors("npu_quant_matmul", offset=offset, pertoken_scale=pertoken_scale, bias=bias)
     out = output_dtype  # a torch.dtype passes as is: to_dtype's message would be formatted for nothing
     if not isinstance(out, torch.dtype):
         out = to_dtype(output_dtype, f"Not supportted output dtype is {output_dtype}")
     groups = None if group_sizes is None else [int(g) for g in group_sizes]
-    return torch.ops.npuquant.npu_quant_matmul(x1, x2, scale, offset, pertoken_scale, bias, out, groups)
+    plan = validate(x1, x2, scale, offset, pertoken_scale, bias, out, groups)
+    return _compute(*_normalise(x1, x2, scale, offset, pertoken_scale, bias, plan)).view(plan.shape)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -501,4 +458,6 @@ def npu_trans_quant_param(scale: torch.Tensor, offset: torch.Tensor | None = Non
     Returns:
         int64 tensor: ``(max(t, len(offset)),)`` for a 1-D scale, else the scale's shape.
     """
+    tensors("npu_trans_quant_param", scale=scale)
+    optional_tensors("npu_trans_quant_param", offset=offset)
     return torch.ops.npuquant.npu_trans_quant_param(scale, offset, int(round_mode))

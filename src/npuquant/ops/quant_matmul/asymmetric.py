@@ -6,7 +6,7 @@ so ``x ~ (x_q - x_offset) * x_scale``; with per-column weights ``W ~ W_q * w_sca
     x @ W ~ (x_q @ W_q - x_offset (outer) colsum(W_q)) * w_scale * x_scale
 
 The integer product is exact and the zero-point correction uses the weight's exact column sums
-(kept with the packed weight), so an asymmetric activation costs one multiply-subtract per output.
+(computed in the same pass), so an asymmetric activation costs one multiply-subtract per output.
 
 Exact operation order, float32, one rounding per step, no fused multiply-add (the native kernel
 and :func:`reference` here are bit-identical)::
@@ -25,8 +25,7 @@ from __future__ import annotations
 import torch
 
 from ... import _native
-from ..._args import check, to_dtype
-from . import native
+from ..._args import check, optional_tensors, tensors, to_dtype
 from . import reference as qm_reference
 
 __all__ = ["quant_matmul_asymmetric", "reference", "validate", "MAX_K"]
@@ -109,57 +108,31 @@ def reference(
     return v.to(out_dtype).contiguous()
 
 
-def _compute(
-    x_q, x_scale, x_offset, weight, w_scale, bias, out_dtype, *, on_native: bool | None = None
-) -> torch.Tensor:
-    """Dispatch on validated arguments; ``weight`` is an int8 ``(k, n)`` tensor or a PackedWeight.
-
-    ``on_native``: the path when the caller has already chosen it (once :func:`validate` has put
-    the scales and bias on x_q's device, x_q and a dense weight decide); None: native when all are on CPU.
-    """
-    flat = x_q.dim() != 2  # the kernels take 2-D x_q and 1-D per-row scales
-    if flat:
-        lead = x_q.shape[:-1]
-        x_q, x_scale, x_offset = x_q.reshape(-1, x_q.shape[-1]), x_scale.reshape(-1), x_offset.reshape(-1)
-    is_packed = isinstance(weight, native.PackedWeight)
-    dense = None if is_packed else weight
-    if on_native is None:
-        on_native = _native.use_native(x_q, x_scale, x_offset, dense, w_scale, bias)
-    if on_native:
-        packed = weight if is_packed else native.packed_weight(weight)
-        out = native.quant_matmul_asymmetric(x_q, x_scale, x_offset, packed, w_scale, bias, out_dtype)
-    else:
-        if is_packed:
-            dense = weight.unpack().to(x_q.device)
-        out = reference(x_q, x_scale, x_offset, dense, w_scale, bias, out_dtype)
-    return out.reshape(*lead, out.shape[-1]) if flat else out
+def _reference_2d(x_q, x_scale, x_offset, weight, w_scale, bias, out_dtype):  # the operator's signature
+    return reference(x_q, x_scale, x_offset, weight, w_scale, bias, out_dtype)
 
 
-@torch.library.custom_op("npuquant::quant_matmul_asymmetric", mutates_args=())
-def _quant_matmul_asymmetric_op(
-    x_q: torch.Tensor,
-    x_scale: torch.Tensor,
-    x_offset: torch.Tensor,
-    weight: torch.Tensor,
-    w_scale: torch.Tensor,
-    bias: torch.Tensor | None = None,
-    output_dtype: torch.dtype | None = None,
-) -> torch.Tensor:
-    out = validate(x_q, x_scale, x_offset, weight.shape, weight.dtype, w_scale, bias, output_dtype)
-    return _compute(x_q, x_scale, x_offset, weight, w_scale, bias, out, on_native=_native.use_native(x_q, weight))
+def _fake(x_q, x_scale, x_offset, weight, w_scale, bias, out_dtype):
+    return x_q.new_empty((x_q.shape[0], weight.shape[-1]), dtype=out_dtype)
 
 
-@_quant_matmul_asymmetric_op.register_fake
-def _(x_q, x_scale, x_offset, weight, w_scale, bias=None, output_dtype=None):  # the op's signature
-    out = validate(x_q, x_scale, x_offset, weight.shape, weight.dtype, w_scale, bias, output_dtype)
-    return x_q.new_empty((*x_q.shape[:-1], weight.shape[-1]), dtype=out)
+# On 2-D x_q (m, k), 1-D x_scale / x_offset (m,), weight (k, n): the native GEMM on CPU, else the reference.
+_operator = _native.operator("quant_matmul_asymmetric", _reference_2d, _fake)
+
+
+def _compute(x_q, x_scale, x_offset, weight, w_scale, bias, out_dtype) -> torch.Tensor:
+    """The operator on validated arguments of any rank (``x_q`` ``(..., k)``)."""
+    lead = x_q.shape[:-1]
+    x2 = x_q.reshape(-1, x_q.shape[-1])
+    out = _operator(x2, x_scale.reshape(-1), x_offset.reshape(-1), weight, w_scale, bias, out_dtype)
+    return out.reshape(*lead, out.shape[-1])
 
 
 def quant_matmul_asymmetric(
     x_q: torch.Tensor,
     x_scale: torch.Tensor,
     x_offset: torch.Tensor,
-    weight,
+    weight: torch.Tensor,
     w_scale: torch.Tensor,
     bias: torch.Tensor | None = None,
     output_dtype: torch.dtype | int | None = torch.float32,
@@ -172,8 +145,8 @@ def quant_matmul_asymmetric(
     Args:
         x_q: int8 ``(..., k)``.
         x_scale, x_offset: float32 ``x_q.shape[:-1]`` (the per-token scale and float zero point).
-        weight: int8 ``(k, n)`` tensor (any strides, e.g. ``w.t()`` of a ``(n, k)`` weight: packed
-            on first use and cached, see ``native.packed_weight``), or a ``native.PackedWeight``.
+        weight: int8 ``(k, n)`` tensor, any strides (e.g. ``w.t()`` of a ``(n, k)`` weight, which the
+            native GEMV reads in place for up to 8 rows; larger inputs pack it per call).
         w_scale: float32/bfloat16 ``(n,)`` or ``(1,)``.
         bias: optional float32/float16/bfloat16 ``(n,)``, added last.
         output_dtype: torch.float32 (default), torch.float16 or torch.bfloat16 (or a ScalarType code).
@@ -184,14 +157,10 @@ def quant_matmul_asymmetric(
     Raises:
         RuntimeError: naming the argument and the rule it breaks.
     """
+    tensors("quant_matmul_asymmetric", x_q=x_q, x_scale=x_scale, x_offset=x_offset, weight=weight, w_scale=w_scale)
+    optional_tensors("quant_matmul_asymmetric", bias=bias)
     out = output_dtype  # a torch.dtype passes as is: to_dtype's message would be formatted for nothing
     if not isinstance(out, torch.dtype):
         out = to_dtype(output_dtype, f"output_dtype must be float32, float16 or bfloat16, but got {output_dtype}")
-    if isinstance(weight, native.PackedWeight):
-        if weight.batch != 1:
-            raise RuntimeError(f"weight must be a 2-D (k, n) pack, but it holds {weight.batch} matrices")
-        out = validate(x_q, x_scale, x_offset, (weight.k, weight.n), torch.int8, w_scale, bias, out)
-        return _compute(x_q, x_scale, x_offset, weight, w_scale, bias, out, on_native=_native.use_native(x_q))
-    if not isinstance(weight, torch.Tensor):
-        raise RuntimeError(f"weight must be a tensor or a PackedWeight, but got {type(weight)}")
-    return torch.ops.npuquant.quant_matmul_asymmetric(x_q, x_scale, x_offset, weight, w_scale, bias, out)
+    out = validate(x_q, x_scale, x_offset, weight.shape, weight.dtype, w_scale, bias, out)
+    return _compute(x_q, x_scale, x_offset, weight, w_scale, bias, out)

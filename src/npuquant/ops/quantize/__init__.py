@@ -15,7 +15,7 @@ from typing import NamedTuple
 
 import torch
 
-from ..._args import check, to_dtype
+from ..._args import check, optional_tensors, tensors, to_dtype
 from . import reference
 
 __all__ = ["npu_quantize", "validate"]
@@ -207,6 +207,8 @@ def npu_quantize(
     Raises:
         RuntimeError: for an unsupported dtype, shape or axis (torch_npu's wording where it has one).
     """
+    tensors("npu_quantize", input=input, scales=scales)
+    optional_tensors("npu_quantize", zero_points=zero_points)
     check(dtype is not None, "dtype must be given (e.g. torch.qint8)")
     dst = to_dtype(dtype, f"dtype must be a valid ScalarType, but got {dtype}")
     return torch.ops.npuquant.npu_quantize(input, scales, zero_points, dst, int(axis), bool(div_mode))

@@ -1,0 +1,753 @@
+// npuquant's native kernels as torch operators (torch.ops.npuquant.*, CPU dispatch key).
+//
+// Built against the LibTorch stable ABI (torch/csrc/stable), so one binary serves every torch
+// from the floor in TORCH_TARGET_VERSION on. Each wrapper is thin: it checks dtypes, sizes and
+// that every tensor lies inside its storage (sizes, strides, storage offset, overflow) before a
+// kernel touches memory, then hands pointers, strides and storage extents to the C kernels,
+// which check their layouts again. The schemas are defined here; the fake (meta) kernels and the
+// pure-torch references for other devices are registered from Python (npuquant/_ops.py).
+#include <torch/csrc/inductor/aoti_torch/c/shim.h>
+#include <torch/csrc/stable/library.h>
+#include <torch/csrc/stable/ops.h>
+#include <torch/csrc/stable/tensor.h>
+
+#include <algorithm>
+#include <array>
+#include <cstring>
+#include <cstdlib>
+#include <memory>
+#include <optional>
+#include <sstream>
+#include <stdexcept>
+#include <string>
+#include <vector>
+
+#include "npq.h"
+
+using torch::stable::Tensor;
+using ST = torch::headeronly::ScalarType;
+
+namespace {
+
+// ------------------------------------------------------------------------------------- errors
+
+template <class... A>
+[[noreturn]] void fail(const char *op, A &&...parts) {
+    std::ostringstream s;
+    s << "npuquant::" << op << ": ";
+    (s << ... << parts);
+    throw std::runtime_error(s.str());
+}
+
+void check_status(int rc, const char *op) {
+    if (rc != NPQ_OK) fail(op, npq_status_message(rc), " (status ", rc, ")");
+}
+
+std::string shape_str(const Tensor &t) {
+    std::ostringstream s;
+    s << "[";
+    for (int64_t d = 0; d < t.dim(); d++) s << (d ? ", " : "") << t.size(d);
+    s << "]";
+    return s.str();
+}
+
+const char *dtype_name(ST t) {
+    switch (t) {
+    case ST::Float: return "float32";
+    case ST::Half: return "float16";
+    case ST::BFloat16: return "bfloat16";
+    case ST::Char: return "int8";
+    case ST::Byte: return "uint8";
+    case ST::Short: return "int16";
+    case ST::Int: return "int32";
+    case ST::Long: return "int64";
+    default: return "another dtype";
+    }
+}
+
+int npq_dtype_of(ST t) {
+    switch (t) {
+    case ST::Float: return NPQ_F32;
+    case ST::Half: return NPQ_F16;
+    case ST::BFloat16: return NPQ_BF16;
+    case ST::Char: return NPQ_I8;
+    case ST::Byte: return NPQ_U8;
+    case ST::Short: return NPQ_I16;
+    case ST::Int: return NPQ_I32;
+    case ST::Long: return NPQ_I64;
+    default: return -1;
+    }
+}
+
+int threads() { return (int)torch::stable::get_num_threads(); }
+
+// ------------------------------------------------------------------------------ tensor checks
+
+// Elements of t's storage from t's first element on.
+int64_t extent_of(const Tensor &t) {
+    int64_t bytes = 0;
+    aoti_torch_get_storage_size(t.get(), &bytes);
+    int64_t es = (int64_t)t.element_size();
+    return bytes / es - t.storage_offset();
+}
+
+// Every element t addresses lies inside its storage (an empty tensor addresses none).
+void check_in_storage(const Tensor &t, const char *op, const char *name) {
+    if (t.numel() == 0) return;
+    int64_t last = 0, step;
+    bool overflow = t.storage_offset() < 0;
+    for (int64_t d = 0; d < t.dim(); d++) {
+        int64_t st = t.stride(d);
+        if (st < 0) fail(op, name, " has a negative stride, which npuquant's kernels do not take");
+        overflow |= __builtin_mul_overflow(t.size(d) - 1, st, &step) || __builtin_add_overflow(last, step, &last);
+    }
+    if (overflow || last >= extent_of(t))
+        fail(op, name, " of shape ", shape_str(t), " reaches outside its storage (storage offset ",
+             t.storage_offset(), ", storage holds ", extent_of(t) + t.storage_offset(), " elements)");
+}
+
+void check_cpu(const Tensor &t, const char *op, const char *name) {
+    if (!t.is_cpu()) fail(op, name, " must be a CPU tensor for the native kernels");
+}
+
+// A checked input: on the CPU, of one of the given dtypes, inside its storage.
+void check_input(const Tensor &t, const char *op, const char *name, std::initializer_list<ST> dtypes) {
+    check_cpu(t, op, name);
+    bool ok = false;
+    for (ST d : dtypes) ok |= t.scalar_type() == d;
+    if (!ok) {
+        std::string want;
+        for (ST d : dtypes) want += (want.empty() ? "" : " or ") + std::string(dtype_name(d));
+        fail(op, name, " must be ", want, ", but got ", dtype_name(t.scalar_type()));
+    }
+    check_in_storage(t, op, name);
+}
+
+// A float32 contiguous copy of a parameter tensor (scale, offset, ...) when it is not one already.
+Tensor as_f32(const Tensor &t) {
+    Tensor f = t.scalar_type() == ST::Float ? t : torch::stable::to(t, ST::Float);
+    return f.is_contiguous() ? f : torch::stable::contiguous(f);
+}
+
+std::vector<int64_t> sizes_of(const Tensor &t) {
+    std::vector<int64_t> s((size_t)t.dim());
+    for (int64_t d = 0; d < t.dim(); d++) s[(size_t)d] = t.size(d);
+    return s;
+}
+
+Tensor new_empty(const std::vector<int64_t> &shape, ST dtype) {
+    return torch::stable::empty(torch::headeronly::IntHeaderOnlyArrayRef(shape.data(), shape.size()), dtype);
+}
+
+// t as rows of its last dim numbered by its leading dims, as the kernels take it (npq_layout).
+// Leading dims that are contiguous with each other merge, so any rank fits NPQ_MAX_LEAD unless
+// its strides are very irregular, in which case the caller makes a contiguous copy.
+struct Rows {
+    int nd = 0;
+    int64_t size[NPQ_MAX_LEAD] = {0}, stride[NPQ_MAX_LEAD] = {0};
+    int64_t inner = 1, inner_stride = 1;
+};
+
+bool rows_of(const Tensor &t, bool one_row_if_contiguous, Rows &r) {
+    if (t.dim() == 0) {
+        r.nd = 0, r.inner = 1, r.inner_stride = 1;
+        return true;
+    }
+    if (one_row_if_contiguous && t.is_contiguous()) {
+        r.nd = 0, r.inner = t.numel(), r.inner_stride = 1;
+        return true;
+    }
+    r.inner = t.size(t.dim() - 1);
+    r.inner_stride = t.stride(t.dim() - 1);
+    int nd = 0;
+    for (int64_t d = 0; d + 1 < t.dim(); d++) {
+        int64_t sz = t.size(d), st = t.stride(d);
+        if (sz == 1) continue;  // a size-1 dim adds nothing
+        if (nd > 0 && r.stride[nd - 1] == st * sz) {  // merges with the previous dim
+            r.size[nd - 1] *= sz;
+            r.stride[nd - 1] = st;
+            continue;
+        }
+        if (nd == NPQ_MAX_LEAD) return false;
+        r.size[nd] = sz, r.stride[nd] = st, nd++;
+    }
+    r.nd = nd;
+    return true;
+}
+
+Rows rows_or_copy(Tensor &t, bool one_row_if_contiguous) {
+    Rows r;
+    if (!rows_of(t, one_row_if_contiguous, r)) {
+        t = torch::stable::contiguous(t);
+        rows_of(t, one_row_if_contiguous, r);
+    }
+    return r;
+}
+
+const void *cptr(const std::optional<Tensor> &t) { return t.has_value() ? t->data_ptr() : nullptr; }
+
+// ---------------------------------------------------------------------------------- runtime
+
+int64_t cpu_features() { return (int64_t)npq_cpu_features(); }
+int64_t isa() { return npq_isa(); }
+int64_t best_isa() { return npq_best_isa(); }
+int64_t set_isa_limit(int64_t level) { return npq_set_isa_limit(level < 0 ? -1 : (int)level); }
+int64_t set_bf16_nan(int64_t bits) {
+    npq_set_bf16_nan((uint16_t)bits);
+    return bits;
+}
+
+Tensor pool_selftest(int64_t n, int64_t chunk, int64_t nthreads) {
+    const char *op = "pool_selftest";
+    if (n < 0) fail(op, "n must be >= 0");
+    Tensor out = new_empty({n}, ST::Long);
+    for (int64_t i = 0; i < n; i++) ((int64_t *)out.data_ptr())[i] = -1;  // the dynamic test adds i*i + 1
+    if (chunk > 0)
+        npq_pool_selftest_dynamic((int64_t *)out.data_ptr(), n, chunk, (int)nthreads);
+    else
+        npq_pool_selftest((int64_t *)out.data_ptr(), n, (int)nthreads);
+    return out;
+}
+
+// ------------------------------------------------------------------------------- anti-quant
+
+Tensor anti_quant(Tensor x, Tensor scale, std::optional<Tensor> offset, ST dst_dtype) {
+    const char *op = "anti_quant";
+    check_input(x, op, "x", {ST::Char, ST::Int});
+    if (dst_dtype != ST::Float && dst_dtype != ST::Half && dst_dtype != ST::BFloat16)
+        fail(op, "dst_dtype must be float32, float16 or bfloat16, but got ", dtype_name(dst_dtype));
+    const bool packed = x.scalar_type() == ST::Int;
+    if (packed && x.dim() == 0) fail(op, "an int32 (packed int4) x must have at least 1 dimension");
+    check_input(scale, op, "scale", {ST::Float, ST::BFloat16});
+    if (scale.dim() != 1) fail(op, "scale must be 1-D, but has shape ", shape_str(scale));
+    std::vector<int64_t> shape = sizes_of(x);
+    if (packed) shape.back() *= 8;
+    const int64_t out_last = shape.empty() ? 1 : shape.back(), n = scale.size(0);
+    Tensor out = new_empty(shape, dst_dtype);
+    if (out.numel() == 0) return out;
+    if (n != 1 && n != out_last)
+        fail(op, "scale must have 1 or ", out_last, " (the output's last dim) elements, but has ", n);
+    if (offset) {
+        check_input(*offset, op, "offset", {ST::Float, ST::BFloat16});
+        if (offset->dim() != 1 || offset->size(0) != n) fail(op, "offset must have scale's shape ", shape_str(scale));
+    }
+    Tensor s = as_f32(scale);
+    std::optional<Tensor> o;
+    if (offset) o = as_f32(*offset);
+    Rows r = rows_or_copy(x, n == 1);
+    int rc = npq_anti_quant(x.data_ptr(), packed ? NPQ_I32 : NPQ_I8, extent_of(x), r.nd, r.size, r.stride, r.inner,
+                            r.inner_stride, (const float *)s.data_ptr(), n, (const float *)cptr(o), out.data_ptr(),
+                            npq_dtype_of(dst_dtype), threads());
+    check_status(rc, op);
+    return out;
+}
+
+Tensor dequant_int4_grouped(Tensor packed, Tensor scale, std::optional<Tensor> offset, ST out_dtype) {
+    const char *op = "dequant_int4_grouped";
+    check_input(packed, op, "packed", {ST::Int});
+    check_input(scale, op, "scale", {ST::Float, ST::BFloat16});
+    if (out_dtype != ST::Float && out_dtype != ST::Half && out_dtype != ST::BFloat16)
+        fail(op, "out_dtype must be float32, float16 or bfloat16, but got ", dtype_name(out_dtype));
+    if (packed.dim() != 2) fail(op, "packed must be 2-D (rows, K/8), but has shape ", shape_str(packed));
+    const int64_t rows = packed.size(0), words = packed.size(1);
+    if (scale.dim() != 2 || scale.size(0) != rows || scale.size(1) <= 0 || words % scale.size(1) != 0)
+        fail(op, "scale must be (rows, groups) with groups dividing K/8 = ", words, ", but has shape ",
+             shape_str(scale));
+    if (offset) {
+        check_input(*offset, op, "offset", {ST::Float, ST::BFloat16});
+        if (sizes_of(*offset) != sizes_of(scale)) fail(op, "offset must have scale's shape ", shape_str(scale));
+    }
+    Tensor out = new_empty({rows, words * 8}, out_dtype);
+    if (out.numel() == 0) return out;
+    Tensor s = as_f32(scale);
+    std::optional<Tensor> o;
+    if (offset) o = as_f32(*offset);
+    int rc = npq_dequant_int4_grouped((const int32_t *)packed.data_ptr(), extent_of(packed), rows, words,
+                                      packed.stride(0), packed.stride(1), words / scale.size(1),
+                                      (const float *)s.data_ptr(), (const float *)cptr(o), out.data_ptr(),
+                                      npq_dtype_of(out_dtype), threads());
+    check_status(rc, op);
+    return out;
+}
+
+// -------------------------------------------------------------------------------- dequantize
+
+Tensor dequantize(Tensor x, Tensor scale, std::optional<Tensor> zero_points, int64_t axis) {
+    const char *op = "dequantize";
+    check_input(x, op, "x", {ST::Char, ST::Short});
+    check_input(scale, op, "scale", {ST::Float});
+    if (zero_points) check_input(*zero_points, op, "zero_points", {ST::Float});
+    if (x.dim() < 1) fail(op, "x must have at least 1 dimension");
+    if (axis != -1 && axis != -2) fail(op, "axis must be -1 or -2, but got ", axis);
+    if (axis == -2 && x.dim() < 2) fail(op, "axis -2 needs x with at least 2 dimensions");
+    Tensor out = new_empty(sizes_of(x), ST::Float);
+    if (out.numel() == 0) return out;
+    if (x.size(x.dim() - 1) > 1 && x.stride(x.dim() - 1) != 1) x = torch::stable::contiguous(x);
+    Tensor s = torch::stable::contiguous(scale);
+    std::optional<Tensor> z;
+    if (zero_points) {
+        if (zero_points->numel() != scale.numel()) fail(op, "zero_points must have scale's shape ", shape_str(scale));
+        z = torch::stable::contiguous(*zero_points);
+    }
+    Rows r = rows_or_copy(x, false);
+    const int64_t rows_per_matrix = axis == -2 ? x.size(x.dim() - 2) : 1;
+    int rc = npq_dequantize(x.data_ptr(), npq_dtype_of(x.scalar_type()), extent_of(x), r.nd, r.size, r.stride,
+                            r.inner, (const float *)s.data_ptr(), (const float *)cptr(z), s.numel(), (int)axis,
+                            rows_per_matrix, (float *)out.data_ptr(), threads());
+    if (rc == NPQ_ERR_ARG) fail(op, "scale / zero_points do not have the shape axis ", axis, " implies for x of shape ",
+                                shape_str(x));
+    check_status(rc, op);
+    return out;
+}
+
+// ----------------------------------------------------------------------------- dynamic quant
+
+std::tuple<Tensor, Tensor, Tensor> dynamic_quant(Tensor x, std::optional<Tensor> smooth_scales,
+                                                 std::optional<Tensor> group_index, bool asymmetric, bool int4) {
+    const char *op = "dynamic_quant";
+    check_input(x, op, "x", {ST::Float, ST::Half, ST::BFloat16});
+    if (x.dim() < 1) fail(op, "x must have at least 1 dimension");
+    const int64_t cols = x.size(x.dim() - 1);
+    if (int4 && cols % 8 != 0) fail(op, "int4 output needs the last dim of x to be a multiple of 8, but it is ", cols);
+    std::vector<int64_t> lead = sizes_of(x);
+    lead.pop_back();
+    std::vector<int64_t> yshape = lead;
+    yshape.push_back(int4 ? cols / 8 : cols);
+    Tensor y = new_empty(yshape, int4 ? ST::Int : ST::Char);
+    Tensor scale = new_empty(lead, ST::Float);
+    Tensor offset = new_empty(asymmetric ? lead : std::vector<int64_t>{0}, ST::Float);
+    int64_t groups = 1;
+    std::optional<Tensor> gi, sm;
+    if (group_index) {
+        check_input(*group_index, op, "group_index", {ST::Int, ST::Long});
+        if (!smooth_scales) fail(op, "group_index needs smooth_scales");
+        groups = group_index->numel();
+        gi = torch::stable::contiguous(torch::stable::to(*group_index, ST::Int));
+    }
+    if (smooth_scales) {
+        check_input(*smooth_scales, op, "smooth_scales", {ST::Float, ST::Half, ST::BFloat16});
+        if (smooth_scales->numel() != groups * cols)
+            fail(op, "smooth_scales must hold ", groups, " x ", cols, " values, but has shape ",
+                 shape_str(*smooth_scales));
+        Tensor s = smooth_scales->scalar_type() == x.scalar_type() ? *smooth_scales
+                                                                     : torch::stable::to(*smooth_scales, x.scalar_type());
+        sm = torch::stable::contiguous(s);
+    }
+    if (y.numel() == 0 && scale.numel() == 0) return {y, scale, offset};
+    Rows r = rows_or_copy(x, false);
+    int rc = npq_dynamic_quant(x.data_ptr(), npq_dtype_of(x.scalar_type()), extent_of(x), r.nd, r.size, r.stride,
+                               r.inner, r.inner_stride, cptr(sm), (const int32_t *)cptr(gi), gi ? groups : 0,
+                               y.data_ptr(), (float *)scale.data_ptr(),
+                               asymmetric ? (float *)offset.data_ptr() : nullptr, int4 ? 1 : 0, threads());
+    check_status(rc, op);
+    return {y, scale, offset};
+}
+
+// ------------------------------------------------------------------------------------- int4
+
+Tensor unpack_int4(Tensor packed) {
+    const char *op = "unpack_int4";
+    check_input(packed, op, "packed", {ST::Int});
+    if (packed.dim() < 1) fail(op, "packed must have at least 1 dimension");
+    std::vector<int64_t> shape = sizes_of(packed);
+    shape.back() *= 8;
+    Tensor out = new_empty(shape, ST::Char);
+    if (out.numel() == 0) return out;
+    Rows r = rows_or_copy(packed, true);
+    int rc = npq_unpack_int4((const int32_t *)packed.data_ptr(), extent_of(packed), r.nd, r.size, r.stride, r.inner,
+                             r.inner_stride, (int8_t *)out.data_ptr(), threads());
+    check_status(rc, op);
+    return out;
+}
+
+Tensor pack_int4(Tensor values, std::string name) {
+    const char *op = "pack_int4";
+    check_input(values, op, name.c_str(), {ST::Char, ST::Byte, ST::Short, ST::Int, ST::Long});
+    if (values.dim() < 1) fail(op, name, " must have at least 1 dimension");
+    std::vector<int64_t> shape = sizes_of(values);
+    if (shape.back() % 8 != 0) fail(op, "the last dim of ", name, " must be a multiple of 8, but it is ", shape.back());
+    shape.back() /= 8;
+    Tensor out = new_empty(shape, ST::Int);
+    if (out.numel() == 0) return out;
+    Rows r = rows_or_copy(values, true);
+    int64_t lo = 0, hi = 0;
+    int rc = npq_pack_int4(values.data_ptr(), npq_dtype_of(values.scalar_type()), extent_of(values), r.nd, r.size,
+                           r.stride, r.inner, r.inner_stride, (int32_t *)out.data_ptr(), &lo, &hi, threads());
+    check_status(rc, op);
+    if (lo < -8 || hi > 7) {
+        // torch_npu's words (see npuquant.ops.int4), without the op prefix: the same error as the reference's.
+        std::ostringstream s;
+        s << name << " must hold int4 values in [-8, 7], but found values in [" << lo << ", " << hi << "]";
+        throw std::runtime_error(s.str());
+    }
+    return out;
+}
+
+
+// ---------------------------------------------------------------------------------- int8 GEMM
+
+// At most this many rows go through the natural-layout GEMV (weights read in place, nothing
+// packed); larger M packs the weight per call, a small fraction of the GEMM's own work.
+constexpr int64_t GEMV_MAX_M = 8;
+
+// A logical int8 (B, rows, cols) operand: data, sizes and element strides (stride 0 broadcasts).
+struct Mat {
+    const int8_t *p = nullptr;
+    int64_t b = 1, r = 0, c = 0, sb = 0, sr = 0, sc = 0;
+};
+
+Mat mat_of(const Tensor &t) {  // a checked 3-D int8 tensor
+    return {(const int8_t *)t.data_ptr(), t.size(0), t.size(1), t.size(2), t.stride(0), t.stride(1), t.stride(2)};
+}
+
+// Epilogue operands, float32 / int32 contiguous (see csrc/gemm_s8.c's header for the order).
+struct Epilogue {
+    std::optional<Tensor> scale, pertoken, row_offset, bias_i32, add;
+    int64_t bias_i32_bstride = 0, add_nstride = 0, add_bstride = 0;
+};
+
+const void *ptr_or_null(const std::optional<Tensor> &t) { return t ? t->data_ptr() : nullptr; }
+
+// out (B, m, n) = epilogue(a @ w), a (B, m, k), w (B, k, n); B of a and w equal (either may broadcast).
+Tensor gemm(const char *op, const Mat &a, const Mat &w, ST out_dtype, const Epilogue &e) {
+    const int64_t batch = a.b, m = a.r, k = a.c, n = w.c;
+    Tensor out = new_empty({batch, m, n}, out_dtype);
+    if (out.numel() == 0) return out;
+    const bool a_shared = batch == 1 || a.sb == 0, w_shared = batch == 1 || w.sb == 0;
+    std::vector<int64_t> a_boff(a_shared ? 1 : (size_t)batch), a_bidx((size_t)batch), w_bidx((size_t)batch);
+    for (int64_t b = 0; b < batch; b++) {
+        if (!a_shared) a_boff[(size_t)b] = b * a.sb;
+        a_bidx[(size_t)b] = a_shared ? 0 : b;
+        w_bidx[(size_t)b] = w_shared ? 0 : b;
+    }
+    npq_gemm_args g;
+    memset(&g, 0, sizeof g);
+    g.batch = batch, g.m = m, g.n = n, g.k = k;
+    g.a = a.p, g.a_sm = a.sr, g.a_sk = a.sc;
+    g.a_nbatch = (int64_t)a_boff.size(), g.a_boff = a_boff.data(), g.a_bidx = a_bidx.data();
+    g.w_bidx = w_bidx.data();
+    std::optional<Tensor> packed, colsum;
+    if (m <= GEMV_MAX_M && (w.sr == 1 || k == 1)) {
+        g.wn = w.p, g.wn_sn = w.sc, g.wn_sk = w.sr, g.wn_bstride = w_shared ? 0 : w.sb;
+        g.w_nbatch = w_shared ? 1 : batch;
+    } else {
+        const int64_t wb = w_shared ? 1 : batch, per = npq_gemm_packed_bytes(k, n), panels = npq_gemm_panels(n);
+        packed = new_empty({wb, per}, ST::Byte);
+        colsum = new_empty({wb, panels * 16}, ST::Int);
+        for (int64_t b = 0; b < wb; b++) {
+            int rc = npq_gemm_pack_b(k ? w.p + b * w.sb : nullptr, k, n, w.sr, w.sc,
+                                     (uint8_t *)packed->data_ptr() + b * per,
+                                     (int32_t *)colsum->data_ptr() + b * panels * 16, threads());
+            check_status(rc, op);
+        }
+        g.w = (const uint8_t *)packed->data_ptr(), g.w_nbatch = wb, g.colsum = (const int32_t *)colsum->data_ptr();
+    }
+    g.out_kind = npq_dtype_of(out_dtype);
+    g.bias_i32 = (const int32_t *)ptr_or_null(e.bias_i32), g.bias_i32_bstride = e.bias_i32_bstride;
+    g.scale = (const float *)ptr_or_null(e.scale), g.scale_nstride = e.scale && e.scale->numel() > 1 ? 1 : 0;
+    g.pertoken = (const float *)ptr_or_null(e.pertoken);
+    g.row_offset = (const float *)ptr_or_null(e.row_offset);
+    g.add = (const float *)ptr_or_null(e.add), g.add_nstride = e.add_nstride, g.add_bstride = e.add_bstride;
+    g.out = out.data_ptr();
+    check_status(npq_gemm_s8(&g, threads()), op);
+    return out;
+}
+
+// A float32 contiguous per-column vector of length 1 or n (scale, offset), checked.
+Tensor column_param(const Tensor &t, const char *op, const char *name, int64_t n) {
+    check_input(t, op, name, {ST::Float, ST::BFloat16, ST::Half});
+    if (t.dim() != 1 || (t.size(0) != 1 && t.size(0) != n))
+        fail(op, name, " must be 1-D of length 1 or n (", n, "), but has shape ", shape_str(t));
+    return as_f32(t);
+}
+
+Tensor row_param(const Tensor &t, const char *op, const char *name, int64_t m) {
+    check_input(t, op, name, {ST::Float});
+    if (t.numel() != m) fail(op, name, " must hold one value per row (", m, "), but has shape ", shape_str(t));
+    return torch::stable::contiguous(t);
+}
+
+void check_out_dtype(ST out_dtype, const char *op) {
+    if (out_dtype != ST::Char && out_dtype != ST::Half && out_dtype != ST::BFloat16 && out_dtype != ST::Int &&
+        out_dtype != ST::Float)
+        fail(op, "out_dtype must be int8, float16, bfloat16, int32 or float32, but got ", dtype_name(out_dtype));
+}
+
+// npu_quant_matmul on normalised arguments (ops.quant_matmul._normalise): x1 (B, m, k), x2 (B, k, n)
+// int8; scale float32 (1 | n), the effective one; offset (1 | n) for int8 output; pertoken (m);
+// bias (1 | B, n): int32 joins the accumulator, a float one is added after the scales.
+Tensor quant_matmul(Tensor x1, Tensor x2, Tensor scale, std::optional<Tensor> offset,
+                    std::optional<Tensor> pertoken_scale, std::optional<Tensor> bias, ST out_dtype) {
+    const char *op = "quant_matmul";
+    check_input(x1, op, "x1", {ST::Char});
+    check_input(x2, op, "x2", {ST::Char});
+    check_out_dtype(out_dtype, op);
+    if (x1.dim() != 3 || x2.dim() != 3) fail(op, "x1 and x2 must be 3-D (B, m, k) and (B, k, n)");
+    if (x1.size(0) != x2.size(0) || x1.size(2) != x2.size(1))
+        fail(op, "x1 ", shape_str(x1), " and x2 ", shape_str(x2), " do not multiply");
+    const int64_t batch = x1.size(0), m = x1.size(1), n = x2.size(2);
+    Epilogue e;
+    if (out_dtype != ST::Int) e.scale = column_param(scale, op, "scale", n);
+    if (pertoken_scale && out_dtype != ST::Int) e.pertoken = row_param(*pertoken_scale, op, "pertoken_scale", m);
+    if (bias) {
+        check_input(*bias, op, "bias", {ST::Int, ST::Float, ST::Half, ST::BFloat16});
+        if (bias->dim() != 2 || (bias->size(0) != 1 && bias->size(0) != batch) || bias->size(1) != n)
+            fail(op, "bias must be (1, n) or (B, n) = (", batch, ", ", n, "), but has shape ", shape_str(*bias));
+        const int64_t bstride = bias->size(0) == 1 ? 0 : n;
+        if (bias->scalar_type() == ST::Int) {
+            e.bias_i32 = torch::stable::contiguous(*bias), e.bias_i32_bstride = bstride;
+        } else {
+            if (out_dtype == ST::Int) fail(op, "int32 output takes an int32 bias only");
+            e.add = as_f32(*bias), e.add_nstride = 1, e.add_bstride = bstride;
+        }
+    }
+    if (offset && out_dtype != ST::Int) {
+        if (e.add) fail(op, "offset and a float bias cannot be combined");
+        e.add = column_param(*offset, op, "offset", n), e.add_nstride = e.add->numel() > 1 ? 1 : 0;
+    }
+    return gemm(op, mat_of(x1), mat_of(x2), out_dtype, e);
+}
+
+// The A8W8 matmul for asymmetric activations (ops.quant_matmul.asymmetric): x (m, k) int8,
+// x_scale / x_offset (m,), weight (k, n) int8, w_scale (1 | n), bias (n,) float.
+Tensor quant_matmul_asymmetric(Tensor x, Tensor x_scale, Tensor x_offset, Tensor weight, Tensor w_scale,
+                               std::optional<Tensor> bias, ST out_dtype) {
+    const char *op = "quant_matmul_asymmetric";
+    check_input(x, op, "x_q", {ST::Char});
+    check_input(weight, op, "weight", {ST::Char});
+    if (out_dtype != ST::Float && out_dtype != ST::Half && out_dtype != ST::BFloat16)
+        fail(op, "out_dtype must be float32, float16 or bfloat16, but got ", dtype_name(out_dtype));
+    if (x.dim() != 2 || weight.dim() != 2 || x.size(1) != weight.size(0))
+        fail(op, "x_q ", shape_str(x), " and weight ", shape_str(weight), " must be (m, k) and (k, n)");
+    const int64_t m = x.size(0), n = weight.size(1);
+    Epilogue e;
+    e.scale = column_param(w_scale, op, "w_scale", n);
+    e.pertoken = row_param(x_scale, op, "x_scale", m);
+    e.row_offset = row_param(x_offset, op, "x_offset", m);
+    if (bias) {
+        check_input(*bias, op, "bias", {ST::Float, ST::Half, ST::BFloat16});
+        if (bias->numel() != n) fail(op, "bias must be 1-D of length n (", n, "), but has shape ", shape_str(*bias));
+        e.add = as_f32(*bias), e.add_nstride = 1;
+    }
+    Mat a{(const int8_t *)x.data_ptr(), 1, m, x.size(1), 0, x.stride(0), x.stride(1)};
+    Mat w{(const int8_t *)weight.data_ptr(), 1, weight.size(0), n, 0, weight.stride(0), weight.stride(1)};
+    Tensor out = gemm(op, a, w, out_dtype, e);
+    return torch::stable::view(out, {m, n});
+}
+
+// ------------------------------------------------------------------- fused quantized linear layers
+
+std::vector<int64_t> linear_out_shape(const Tensor &x, int64_t n) {
+    std::vector<int64_t> s = sizes_of(x);
+    s.back() = n;
+    return s;
+}
+
+// x (..., k) float; weight (n, k) int8 as nn.Linear stores it. Quantizes x per row (asymmetric
+// when `asymmetric`), then the exact GEMM; returns (..., n) in x's dtype, and the quantized rows'
+// scale (and offset) it used, for the caller's epilogue.
+struct QuantRows {
+    Tensor q, scale, offset;
+    int64_t m = 0, k = 0;
+};
+
+QuantRows quantize_rows(const char *op, Tensor &x, const std::optional<Tensor> &smooth, bool asymmetric) {
+    check_input(x, op, "x", {ST::Float, ST::Half, ST::BFloat16});
+    if (x.dim() < 1) fail(op, "x must have at least 1 dimension");
+    auto [q, scale, offset] = dynamic_quant(x, smooth, std::nullopt, asymmetric, false);
+    QuantRows r{q, scale, offset, 0, x.size(x.dim() - 1)};
+    r.m = r.k ? q.numel() / r.k : scale.numel();
+    return r;
+}
+
+void check_linear_weight(const Tensor &weight, const Tensor &weight_scale, int64_t k, const char *op) {
+    check_input(weight, op, "weight", {ST::Char});
+    if (weight.dim() != 2 || weight.size(1) != k)
+        fail(op, "weight must be (out_features, ", k, "), but has shape ", shape_str(weight));
+}
+
+Mat weight_t(const Tensor &weight) {  // the (k, n) view of a (n, k) weight, as a GEMM operand
+    return {(const int8_t *)weight.data_ptr(), 1, weight.size(1), weight.size(0), 0, weight.stride(1),
+            weight.stride(0)};
+}
+
+Tensor linear_w8a8(Tensor x, Tensor weight, Tensor weight_scale, std::optional<Tensor> smooth_scales,
+                   std::optional<Tensor> bias) {
+    const char *op = "linear_w8a8";
+    QuantRows r = quantize_rows(op, x, smooth_scales, true);
+    check_linear_weight(weight, weight_scale, r.k, op);
+    const int64_t n = weight.size(0);
+    Epilogue e;
+    e.scale = column_param(weight_scale, op, "weight_scale", n);
+    e.pertoken = r.scale, e.row_offset = r.offset;
+    if (bias) {
+        check_input(*bias, op, "bias", {ST::Float, ST::Half, ST::BFloat16});
+        if (bias->numel() != n) fail(op, "bias must be 1-D of length ", n, ", but has shape ", shape_str(*bias));
+        e.add = as_f32(*bias), e.add_nstride = 1;
+    }
+    Mat a{(const int8_t *)r.q.data_ptr(), 1, r.m, r.k, 0, r.k, 1};
+    Tensor out = gemm(op, a, weight_t(weight), x.scalar_type(), e);
+    std::vector<int64_t> shape = linear_out_shape(x, n);
+    return torch::stable::view(out, torch::headeronly::IntHeaderOnlyArrayRef(shape.data(), shape.size()));
+}
+
+Tensor linear_w8a8_sym(Tensor x, Tensor weight, Tensor weight_scale, std::optional<Tensor> smooth_scales,
+                       std::optional<Tensor> bias) {
+    const char *op = "linear_w8a8_sym";
+    QuantRows r = quantize_rows(op, x, smooth_scales, false);
+    check_linear_weight(weight, weight_scale, r.k, op);
+    const int64_t n = weight.size(0);
+    Epilogue e;
+    e.scale = column_param(weight_scale, op, "weight_scale", n);
+    e.pertoken = r.scale;
+    if (bias) {  // added in float32 after the scales, before the one cast (npu_quant_matmul's float bias)
+        check_input(*bias, op, "bias", {ST::Float, ST::Half, ST::BFloat16});
+        if (bias->numel() != n) fail(op, "bias must be 1-D of length ", n, ", but has shape ", shape_str(*bias));
+        e.add = as_f32(*bias), e.add_nstride = 1;
+    }
+    Mat a{(const int8_t *)r.q.data_ptr(), 1, r.m, r.k, 0, r.k, 1};
+    Tensor out = gemm(op, a, weight_t(weight), x.scalar_type(), e);
+    std::vector<int64_t> shape = linear_out_shape(x, n);
+    return torch::stable::view(out, torch::headeronly::IntHeaderOnlyArrayRef(shape.data(), shape.size()));
+}
+
+// One scratch tile per thread, shared by every w4a16 layer: the matmul then reads the tile back
+// from the cache, layer after layer (a buffer per layer made it read DRAM, ~4x slower). Never
+// freed: it lives as long as its thread and must not be torn down after libtorch at exit.
+void *tile_scratch(size_t bytes) {
+    thread_local void *buf = nullptr;
+    thread_local size_t cap = 0;
+    if (bytes > cap) {
+        void *p = nullptr;
+        if (posix_memalign(&p, 64, bytes) != 0) fail("linear_w4a16", "out of memory for the tile buffer");
+        free(buf);
+        buf = p, cap = bytes;
+    }
+    return buf;
+}
+
+// torch.ops.aten.linear.out(x, weight, bias, out=out): x @ weight.T (+ bias), as F.linear computes it.
+void call_linear_out(const Tensor &x, const Tensor &weight, const std::optional<Tensor> &bias, Tensor &out) {
+    std::array<StableIValue, 4> stack{torch::stable::detail::from(x), torch::stable::detail::from(weight),
+                                      torch::stable::detail::from(bias), torch::stable::detail::from(out)};
+    int err = torch_call_dispatcher("aten::linear", "out", stack.data(), TORCH_ABI_VERSION);
+    if (err) fail("linear_w4a16", "aten::linear.out failed");
+    (void)torch::stable::detail::to<Tensor>(stack[0]);
+}
+
+// x (..., in_features) float; weight (n, Kp/8) int32 (8 int4 per word along K, Kp = groups * G
+// >= in_features); weight_scale / weight_offset (n, groups) float32: w = (v + offset) * scale.
+// Dequantizes tile_rows output rows at a time (the layer picks it) and multiplies them in x's dtype
+// with their slice of the bias, as F.linear does.
+Tensor linear_w4a16(Tensor x, Tensor weight, Tensor weight_scale, Tensor weight_offset, std::optional<Tensor> bias,
+                    int64_t in_features, int64_t tile_rows) {
+    const char *op = "linear_w4a16";
+    check_input(x, op, "x", {ST::Float, ST::Half, ST::BFloat16});
+    check_input(weight, op, "weight", {ST::Int});
+    check_input(weight_scale, op, "weight_scale", {ST::Float});
+    check_input(weight_offset, op, "weight_offset", {ST::Float});
+    if (x.dim() < 1 || x.size(x.dim() - 1) != in_features)
+        fail(op, "x must be (..., ", in_features, "), but has shape ", shape_str(x));
+    if (weight.dim() != 2) fail(op, "weight must be 2-D (n, K/8), but has shape ", shape_str(weight));
+    const int64_t n = weight.size(0), words = weight.size(1), kp = words * 8;
+    if (kp < in_features) fail(op, "weight holds ", kp, " columns, fewer than in_features (", in_features, ")");
+    if (weight_scale.dim() != 2 || weight_scale.size(0) != n || weight_scale.size(1) <= 0 ||
+        words % weight_scale.size(1) != 0 || sizes_of(weight_offset) != sizes_of(weight_scale))
+        fail(op, "weight_scale and weight_offset must be (n, groups) with groups dividing K/8 = ", words);
+    const ST dt = x.scalar_type();
+    const int64_t k = in_features, m = k ? x.numel() / k : 0;
+    if (bias) {
+        check_input(*bias, op, "bias", {dt});
+        if (bias->dim() != 1 || bias->size(0) != n) fail(op, "bias must be 1-D of length ", n, ", but has shape ", shape_str(*bias));
+    }
+    Tensor x2 = torch::stable::contiguous(x);
+    x2 = torch::stable::view(x2, {m, k});
+    Tensor out = new_empty({m, n}, dt);
+    if (out.numel() > 0) {
+        if (tile_rows < 1) fail(op, "tile_rows must be positive, but got ", tile_rows);
+        tile_rows = std::min(tile_rows, n);
+        const size_t es = dt == ST::Float ? 4 : 2;
+        void *buf = tile_scratch((size_t)(tile_rows * kp) * es);
+        const int64_t groups = weight_scale.size(1);
+        const float *s = (const float *)weight_scale.data_ptr(), *o = (const float *)weight_offset.data_ptr();
+        const int64_t ss0 = weight_scale.stride(0), os0 = weight_offset.stride(0);
+        if (!weight_scale.is_contiguous() || !weight_offset.is_contiguous())
+            fail(op, "weight_scale and weight_offset must be contiguous");
+        for (int64_t r0 = 0; r0 < n; r0 += tile_rows) {
+            const int64_t rows = std::min(tile_rows, n - r0);
+            const int64_t first = r0 * weight.stride(0);
+            int rc = npq_dequant_int4_grouped((const int32_t *)weight.data_ptr() + first, extent_of(weight) - first,
+                                              rows, words, weight.stride(0), weight.stride(1), words / groups,
+                                              s + r0 * ss0, o + r0 * os0, buf, npq_dtype_of(dt), threads());
+            check_status(rc, op);
+            // the tile's first k columns, (rows, k) with row stride kp: the linear's weight
+            std::array<int64_t, 2> ts{rows, k}, tst{kp, 1};
+            Tensor tile = torch::stable::from_blob(buf, {ts.data(), 2}, {tst.data(), 2},
+                                                   torch::stable::Device(torch::headeronly::DeviceType::CPU), dt);
+            Tensor cols = torch::stable::narrow(out, 1, r0, rows);
+            std::optional<Tensor> tile_bias;
+            if (bias) tile_bias = torch::stable::narrow(*bias, 0, r0, rows);
+            call_linear_out(x2, tile, tile_bias, cols);
+        }
+    }
+    std::vector<int64_t> shape = linear_out_shape(x, n);
+    return torch::stable::view(out, torch::headeronly::IntHeaderOnlyArrayRef(shape.data(), shape.size()));
+}
+
+}  // namespace
+
+STABLE_TORCH_LIBRARY(npuquant, m) {
+    // runtime
+    m.def("cpu_features() -> int");
+    m.def("isa() -> int");
+    m.def("best_isa() -> int");
+    m.def("set_isa_limit(int level) -> int");
+    m.def("set_bf16_nan(int bits) -> int");
+    m.def("pool_selftest(int n, int chunk, int nthreads) -> Tensor");
+    // kernels (normalised arguments; the public functions validate with torch_npu's messages first)
+    m.def("anti_quant(Tensor x, Tensor scale, Tensor? offset, ScalarType dst_dtype) -> Tensor");
+    m.def("dequant_int4_grouped(Tensor packed, Tensor scale, Tensor? offset, ScalarType out_dtype) -> Tensor");
+    m.def("dequantize(Tensor x, Tensor scale, Tensor? zero_points, int axis) -> Tensor");
+    m.def(
+        "dynamic_quant(Tensor x, Tensor? smooth_scales, Tensor? group_index, bool asymmetric, bool int4) "
+        "-> (Tensor, Tensor, Tensor)");
+    m.def("unpack_int4(Tensor packed) -> Tensor");
+    m.def("pack_int4(Tensor values, str name=\"values\") -> Tensor");
+    m.def(
+        "quant_matmul(Tensor x1, Tensor x2, Tensor scale, Tensor? offset, Tensor? pertoken_scale, Tensor? bias, "
+        "ScalarType out_dtype) -> Tensor");
+    m.def(
+        "quant_matmul_asymmetric(Tensor x_q, Tensor x_scale, Tensor x_offset, Tensor weight, Tensor w_scale, "
+        "Tensor? bias, ScalarType out_dtype) -> Tensor");
+    // one operator per quantized layer (npuquant.nn)
+    m.def("linear_w8a8(Tensor x, Tensor weight, Tensor weight_scale, Tensor? smooth_scales, Tensor? bias) -> Tensor");
+    m.def(
+        "linear_w8a8_sym(Tensor x, Tensor weight, Tensor weight_scale, Tensor? smooth_scales, Tensor? bias) "
+        "-> Tensor");
+    m.def(
+        "linear_w4a16(Tensor x, Tensor weight, Tensor weight_scale, Tensor weight_offset, Tensor? bias, "
+        "int in_features, int tile_rows) -> Tensor");
+}
+
+STABLE_TORCH_LIBRARY_IMPL(npuquant, CompositeExplicitAutograd, m) {
+    m.impl("cpu_features", TORCH_BOX(&cpu_features));
+    m.impl("isa", TORCH_BOX(&isa));
+    m.impl("best_isa", TORCH_BOX(&best_isa));
+    m.impl("set_isa_limit", TORCH_BOX(&set_isa_limit));
+    m.impl("set_bf16_nan", TORCH_BOX(&set_bf16_nan));
+    m.impl("pool_selftest", TORCH_BOX(&pool_selftest));
+}
+
+STABLE_TORCH_LIBRARY_IMPL(npuquant, CPU, m) {
+    m.impl("anti_quant", TORCH_BOX(&anti_quant));
+    m.impl("dequant_int4_grouped", TORCH_BOX(&dequant_int4_grouped));
+    m.impl("dequantize", TORCH_BOX(&dequantize));
+    m.impl("dynamic_quant", TORCH_BOX(&dynamic_quant));
+    m.impl("unpack_int4", TORCH_BOX(&unpack_int4));
+    m.impl("pack_int4", TORCH_BOX(&pack_int4));
+    m.impl("quant_matmul", TORCH_BOX(&quant_matmul));
+    m.impl("quant_matmul_asymmetric", TORCH_BOX(&quant_matmul_asymmetric));
+    m.impl("linear_w8a8", TORCH_BOX(&linear_w8a8));
+    m.impl("linear_w8a8_sym", TORCH_BOX(&linear_w8a8_sym));
+    m.impl("linear_w4a16", TORCH_BOX(&linear_w4a16));
+}
