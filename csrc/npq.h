@@ -86,6 +86,13 @@ void npq_parallel_for(int64_t n, int64_t grain, int nthreads, npq_range_fn fn, v
  * on a shared 2-core VM: the static split ran no faster with 2 threads than with 1). */
 void npq_parallel_for_dynamic(int64_t n, int64_t grain, int64_t chunk, int nthreads, npq_range_fn fn, void *ctx);
 
+/* Where the parallel loops run: by default runtime.c's own pthread pool (standalone C builds,
+ * sanitizer drivers). The torch operator library installs torch's intra-op pool at load, so the
+ * kernels share torch's threads instead of competing with them for the cores. A backend runs
+ * fn(ctx, i, i + 1) once for every i in [0, parts), concurrently, and returns when all are done. */
+typedef void (*npq_parallel_backend)(int64_t parts, npq_range_fn fn, void *ctx);
+NPQ_API void npq_set_parallel_backend(npq_parallel_backend backend);
+
 /* Asks for transparent huge pages on a large, not yet written output (advice only; see runtime.c). */
 void npq_advise_hugepages(void *p, size_t bytes);
 
@@ -154,6 +161,10 @@ NPQ_API int npq_unpack_int4(const int32_t *packed, int64_t extent, int nd, const
 NPQ_API int npq_pack_int4(const void *values, int dtype, int64_t extent, int nd, const int64_t *lead_sizes,
                           const int64_t *lead_strides, int64_t inner, int64_t inner_stride, int32_t *out, int64_t *lo,
                           int64_t *hi, int nthreads);
+
+/* runtime.c: float32 -> float32 / float16 / bfloat16 exactly as torch's tensor casts (small vectors,
+ * e.g. a layer's smooth scales in its activations' dtype). */
+NPQ_API int npq_cast_f32(const float *in, int64_t n, int dtype, void *out);
 
 /* runtime.c: thread-pool self-tests (out[i] = i * i over [0, n)). */
 NPQ_API void npq_pool_selftest(int64_t *out, int64_t n, int nthreads);

@@ -82,6 +82,20 @@ uint16_t npq_bf16_nan = 0x7FC0;
 
 NPQ_API void npq_set_bf16_nan(uint16_t bits) { npq_bf16_nan = bits; }
 
+NPQ_API int npq_cast_f32(const float *in, int64_t n, int dtype, void *out) {
+    if (n < 0 || (n > 0 && (!in || !out))) return NPQ_ERR_ARG;
+    switch (dtype) {
+    case NPQ_F32: memcpy(out, in, (size_t)n * 4); return NPQ_OK;
+    case NPQ_F16:
+        for (int64_t i = 0; i < n; i++) ((uint16_t *)out)[i] = npq_f32_to_f16(in[i]);
+        return NPQ_OK;
+    case NPQ_BF16:
+        for (int64_t i = 0; i < n; i++) ((uint16_t *)out)[i] = npq_f32_to_bf16(in[i]);
+        return NPQ_OK;
+    default: return NPQ_ERR_DTYPE;
+    }
+}
+
 /* ---------------------------------------------------------------- thread pool */
 
 typedef struct {
@@ -193,13 +207,31 @@ static void after_fork_child(void) {
 static pthread_once_t g_once = PTHREAD_ONCE_INIT;
 static void install_fork_handler(void) { pthread_atfork(NULL, NULL, after_fork_child); }
 
+static npq_parallel_backend g_backend; /* NULL: our own pool */
+
+NPQ_API void npq_set_parallel_backend(npq_parallel_backend backend) { g_backend = backend; }
+
+/* A job's part i as a backend task (the backend calls it with [i, i + 1)). */
+static void run_parts(void *ctx, int64_t begin, int64_t end) {
+    for (int64_t i = begin; i < end; i++) run_part((const npq_job *)ctx, (int)i);
+}
+
 void npq_parallel_for(int64_t n, int64_t grain, int nthreads, npq_range_fn fn, void *ctx) {
     if (n <= 0) return;
     if (grain < 1) grain = 1;
     int64_t parts = (n + grain - 1) / grain;
     if (nthreads > NPQ_MAX_THREADS) nthreads = NPQ_MAX_THREADS;
     if (parts > nthreads) parts = nthreads;
-    if (parts <= 1 || pthread_mutex_trylock(&g_busy) != 0) {
+    if (parts <= 1) {
+        fn(ctx, 0, n);
+        return;
+    }
+    if (g_backend) {
+        npq_job job = {fn, ctx, n, (int)parts};
+        g_backend(parts, run_parts, &job);
+        return;
+    }
+    if (pthread_mutex_trylock(&g_busy) != 0) { /* another thread's job holds the pool */
         fn(ctx, 0, n);
         return;
     }

@@ -81,6 +81,17 @@ int npq_dtype_of(ST t) {
 
 int threads() { return (int)torch::stable::get_num_threads(); }
 
+// The kernels' parallel loops on torch's own intra-op pool (npq_set_parallel_backend): one pool for
+// the whole process, so a model's torch ops and our kernels never fight over the cores, and the
+// pool's threads are already awake between back-to-back calls.
+void torch_parallel_backend(int64_t parts, npq_range_fn fn, void *ctx) {
+    torch::stable::parallel_for(0, parts, 1, [fn, ctx](int64_t begin, int64_t end) {
+        for (int64_t i = begin; i < end; i++) fn(ctx, i, i + 1);
+    });
+}
+
+const bool backend_installed = (npq_set_parallel_backend(torch_parallel_backend), true);
+
 // ------------------------------------------------------------------------------ tensor checks
 
 // Elements of t's storage from t's first element on.
@@ -135,8 +146,34 @@ std::vector<int64_t> sizes_of(const Tensor &t) {
     return s;
 }
 
+int32_t shim_dtype(ST t) {
+    switch (t) {
+    case ST::Float: return aoti_torch_dtype_float32();
+    case ST::Half: return aoti_torch_dtype_float16();
+    case ST::BFloat16: return aoti_torch_dtype_bfloat16();
+    case ST::Char: return aoti_torch_dtype_int8();
+    case ST::Byte: return aoti_torch_dtype_uint8();
+    case ST::Short: return aoti_torch_dtype_int16();
+    case ST::Int: return aoti_torch_dtype_int32();
+    case ST::Long: return aoti_torch_dtype_int64();
+    default: fail("empty", "unsupported dtype");
+    }
+}
+
+// A new contiguous CPU tensor, straight from the C shim (torch::stable::empty goes through the
+// boxed dispatcher and costs several microseconds per call: too much for a one-row layer).
 Tensor new_empty(const std::vector<int64_t> &shape, ST dtype) {
-    return torch::stable::empty(torch::headeronly::IntHeaderOnlyArrayRef(shape.data(), shape.size()), dtype);
+    std::vector<int64_t> strides(shape.size());
+    int64_t step = 1;
+    for (size_t d = shape.size(); d-- > 0;) {
+        strides[d] = step;
+        step *= shape[d] > 1 ? shape[d] : 1;
+    }
+    AtenTensorHandle h = nullptr;
+    if (aoti_torch_empty_strided((int64_t)shape.size(), shape.data(), strides.data(), shim_dtype(dtype),
+                                 aoti_torch_device_type_cpu(), 0, &h) != 0 || !h)
+        fail("empty", "allocation failed");
+    return Tensor(h);
 }
 
 // t as rows of its last dim numbered by its leading dims, as the kernels take it (npq_layout).
@@ -543,24 +580,61 @@ std::vector<int64_t> linear_out_shape(const Tensor &x, int64_t n) {
     return s;
 }
 
-// x (..., k) float; weight (n, k) int8 as nn.Linear stores it. Quantizes x per row (asymmetric
-// when `asymmetric`), then the exact GEMM; returns (..., n) in x's dtype, and the quantized rows'
-// scale (and offset) it used, for the caller's epilogue.
+// Per-thread scratch memory for what lives only inside one call (a layer's quantized activations,
+// w4a16's dequantized tiles): no tensor is allocated for it. Never freed: it lives as long as its
+// thread and must not be torn down after libtorch at exit.
+enum { SCRATCH_ACTIVATIONS = 0, SCRATCH_TILE = 1 };
+
+void *thread_scratch(int slot, size_t bytes) {
+    thread_local void *buf[2] = {nullptr, nullptr};
+    thread_local size_t cap[2] = {0, 0};
+    if (bytes > cap[slot]) {
+        void *p = nullptr;
+        if (posix_memalign(&p, 64, bytes) != 0) fail("scratch", "out of memory (", bytes, " bytes)");
+        free(buf[slot]);
+        buf[slot] = p, cap[slot] = bytes;
+    }
+    return buf[slot];
+}
+
+// A layer's activations x (..., k) quantized per row into scratch: int8 (m, k), scale and offset (m,).
 struct QuantRows {
-    Tensor q, scale, offset;
+    int8_t *q = nullptr;
+    float *scale = nullptr, *offset = nullptr;
     int64_t m = 0, k = 0;
 };
 
 QuantRows quantize_rows(const char *op, Tensor &x, const std::optional<Tensor> &smooth, bool asymmetric) {
     check_input(x, op, "x", {ST::Float, ST::Half, ST::BFloat16});
     if (x.dim() < 1) fail(op, "x must have at least 1 dimension");
-    auto [q, scale, offset] = dynamic_quant(x, smooth, std::nullopt, asymmetric, false);
-    QuantRows r{q, scale, offset, 0, x.size(x.dim() - 1)};
-    r.m = r.k ? q.numel() / r.k : scale.numel();
+    QuantRows r;
+    r.k = x.size(x.dim() - 1);
+    r.m = 1;
+    for (int64_t d = 0; d + 1 < x.dim(); d++) r.m *= x.size(d);
+    const size_t es = x.scalar_type() == ST::Float ? 4 : 2;
+    const size_t q_bytes = ((size_t)(r.m * r.k) + 63) & ~(size_t)63, s_bytes = ((size_t)r.m * 4 + 63) & ~(size_t)63;
+    const size_t smooth_bytes = smooth ? (size_t)r.k * es : 0;
+    char *base = (char *)thread_scratch(SCRATCH_ACTIVATIONS, q_bytes + 2 * s_bytes + smooth_bytes + 64);
+    r.q = (int8_t *)base, r.scale = (float *)(base + q_bytes), r.offset = (float *)(base + q_bytes + s_bytes);
+    const void *sm = nullptr;
+    if (smooth) {  // the quantization op takes smooth scales in x's dtype: round them as .to(x.dtype) does
+        check_input(*smooth, op, "smooth_scales", {ST::Float});
+        if (smooth->numel() != r.k) fail(op, "smooth_scales must hold ", r.k, " values, but has shape ", shape_str(*smooth));
+        Tensor s = torch::stable::contiguous(*smooth);
+        void *dst = base + q_bytes + 2 * s_bytes;
+        check_status(npq_cast_f32((const float *)s.data_ptr(), r.k, npq_dtype_of(x.scalar_type()), dst), op);
+        sm = dst;
+    }
+    if (r.m == 0) return r;
+    Rows rows = rows_or_copy(x, false);
+    int rc = npq_dynamic_quant(x.data_ptr(), npq_dtype_of(x.scalar_type()), extent_of(x), rows.nd, rows.size,
+                               rows.stride, rows.inner, rows.inner_stride, sm, nullptr, 0, r.q, r.scale,
+                               asymmetric ? r.offset : nullptr, 0, threads());
+    check_status(rc, op);
     return r;
 }
 
-void check_linear_weight(const Tensor &weight, const Tensor &weight_scale, int64_t k, const char *op) {
+void check_linear_weight(const Tensor &weight, int64_t k, const char *op) {
     check_input(weight, op, "weight", {ST::Char});
     if (weight.dim() != 2 || weight.size(1) != k)
         fail(op, "weight must be (out_features, ", k, "), but has shape ", shape_str(weight));
@@ -571,59 +645,89 @@ Mat weight_t(const Tensor &weight) {  // the (k, n) view of a (n, k) weight, as 
             weight.stride(0)};
 }
 
+// Borrowed float32 vectors for the epilogue: the caller's tensors or scratch, not owned.
+struct RawEpilogue {
+    const float *scale = nullptr, *pertoken = nullptr, *row_offset = nullptr, *add = nullptr;
+    int64_t scale_nstride = 0, add_nstride = 0;
+};
+
+// out (..., n) = epilogue(q @ weight.T) for a layer: one exact GEMV (m <= GEMV_MAX_M) or packed GEMM.
+Tensor layer_gemm(const char *op, const Tensor &x, const QuantRows &r, const Tensor &weight, const RawEpilogue &e,
+                  ST out_dtype) {
+    std::vector<int64_t> shape = linear_out_shape(x, weight.size(0));
+    Tensor out = new_empty(shape, out_dtype);
+    const int64_t n = weight.size(0);
+    if (out.numel() == 0) return out;
+    const Mat w = weight_t(weight);
+    int64_t zero = 0;
+    npq_gemm_args g;
+    memset(&g, 0, sizeof g);
+    g.batch = 1, g.m = r.m, g.n = n, g.k = r.k;
+    g.a = r.q, g.a_sm = r.k, g.a_sk = 1, g.a_nbatch = 1, g.a_boff = &zero, g.a_bidx = &zero, g.w_bidx = &zero;
+    g.w_nbatch = 1;
+    std::optional<Tensor> packed, colsum;
+    if (r.m <= GEMV_MAX_M) {
+        g.wn = w.p, g.wn_sn = w.sc, g.wn_sk = w.sr;
+    } else {
+        const int64_t per = npq_gemm_packed_bytes(r.k, n), panels = npq_gemm_panels(n);
+        packed = new_empty({per}, ST::Byte);
+        colsum = new_empty({panels * 16}, ST::Int);
+        check_status(npq_gemm_pack_b(r.k ? w.p : nullptr, r.k, n, w.sr, w.sc, (uint8_t *)packed->data_ptr(),
+                                     (int32_t *)colsum->data_ptr(), threads()),
+                     op);
+        g.w = (const uint8_t *)packed->data_ptr(), g.colsum = (const int32_t *)colsum->data_ptr();
+    }
+    g.out_kind = npq_dtype_of(out_dtype);
+    g.scale = e.scale, g.scale_nstride = e.scale_nstride;
+    g.pertoken = e.pertoken, g.row_offset = e.row_offset;
+    g.add = e.add, g.add_nstride = e.add_nstride;
+    g.out = out.data_ptr();
+    check_status(npq_gemm_s8(&g, threads()), op);
+    return out;
+}
+
+// The epilogue's per-column parameters of a layer: weight_scale (1 | n) and an optional bias (n,).
+struct LayerParams {
+    Tensor scale;
+    std::optional<Tensor> bias;
+};
+
+LayerParams layer_params(const char *op, const Tensor &weight_scale, const std::optional<Tensor> &bias, int64_t n) {
+    LayerParams p{column_param(weight_scale, op, "weight_scale", n), std::nullopt};
+    if (bias) {
+        check_input(*bias, op, "bias", {ST::Float, ST::Half, ST::BFloat16});
+        if (bias->numel() != n) fail(op, "bias must be 1-D of length ", n, ", but has shape ", shape_str(*bias));
+        p.bias = as_f32(*bias);
+    }
+    return p;
+}
+
+// w8a8: x quantized per row, asymmetric; out = (acc - offset * colsum(W)) * w_scale * x_scale (+ bias).
 Tensor linear_w8a8(Tensor x, Tensor weight, Tensor weight_scale, std::optional<Tensor> smooth_scales,
                    std::optional<Tensor> bias) {
     const char *op = "linear_w8a8";
     QuantRows r = quantize_rows(op, x, smooth_scales, true);
-    check_linear_weight(weight, weight_scale, r.k, op);
-    const int64_t n = weight.size(0);
-    Epilogue e;
-    e.scale = column_param(weight_scale, op, "weight_scale", n);
+    check_linear_weight(weight, r.k, op);
+    LayerParams p = layer_params(op, weight_scale, bias, weight.size(0));
+    RawEpilogue e;
+    e.scale = (const float *)p.scale.data_ptr(), e.scale_nstride = p.scale.numel() > 1 ? 1 : 0;
     e.pertoken = r.scale, e.row_offset = r.offset;
-    if (bias) {
-        check_input(*bias, op, "bias", {ST::Float, ST::Half, ST::BFloat16});
-        if (bias->numel() != n) fail(op, "bias must be 1-D of length ", n, ", but has shape ", shape_str(*bias));
-        e.add = as_f32(*bias), e.add_nstride = 1;
-    }
-    Mat a{(const int8_t *)r.q.data_ptr(), 1, r.m, r.k, 0, r.k, 1};
-    Tensor out = gemm(op, a, weight_t(weight), x.scalar_type(), e);
-    std::vector<int64_t> shape = linear_out_shape(x, n);
-    return torch::stable::view(out, torch::headeronly::IntHeaderOnlyArrayRef(shape.data(), shape.size()));
+    if (p.bias) e.add = (const float *)p.bias->data_ptr(), e.add_nstride = 1;
+    return layer_gemm(op, x, r, weight, e, x.scalar_type());
 }
 
+// w8a8-sym: x quantized per row, symmetric; out = acc * w_scale * x_scale (+ bias), one cast.
 Tensor linear_w8a8_sym(Tensor x, Tensor weight, Tensor weight_scale, std::optional<Tensor> smooth_scales,
                        std::optional<Tensor> bias) {
     const char *op = "linear_w8a8_sym";
     QuantRows r = quantize_rows(op, x, smooth_scales, false);
-    check_linear_weight(weight, weight_scale, r.k, op);
-    const int64_t n = weight.size(0);
-    Epilogue e;
-    e.scale = column_param(weight_scale, op, "weight_scale", n);
+    check_linear_weight(weight, r.k, op);
+    LayerParams p = layer_params(op, weight_scale, bias, weight.size(0));
+    RawEpilogue e;
+    e.scale = (const float *)p.scale.data_ptr(), e.scale_nstride = p.scale.numel() > 1 ? 1 : 0;
     e.pertoken = r.scale;
-    if (bias) {  // added in float32 after the scales, before the one cast (npu_quant_matmul's float bias)
-        check_input(*bias, op, "bias", {ST::Float, ST::Half, ST::BFloat16});
-        if (bias->numel() != n) fail(op, "bias must be 1-D of length ", n, ", but has shape ", shape_str(*bias));
-        e.add = as_f32(*bias), e.add_nstride = 1;
-    }
-    Mat a{(const int8_t *)r.q.data_ptr(), 1, r.m, r.k, 0, r.k, 1};
-    Tensor out = gemm(op, a, weight_t(weight), x.scalar_type(), e);
-    std::vector<int64_t> shape = linear_out_shape(x, n);
-    return torch::stable::view(out, torch::headeronly::IntHeaderOnlyArrayRef(shape.data(), shape.size()));
-}
-
-// One scratch tile per thread, shared by every w4a16 layer: the matmul then reads the tile back
-// from the cache, layer after layer (a buffer per layer made it read DRAM, ~4x slower). Never
-// freed: it lives as long as its thread and must not be torn down after libtorch at exit.
-void *tile_scratch(size_t bytes) {
-    thread_local void *buf = nullptr;
-    thread_local size_t cap = 0;
-    if (bytes > cap) {
-        void *p = nullptr;
-        if (posix_memalign(&p, 64, bytes) != 0) fail("linear_w4a16", "out of memory for the tile buffer");
-        free(buf);
-        buf = p, cap = bytes;
-    }
-    return buf;
+    if (p.bias) e.add = (const float *)p.bias->data_ptr(), e.add_nstride = 1;
+    return layer_gemm(op, x, r, weight, e, x.scalar_type());
 }
 
 // torch.ops.aten.linear.out(x, weight, bias, out=out): x @ weight.T (+ bias), as F.linear computes it.
@@ -667,7 +771,9 @@ Tensor linear_w4a16(Tensor x, Tensor weight, Tensor weight_scale, Tensor weight_
         if (tile_rows < 1) fail(op, "tile_rows must be positive, but got ", tile_rows);
         tile_rows = std::min(tile_rows, n);
         const size_t es = dt == ST::Float ? 4 : 2;
-        void *buf = tile_scratch((size_t)(tile_rows * kp) * es);
+        // one tile buffer per thread, shared by every w4a16 layer: the matmul then reads the tile back
+        // from the cache, layer after layer (a buffer per layer made it read DRAM, ~4x slower)
+        void *buf = thread_scratch(SCRATCH_TILE, (size_t)(tile_rows * kp) * es);
         const int64_t groups = weight_scale.size(1);
         const float *s = (const float *)weight_scale.data_ptr(), *o = (const float *)weight_offset.data_ptr();
         const int64_t ss0 = weight_scale.stride(0), os0 = weight_offset.stride(0);

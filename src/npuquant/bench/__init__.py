@@ -28,7 +28,7 @@ from npuquant import _native
 
 from . import harness
 
-FAMILY_MODULES = ("elementwise", "gemm")
+FAMILY_MODULES = ("elementwise", "gemm", "overhead")
 
 # (key, header, format); a column is shown when some row has the key.
 COLUMNS = [

@@ -11,12 +11,14 @@ from __future__ import annotations
 import torch
 
 from ... import _native
-from ..._args import check, optional_tensors, tensors, to_dtype
+from ..._args import optional_tensors, tensors, to_dtype
 from . import reference
 
 __all__ = ["npu_anti_quant", "anti_quant", "dequant_int4_grouped", "output_shape"]
 
 MAX_DIMS = 8
+_UNKNOWN_DST = "Input dst_type must be valid, but got UNKNOWN_SCALAR"
+_UNKNOWN_SRC = "Input src_dtype must be valid, but got UNKNOWN_SCALAR"
 OUTPUT_DTYPES = (torch.float16, torch.bfloat16)
 SCALE_DTYPES = (torch.float32, torch.bfloat16)
 
@@ -35,42 +37,52 @@ def validate(
     dst_dtype: torch.dtype | None,
     src_dtype: torch.dtype | None,
 ) -> torch.dtype:
-    """Every rule of SPEC §1.5 in torch_npu's order; returns the output dtype. Metadata only."""
-    if x.dtype == torch.int8:
-        check(src_dtype in (None, torch.int8), "x datatype is Int8, src_dtype must be same to x")
-    elif x.dtype == torch.int32:
-        check(src_dtype in (None, torch.quint4x2), "x datatype is Int32, src_dtype must be Int4")
+    """Every rule of SPEC §1.5 in torch_npu's order; returns the output dtype. Metadata only.
+
+    Runs on every call, so each message is formatted only when its rule fails.
+    """
+    x_dtype = x.dtype
+    if x_dtype == torch.int8:
+        if src_dtype is not None and src_dtype != torch.int8:
+            raise RuntimeError("x datatype is Int8, src_dtype must be same to x")
+    elif x_dtype == torch.int32:
+        if src_dtype is not None and src_dtype != torch.quint4x2:
+            raise RuntimeError("x datatype is Int32, src_dtype must be Int4")
     else:
-        check(False, f"Input x must be Int8 or Int32, but got {x.dtype}")
+        raise RuntimeError(f"Input x must be Int8 or Int32, but got {x_dtype}")
     dst = torch.float16 if dst_dtype is None else dst_dtype
-    check(dst in OUTPUT_DTYPES, f"Input dst_dtype must be float16 or bfloat16, but got {dst}")
-    check(not (x.dtype == torch.int32 and x.dim() == 0), "No supported for x is scalar when x dtype is int32")
-    check(scale.dtype in SCALE_DTYPES, f"scale dtype must be float32 or bfloat16, but got {scale.dtype}")
-    if offset is not None:
-        check(
-            offset.dtype == scale.dtype,
-            f"offset dtype must be the same as scale dtype, but offset is {offset.dtype} and scale is {scale.dtype}",
+    if dst not in OUTPUT_DTYPES:
+        raise RuntimeError(f"Input dst_dtype must be float16 or bfloat16, but got {dst}")
+    x_dim = x.dim()
+    if x_dtype == torch.int32 and x_dim == 0:
+        raise RuntimeError("No supported for x is scalar when x dtype is int32")
+    if scale.dtype not in SCALE_DTYPES:
+        raise RuntimeError(f"scale dtype must be float32 or bfloat16, but got {scale.dtype}")
+    if offset is not None and offset.dtype != scale.dtype:
+        raise RuntimeError(
+            f"offset dtype must be the same as scale dtype, but offset is {offset.dtype} and scale is {scale.dtype}"
         )
-    check(scale.dim() == 1, f"scale dim num must be 1. scale:{scale.dim()}")
+    if scale.dim() != 1:
+        raise RuntimeError(f"scale dim num must be 1. scale:{scale.dim()}")
     if offset is not None:
-        check(offset.dim() == 1, f"offset dim num must be 1. offset:{offset.dim()}")
-        check(
-            offset.shape == scale.shape,
-            f"offset shape must be the same as scale shape, but offset is {tuple(offset.shape)} "
-            f"and scale is {tuple(scale.shape)}",
-        )
-    out_shape = output_shape(x)
-    out_last = out_shape[-1] if out_shape else 1
+        if offset.dim() != 1:
+            raise RuntimeError(f"offset dim num must be 1. offset:{offset.dim()}")
+        if offset.shape != scale.shape:
+            raise RuntimeError(
+                f"offset shape must be the same as scale shape, but offset is {tuple(offset.shape)} "
+                f"and scale is {tuple(scale.shape)}"
+            )
+    shape = x.shape
+    out_last = (shape[-1] * 8 if x_dtype == torch.int32 else shape[-1]) if x_dim else 1
     n = scale.shape[0]
-    empty_out = any(s == 0 for s in out_shape)
-    check(
-        n == 1 or n == out_last or (n == 0 and empty_out),
-        f"the last dim size({out_last}) of out(y) must be same as scale and offset({n}).",
-    )
-    check(x.dim() <= MAX_DIMS, f"x dim num must be no more than {MAX_DIMS}, but got {x.dim()}")
-    for name, t in (("scale", scale), ("offset", offset)):
-        if t is not None:
-            check(t.device == x.device, f"{name} must be on the same device as x ({x.device}), but is on {t.device}")
+    if n != 1 and n != out_last and not (n == 0 and (out_last == 0 or 0 in shape)):
+        raise RuntimeError(f"the last dim size({out_last}) of out(y) must be same as scale and offset({n}).")
+    if x_dim > MAX_DIMS:
+        raise RuntimeError(f"x dim num must be no more than {MAX_DIMS}, but got {x_dim}")
+    if not (x.is_cpu and scale.is_cpu and (offset is None or offset.is_cpu)):  # no device objects on the fast path
+        for name, t in (("scale", scale), ("offset", offset)):
+            if t is not None and t.device != x.device:
+                raise RuntimeError(f"{name} must be on the same device as x ({x.device}), but is on {t.device}")
     return dst
 
 
@@ -144,10 +156,11 @@ def npu_anti_quant(
     Raises:
         RuntimeError: containing torch_npu's message for every rule of SPEC §1.5.
     """
-    tensors("npu_anti_quant", x=x, scale=scale)
-    optional_tensors("npu_anti_quant", offset=offset)
-    unknown = "Input dst_type must be valid, but got UNKNOWN_SCALAR"
-    dst = to_dtype(dst_dtype, unknown)
-    src = to_dtype(src_dtype, "Input src_dtype must be valid, but got UNKNOWN_SCALAR")
+    if not (isinstance(x, torch.Tensor) and isinstance(scale, torch.Tensor)):
+        tensors("npu_anti_quant", x=x, scale=scale)
+    if offset is not None and not isinstance(offset, torch.Tensor):
+        optional_tensors("npu_anti_quant", offset=offset)
+    dst = dst_dtype if dst_dtype is None or isinstance(dst_dtype, torch.dtype) else to_dtype(dst_dtype, _UNKNOWN_DST)
+    src = src_dtype if src_dtype is None or isinstance(src_dtype, torch.dtype) else to_dtype(src_dtype, _UNKNOWN_SRC)
     dst = validate(x, scale, offset, dst, src)
     return _anti_quant(x, scale, offset, dst)
