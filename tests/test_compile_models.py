@@ -5,10 +5,10 @@ from __future__ import annotations
 
 import pytest
 import torch
-from helpers import assert_same_bits
 from torch import nn
 
 import npuquant
+from helpers import assert_same_bits
 
 
 class TinyMLP(nn.Module):

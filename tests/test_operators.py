@@ -5,9 +5,9 @@ from __future__ import annotations
 
 import pytest
 import torch
-from helpers import assert_same_bits, random_int8, random_words, shrink_storage
 
 import npuquant
+from helpers import assert_same_bits, random_int8, random_words, shrink_storage
 from npuquant import _native
 from npuquant.nn.linear import W4A16Linear, W8A8Linear, W8A8SymLinear
 

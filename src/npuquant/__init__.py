@@ -9,6 +9,7 @@ from __future__ import annotations
 __version__ = "0.1.0"
 
 from .ops.anti_quant import npu_anti_quant
+from .ops.dequantize import dequantize_per_row_col
 from .ops.dynamic_quant import npu_dynamic_quant, npu_dynamic_quant_asymmetric
 from .ops.int4 import npu_convert_weight_to_int4pack, pack_int4, unpack_int4
 from .ops.quant_matmul import npu_quant_matmul, npu_trans_quant_param
@@ -28,6 +29,7 @@ __all__ = [
     "npu_dynamic_quant",
     "npu_dynamic_quant_asymmetric",
     "npu_anti_quant",
+    "dequantize_per_row_col",
     "npu_convert_weight_to_int4pack",
     "pack_int4",
     "unpack_int4",

@@ -7,8 +7,8 @@
 
 Per case (best of ``--repeat`` samples): time of the public op (output allocated per call, as users call it),
 Gelem/s, effective GB/s (bytes the op must read and write) and that as % of ``Tensor.copy_``
-bandwidth measured in the same process; the native kernel into a preallocated output
-(``kernel``); and the speed-up over the eager torch composition of the same maths.
+bandwidth measured in the same process; the native operator alone, without the public function's
+checks (``kernel``); and the speed-up over the eager torch composition of the same maths.
 
 Extension: a module per op family (``elementwise.py``, ``gemm.py``, ...) registers a case
 factory with ``@harness.register("<family>")``; list it in ``FAMILY_MODULES``.
@@ -17,6 +17,7 @@ factory with ``@harness.register("<family>")``; list it in ``FAMILY_MODULES``.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import importlib
 import importlib.util
 import json
@@ -137,7 +138,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if args.threads:
             torch.set_num_threads(args.threads)
-        with _native.isa_limit(args.isa):
+        with _native.isa_limit(args.isa) if args.isa else contextlib.nullcontext():  # else keep NPUQUANT_ISA
             head = harness.header()
             copy_gbps = harness.copy_bandwidth(opts)
             rows = []

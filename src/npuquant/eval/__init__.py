@@ -29,7 +29,10 @@ from .measure import perplexity, prefill_and_decode, progress
 
 __all__ = ["main", "run", "SCHEMES"]
 
-SCHEMES = ("fp32", "w8a8", "w8a8-sym", "w4a16")
+SCHEMES = ("fp32", "w8a8", "w8a8-sym", "w4a16", "fbgemm-int8")
+# The PyTorch peer: torch.ao's dynamically quantized int8 Linear (fbgemm). Not npuquant, and not
+# exact: without VNNI its u8 x s8 vpmaddubsw saturates int16 pair sums. Shown so users see it beside us.
+PEER_SCHEMES = ("fbgemm-int8",)
 # SmolLM2's GGUF stores its linear weights as Q4_1: 16 levels per block of 32 input channels.
 # int4 groups of 32 land on that grid (the linears re-quantize exactly); groups of 128 must fit
 # four independently scaled blocks into one 16-level grid, which costs ~+70% perplexity.
@@ -65,6 +68,11 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--repeats", type=_positive, default=3, help="timing rounds per scheme (best is kept)")
     parser.add_argument("--threads", type=_positive, default=2, help="CPU threads (torch and npuquant kernels)")
     parser.add_argument(
+        "--isa",
+        choices=["scalar", "avx2", "avx512"],
+        help="cap npuquant's kernel variant (as NPUQUANT_ISA does), e.g. avx2 on an AVX-512 machine",
+    )
+    parser.add_argument(
         "--group-size",
         type=_positive,
         default=DEFAULT_GROUP_SIZE,
@@ -83,10 +91,24 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _fbgemm(model: torch.nn.Module) -> torch.nn.Module:
+    """torch.ao's dynamic int8 quantization of every nn.Linear (fbgemm engine), the PyTorch peer."""
+    import warnings
+
+    if "fbgemm" not in torch.backends.quantized.supported_engines:
+        raise model_module.EvalSetupError("this torch has no fbgemm quantized engine (drop fbgemm-int8 from --schemes)")
+    torch.backends.quantized.engine = "fbgemm"
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # torch.ao.quantization deprecation notices
+        return torch.ao.quantization.quantize_dynamic(model, {torch.nn.Linear}, dtype=torch.qint8)
+
+
 def _quantized(base: torch.nn.Module, scheme: str, args: argparse.Namespace, calibration: list[int]) -> torch.nn.Module:
     from ..quantize import quantize_model
 
     model = copy.deepcopy(base)
+    if scheme == "fbgemm-int8":
+        return _fbgemm(model)
     options: dict[str, Any] = {}
     if scheme == "w4a16":
         options["group_size"] = args.group_size
@@ -104,7 +126,10 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     previous_threads = torch.get_num_threads()
     torch.set_num_threads(args.threads)
     try:
-        return _run(args)
+        if getattr(args, "isa", None) is None:  # keep whatever cap NPUQUANT_ISA set
+            return _run(args)
+        with _native.isa_limit(args.isa):
+            return _run(args)
     finally:
         torch.set_num_threads(previous_threads)
 
@@ -170,10 +195,12 @@ def format_table(report: dict[str, Any], extra: dict[str, Any]) -> str:
         f"{args.prefill_tokens} tokens; decode {args.decode_tokens} greedy tokens; best of {args.repeats}",
         f"threads: {report['threads']}; npuquant kernels: {extra['kernels']}",
         "",
-        f"{'scheme':<10}{'perplexity':>12}{'vs fp32':>9}{'prefill tok/s':>15}{'speed-up':>10}"
+        f"{'scheme':<13}{'perplexity':>12}{'vs fp32':>9}{'prefill tok/s':>15}{'speed-up':>10}"
         f"{'decode tok/s':>14}{'speed-up':>10}",
     ]
     for scheme, r in results.items():
+        if scheme in PEER_SCHEMES:
+            scheme = f"{scheme}*"
         if base is not None:
             dppl = f"{100 * (r['perplexity'] / base['perplexity'] - 1):+.2f}%"
             sp = f"{r['prefill_tokens_per_s'] / base['prefill_tokens_per_s']:.2f}x"
@@ -181,7 +208,7 @@ def format_table(report: dict[str, Any], extra: dict[str, Any]) -> str:
         else:
             dppl = sp = sd = "-"
         lines.append(
-            f"{scheme:<10}{r['perplexity']:>12.3f}{dppl:>9}{r['prefill_tokens_per_s']:>15.1f}{sp:>10}"
+            f"{scheme:<13}{r['perplexity']:>12.3f}{dppl:>9}{r['prefill_tokens_per_s']:>15.1f}{sp:>10}"
             f"{r['decode_tokens_per_s']:>14.2f}{sd:>10}"
         )
     if base is not None and "fp32" in extra["generated"]:
@@ -195,6 +222,8 @@ def format_table(report: dict[str, Any], extra: dict[str, Any]) -> str:
                 "greedy tokens identical to fp32 before the first difference: "
                 + ", ".join(f"{s} {n}/{len(reference)}" for s, n in same.items())
             )
+    if any(s in PEER_SCHEMES for s in results):
+        lines.append("* the PyTorch peer (torch.ao dynamic int8 Linear, fbgemm), not npuquant: inexact without VNNI")
     lines.append(f"total time: {extra['seconds']:.0f} s")
     return "\n".join(lines)
 
