@@ -21,8 +21,15 @@ TORCH_TARGET_VERSION = "0x020a000000000000"
 
 C_FLAGS = ["-O3", "-std=c11", "-fno-strict-aliasing", "-ffp-contract=off", "-fvisibility=hidden", "-pthread"]
 CXX_FLAGS = ["-O2", "-std=c++17", "-fvisibility=hidden", f"-DTORCH_TARGET_VERSION={TORCH_TARGET_VERSION}"]
+LINK_FLAGS = ["-pthread"]
 if platform.machine().lower() in ("x86_64", "amd64"):
     C_FLAGS.append("-mtune=generic")
+# NPUQUANT_SANITIZE=1: AddressSanitizer + UndefinedBehaviorSanitizer build (scripts/sanitize.sh), any report fatal.
+if os.environ.get("NPUQUANT_SANITIZE", "") not in ("", "0"):
+    SANITIZE = ["-fsanitize=address,undefined", "-fno-sanitize-recover=all", "-fno-omit-frame-pointer", "-g"]
+    C_FLAGS += SANITIZE
+    CXX_FLAGS += SANITIZE
+    LINK_FLAGS += ["-fsanitize=address,undefined"]
 
 
 class Build(BuildExtension):
@@ -51,7 +58,7 @@ extension = CppExtension(
     sources=sorted(glob.glob("csrc/*.cpp")),
     include_dirs=["csrc"],
     extra_compile_args={"cxx": CXX_FLAGS},
-    extra_link_args=["-pthread"],
+    extra_link_args=LINK_FLAGS,
     py_limited_api=True,
 )
 extension.c_sources = sorted(glob.glob("csrc/*.c"))

@@ -464,8 +464,9 @@ Tensor gemm(const char *op, const Mat &a, const Mat &w, ST out_dtype, const Epil
     g.a_nbatch = (int64_t)a_boff.size(), g.a_boff = a_boff.data(), g.a_bidx = a_bidx.data();
     g.w_bidx = w_bidx.data();
     std::optional<Tensor> packed, colsum;
-    if (m <= GEMV_MAX_M && (w.sr == 1 || k == 1)) {
-        g.wn = w.p, g.wn_sn = w.sc, g.wn_sk = w.sr, g.wn_bstride = w_shared ? 0 : w.sb;
+    static const int8_t no_weights = 0;  // k == 0: nothing is read, but the kernel wants a pointer
+    if (k == 0 || (m <= GEMV_MAX_M && (w.sr == 1 || k == 1))) {
+        g.wn = k ? w.p : &no_weights, g.wn_sn = w.sc, g.wn_sk = w.sr, g.wn_bstride = w_shared ? 0 : w.sb;
         g.w_nbatch = w_shared ? 1 : batch;
     } else {
         const int64_t wb = w_shared ? 1 : batch, per = npq_gemm_packed_bytes(k, n), panels = npq_gemm_panels(n);
@@ -666,8 +667,9 @@ Tensor layer_gemm(const char *op, const Tensor &x, const QuantRows &r, const Ten
     g.a = r.q, g.a_sm = r.k, g.a_sk = 1, g.a_nbatch = 1, g.a_boff = &zero, g.a_bidx = &zero, g.w_bidx = &zero;
     g.w_nbatch = 1;
     std::optional<Tensor> packed, colsum;
-    if (r.m <= GEMV_MAX_M) {
-        g.wn = w.p, g.wn_sn = w.sc, g.wn_sk = w.sr;
+    static const int8_t no_weights = 0;  // k == 0: nothing is read, but the kernel wants a pointer
+    if (r.k == 0 || r.m <= GEMV_MAX_M) {
+        g.wn = r.k ? w.p : &no_weights, g.wn_sn = w.sc, g.wn_sk = w.sr;
     } else {
         const int64_t per = npq_gemm_packed_bytes(r.k, n), panels = npq_gemm_panels(n);
         packed = new_empty({per}, ST::Byte);

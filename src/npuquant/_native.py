@@ -8,7 +8,8 @@ The C kernels are registered as torch operators by ``csrc/torch_ops.cpp`` (LibTo
 kernel on CPU tensors and the reference elsewhere; the dispatcher decides, not Python.
 
 ``NPUQUANT_FORCE_REFERENCE=1`` in the environment (or :func:`force_reference`) sends CPU calls to
-the reference too (for comparisons); ``NPUQUANT_ISA`` caps the kernel variant for the process.
+the reference too (for comparisons); ``NPUQUANT_ISA`` caps the kernel variant for the process;
+``NPUQUANT_LIBRARY`` loads another build of the operators (the sanitizer build).
 """
 
 from __future__ import annotations
@@ -39,7 +40,8 @@ _FEATURE_BITS = {
 
 
 def _load() -> str | None:
-    path = Path(__file__).with_name("_C.abi3.so")
+    # NPUQUANT_LIBRARY: another build of the operators (e.g. the sanitizer build of scripts/sanitize.sh).
+    path = Path(os.environ.get("NPUQUANT_LIBRARY") or Path(__file__).with_name("_C.abi3.so"))
     if not path.exists():
         return "the native operators were not built (reinstall npuquant with a C/C++ compiler available)"
     try:

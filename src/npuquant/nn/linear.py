@@ -43,6 +43,11 @@ def _linear_fake(x: torch.Tensor, weight: torch.Tensor, *args: Any) -> torch.Ten
     return x.new_empty((*x.shape[:-1], weight.shape[0]), dtype=x.dtype)
 
 
+def _rows(x: torch.Tensor) -> torch.Tensor:
+    """x as (tokens, features); explicit sizes, so that zero features (k == 0) stay unambiguous."""
+    return x.reshape(math.prod(x.shape[:-1]), x.shape[-1])
+
+
 def _smooth(smooth_scales: torch.Tensor | None, x: torch.Tensor) -> torch.Tensor | None:
     return None if smooth_scales is None else smooth_scales.to(x.dtype)  # the ops take x's dtype
 
@@ -54,7 +59,7 @@ def _linear_w8a8_reference(
     smooth_scales: torch.Tensor | None,
     bias: torch.Tensor | None,
 ) -> torch.Tensor:
-    rows = x.reshape(-1, x.shape[-1])
+    rows = _rows(x)
     q, scale, offset = npu_dynamic_quant_asymmetric(rows, smooth_scales=_smooth(smooth_scales, x))
     out = quant_matmul_asymmetric(q, scale, offset, weight.t(), weight_scale, bias, output_dtype=x.dtype)
     return out.reshape(*x.shape[:-1], weight.shape[0])
@@ -67,7 +72,7 @@ def _linear_w8a8_sym_reference(
     smooth_scales: torch.Tensor | None,
     bias: torch.Tensor | None,
 ) -> torch.Tensor:
-    rows = x.reshape(-1, x.shape[-1])
+    rows = _rows(x)
     q, scale = npu_dynamic_quant(rows, smooth_scales=_smooth(smooth_scales, x))
     # npu_quant_matmul's operator on normalised arguments: the public op's per-token mode has no
     # float32 output, and float32 activations should not round through float16.
@@ -85,7 +90,7 @@ def _linear_w4a16_reference(
     in_features: int,
     tile_rows: int,
 ) -> torch.Tensor:
-    rows = x.reshape(-1, in_features)
+    rows = _rows(x)
     n = weight.shape[0]
     out = torch.empty((rows.shape[0], n), dtype=x.dtype, device=x.device)
     for r0 in range(0, n, tile_rows):  # tile by tile, as the native operator, so the matmuls agree bit for bit

@@ -22,6 +22,8 @@ and :func:`reference` here are bit-identical)::
 
 from __future__ import annotations
 
+import math
+
 import torch
 
 from ... import _native
@@ -123,7 +125,7 @@ _operator = _native.operator("quant_matmul_asymmetric", _reference_2d, _fake)
 def _compute(x_q, x_scale, x_offset, weight, w_scale, bias, out_dtype) -> torch.Tensor:
     """The operator on validated arguments of any rank (``x_q`` ``(..., k)``)."""
     lead = x_q.shape[:-1]
-    x2 = x_q.reshape(-1, x_q.shape[-1])
+    x2 = x_q.reshape(math.prod(lead), x_q.shape[-1])  # explicit: k == 0 must stay unambiguous
     out = _operator(x2, x_scale.reshape(-1), x_offset.reshape(-1), weight, w_scale, bias, out_dtype)
     return out.reshape(*lead, out.shape[-1])
 
