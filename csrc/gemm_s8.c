@@ -751,7 +751,7 @@ NPQ_TARGET_AVX2 static inline __attribute__((always_inline)) void gv_hsum_y(cons
  * plus GV_PF_AHEAD. With dense rows (sn = k) the tiles are consecutive, so this streams the block
  * ahead of the reads; the hardware prefetchers alone do not keep NC interleaved rows in flight. */
 #define GV_PREFETCH(STEP)                                                              \
-    if (((kk * NC) & 63) < NC * (STEP)) _mm_prefetch((const char *)(pf + kk * NC), _MM_HINT_T0)
+    if (((kk * NC) & 63) < NC * (STEP)) _mm_prefetch((const char *)(pf + (uintptr_t)(kk * NC)), _MM_HINT_T0)
 
 /* gv_tile_scalar for sk = 1 with 128-bit vectors, 8 k per step: for mr <= 2, where the weights'
  * widening is paid by one or two rows (vpmovsxbw ymm costs twice vpmovsxbw xmm on cores with
@@ -765,7 +765,7 @@ NPQ_TARGET_AVX2 static inline __attribute__((always_inline)) void gv_tile_x_t(
     gv_sums_init(MR, NC, s);
     for (int r = 0; r < MR; r++)
         for (int c = 0; c < NC; c++) acc[r][c] = _mm_setzero_si128();
-    const int8_t *pf = w + NC * sn + GV_PF_AHEAD;
+    uintptr_t pf = (uintptr_t)w + (uintptr_t)(NC * sn + GV_PF_AHEAD); /* may point past the weights */
     int64_t kv = k & ~(int64_t)7;
     for (int64_t k0 = 0; k0 < kv; k0 += 256 * 8) {
         int64_t k1 = kv - k0 < 256 * 8 ? kv : k0 + 256 * 8;
@@ -804,7 +804,7 @@ NPQ_TARGET_AVX2 static inline __attribute__((always_inline)) void gv_tile_y_t(
     gv_sums_init(MR, NC, s);
     for (int r = 0; r < MR; r++)
         for (int c = 0; c < NC; c++) acc[r][c] = _mm256_setzero_si256();
-    const int8_t *pf = w + NC * sn + GV_PF_AHEAD;
+    uintptr_t pf = (uintptr_t)w + (uintptr_t)(NC * sn + GV_PF_AHEAD); /* may point past the weights */
     int64_t kv = k & ~(int64_t)15;
     for (int64_t k0 = 0; k0 < kv; k0 += 256 * 16) {
         int64_t k1 = kv - k0 < 256 * 16 ? kv : k0 + 256 * 16;

@@ -118,6 +118,7 @@ void check_in_storage(const Tensor &t, const char *op, const char *name) {
 }
 
 void check_cpu(const Tensor &t, const char *op, const char *name) {
+    if (!t.defined()) fail(op, name, " is required, but got None");
     if (!t.is_cpu()) fail(op, name, " must be a CPU tensor for the native kernels");
 }
 
@@ -261,13 +262,16 @@ Tensor anti_quant(Tensor x, Tensor scale, std::optional<Tensor> offset, ST dst_d
     if (packed) shape.back() *= 8;
     const int64_t out_last = shape.empty() ? 1 : shape.back(), n = scale.size(0);
     Tensor out = new_empty(shape, dst_dtype);
+    if (offset) {
+        if (offset->defined() && offset->scalar_type() != scale.scalar_type())
+            fail(op, "offset must have scale's dtype (", dtype_name(scale.scalar_type()), "), but got ",
+                 dtype_name(offset->scalar_type()));
+        check_input(*offset, op, "offset", {scale.scalar_type()});
+        if (offset->dim() != 1 || offset->size(0) != n) fail(op, "offset must have scale's shape ", shape_str(scale));
+    }
     if (out.numel() == 0) return out;
     if (n != 1 && n != out_last)
         fail(op, "scale must have 1 or ", out_last, " (the output's last dim) elements, but has ", n);
-    if (offset) {
-        check_input(*offset, op, "offset", {ST::Float, ST::BFloat16});
-        if (offset->dim() != 1 || offset->size(0) != n) fail(op, "offset must have scale's shape ", shape_str(scale));
-    }
     Tensor s = as_f32(scale);
     std::optional<Tensor> o;
     if (offset) o = as_f32(*offset);
@@ -291,7 +295,10 @@ Tensor dequant_int4_grouped(Tensor packed, Tensor scale, std::optional<Tensor> o
         fail(op, "scale must be (rows, groups) with groups dividing K/8 = ", words, ", but has shape ",
              shape_str(scale));
     if (offset) {
-        check_input(*offset, op, "offset", {ST::Float, ST::BFloat16});
+        if (offset->defined() && offset->scalar_type() != scale.scalar_type())
+            fail(op, "offset must have scale's dtype (", dtype_name(scale.scalar_type()), "), but got ",
+                 dtype_name(offset->scalar_type()));
+        check_input(*offset, op, "offset", {scale.scalar_type()});
         if (sizes_of(*offset) != sizes_of(scale)) fail(op, "offset must have scale's shape ", shape_str(scale));
     }
     Tensor out = new_empty({rows, words * 8}, out_dtype);
@@ -317,6 +324,10 @@ Tensor dequantize(Tensor x, Tensor scale, std::optional<Tensor> zero_points, int
     if (x.dim() < 1) fail(op, "x must have at least 1 dimension");
     if (axis != -1 && axis != -2) fail(op, "axis must be -1 or -2, but got ", axis);
     if (axis == -2 && x.dim() < 2) fail(op, "axis -2 needs x with at least 2 dimensions");
+    std::vector<int64_t> param = sizes_of(x);  // x.shape[:-1] (axis -1) or x.shape[:-2] + x.shape[-1:] (axis -2)
+    param.erase(param.end() + (axis == -1 ? -1 : -2));
+    if (sizes_of(scale) != param || (zero_points && sizes_of(*zero_points) != param))
+        fail(op, "scale and zero_points must have the shape axis ", axis, " implies for x of shape ", shape_str(x));
     Tensor out = new_empty(sizes_of(x), ST::Float);
     if (out.numel() == 0) return out;
     if (x.size(x.dim() - 1) > 1 && x.stride(x.dim() - 1) != 1) x = torch::stable::contiguous(x);

@@ -16,8 +16,10 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 import npuquant
-from npuquant import aclnn
+from helpers import assert_same_bits, random_int8, random_words
+from npuquant import _native, aclnn
 from npuquant.aclnn import _runtime
+from npuquant.ops.anti_quant import reference
 
 OK = aclnn.ACLNN_SUCCESS
 NULLPTR = aclnn.ACLNN_ERR_PARAM_NULLPTR
@@ -85,11 +87,6 @@ def held(stream):
         yield
     finally:
         gate.set()
-
-
-def assert_bits_equal(actual: torch.Tensor, expected: torch.Tensor) -> None:
-    assert actual.dtype == expected.dtype and actual.shape == expected.shape
-    assert torch.equal(actual.view(torch.int16), expected.view(torch.int16))
 
 
 # ============================================================================ runtime: init, device
@@ -640,10 +637,10 @@ def test_int8_matches_formula_and_npu_anti_quant(scale_dtype, dst, sqrt_mode, wi
     run(aclnn.from_torch(x), aclnn.from_torch(scale), offset if offset is None else aclnn.from_torch(offset), y, dst,
         sqrt_mode)  # fmt: skip
     expected = formula(x, scale, offset, TORCH_OUT[dst], sqrt_mode)
-    assert_bits_equal(aclnn.to_torch(y), expected)
+    assert_same_bits(aclnn.to_torch(y), expected)
     if not sqrt_mode:
         torch_api = npuquant.npu_anti_quant(x, scale, offset=offset, dst_dtype=TORCH_OUT[dst])
-        assert_bits_equal(aclnn.to_torch(y), torch_api)
+        assert_same_bits(aclnn.to_torch(y), torch_api)
 
 
 def test_sqrt_mode_with_bf16_scale_squares_in_float32():
@@ -653,7 +650,7 @@ def test_sqrt_mode_with_bf16_scale_squares_in_float32():
     y = out_tensor((1, 4), aclnn.ACL_BF16)
     run(aclnn.from_torch(x), aclnn.from_torch(scale), aclnn.from_torch(offset), y, aclnn.ACL_BF16, True)
     expected = formula(x, scale, offset, torch.bfloat16, sqrt_mode=True)
-    assert_bits_equal(aclnn.to_torch(y), expected)
+    assert_same_bits(aclnn.to_torch(y), expected)
     assert aclnn.to_torch(y)[0, 0].item() == (1 + 0.5) * 2.25
     run(aclnn.from_torch(x), aclnn.from_torch(scale), aclnn.from_torch(offset), y, aclnn.ACL_BF16, False)
     assert aclnn.to_torch(y)[0, 0].item() == (1 + 0.5) * 1.5
@@ -665,7 +662,7 @@ def test_int4_input():
     offset = torch.tensor([1.0, 0.0, 2.0, -3.0])
     y = out_tensor((2, 4))
     run(aclnn.from_torch(values, aclnn.ACL_INT4), aclnn.from_torch(scale), aclnn.from_torch(offset), y)
-    assert_bits_equal(aclnn.to_torch(y), formula(values, scale, offset, torch.float16))
+    assert_same_bits(aclnn.to_torch(y), formula(values, scale, offset, torch.float16))
     # the same numbers through raw bytes written by hand: element 2k in the low nibble of byte k
     ptr, _ = aclnn.aclrtMalloc(3)
     assert aclnn.aclrtMemcpy(ptr, 3, bytes([0x10, 0x32, 0xF1]), 3, aclnn.ACL_MEMCPY_HOST_TO_DEVICE) == 0
@@ -683,7 +680,7 @@ def test_int32_input_matches_unpacked_formula():
     offset = torch.randn(16, generator=gen).to(torch.bfloat16)
     y = out_tensor((3, 16), aclnn.ACL_BF16)
     run(aclnn.from_torch(packed), aclnn.from_torch(scale), aclnn.from_torch(offset), y, aclnn.ACL_BF16)
-    assert_bits_equal(aclnn.to_torch(y), formula(values, scale, offset, torch.bfloat16))
+    assert_same_bits(aclnn.to_torch(y), formula(values, scale, offset, torch.bfloat16))
 
 
 def test_special_values():
@@ -727,8 +724,46 @@ def test_property_matches_formula(shape, x_kind, per_channel, with_offset, scale
     y = out_tensor(out_shape, dst)
     aclnn_offset = None if offset is None else aclnn.from_torch(offset)
     assert run(x, aclnn.from_torch(scale), aclnn_offset, y, dst, sqrt_mode)[0] == OK
-    assert_bits_equal(aclnn.to_torch(y), formula(values, scale, offset, TORCH_OUT[dst], sqrt_mode))
+    assert_same_bits(aclnn.to_torch(y), formula(values, scale, offset, TORCH_OUT[dst], sqrt_mode))
     aclnn.aclrtResetDevice(0)  # release this example's memory
+    aclnn.aclrtSetDevice(0)
+
+
+EDGE_SCALES = torch.tensor(
+    [0x7FC12345, 0xFFC00001, 0x7F800001, 0x7F800000, 0xFF800000, 0x00000001, 0x80000000, 0x7F7FFFFF, 0x477FF000,
+     0x3F808000, 0x3F818000, 0x1F800000, 0x5F800000, 0x3F800000, 0xBF000000, 0x00800000],
+    dtype=torch.int64,
+).to(torch.int32).view(torch.float32)  # fmt: skip
+
+
+@pytest.mark.parametrize("sqrt_mode", [False, True])
+@pytest.mark.parametrize("dst", [aclnn.ACL_FLOAT16, aclnn.ACL_BF16])
+def test_native_kernels_match_the_reference(isa, dst, sqrt_mode):
+    # Phase 2 runs the native operator (every kernel variant here): bit for bit the reference's
+    # result, sqrt mode included, for edge scales (NaN payloads, inf, denormals, overflow, ties).
+    torch_dst = TORCH_OUT[dst]
+    x8, words, v4 = random_int8(7, 16), random_words(5, 2), torch.randint(-8, 8, (4, 16), dtype=torch.int8)
+    grid = random_int8(16, 9)
+    stored = aclnn.from_torch(grid)
+    transposed = aclnn.aclCreateTensor([9, 16], aclnn.ACL_INT8, [1, 9], 0, aclnn.ACL_FORMAT_ND, [16, 9], stored.address)
+    cases = [
+        (aclnn.from_torch(x8), x8, EDGE_SCALES, torch.randn(16) * 3),
+        (aclnn.from_torch(x8), x8, EDGE_SCALES.bfloat16(), None),  # bf16 scale
+        (transposed, grid.t(), torch.rand(1), torch.randn(1)),  # strided x, one scale
+        (aclnn.from_torch(words), npuquant.unpack_int4(words), EDGE_SCALES, None),  # int32: 8 int4 per word
+        (aclnn.from_torch(v4, aclnn.ACL_INT4), v4, EDGE_SCALES.flip(0), torch.randn(16)),
+    ]
+    for x_acl, values, scale, offset in cases:
+        y = out_tensor(values.shape, dst, fill=-3.0)
+        acl_offset = None if offset is None else aclnn.from_torch(offset)
+        assert run(x_acl, aclnn.from_torch(scale), acl_offset, y, dst, sqrt_mode)[0] == OK
+        got = aclnn.to_torch(y)
+        assert_same_bits(got, reference.anti_quant(values, scale, offset, torch_dst, sqrt_mode))
+        y_ref = out_tensor(values.shape, dst, fill=-3.0)
+        with _native.force_reference():  # the same run on the reference path
+            assert run(x_acl, aclnn.from_torch(scale), acl_offset, y_ref, dst, sqrt_mode)[0] == OK
+        assert_same_bits(got, aclnn.to_torch(y_ref))
+    aclnn.aclrtResetDevice(0)
     aclnn.aclrtSetDevice(0)
 
 
@@ -749,13 +784,13 @@ def test_strided_input_and_output_views_spec_examples():
         status, ws = run(x, aclnn.from_torch(scale), aclnn.from_torch(offset), y)
         assert status == OK and ws > 0  # non-contiguous arguments need a workspace
         expected = formula(expected_x, scale, offset, torch.float16)
-        assert_bits_equal(aclnn.to_torch(y), expected)
+        assert_same_bits(aclnn.to_torch(y), expected)
         whole = aclnn.to_torch(y_storage)
         mask = torch.ones(10, 10, dtype=torch.bool)
         rows, cols = (slice(2, 8), slice(2, 7)) if dims == [6, 5] else (slice(2, 9, 2), slice(2, 7, 2))
         mask[rows, cols] = False
         assert torch.all(whole[mask] == -7.0)  # nothing outside the view was written
-        assert_bits_equal(whole[rows, cols], expected)
+        assert_same_bits(whole[rows, cols].contiguous(), expected)
 
 
 def test_transposed_input_and_strided_scale():
@@ -768,7 +803,7 @@ def test_transposed_input_and_strided_scale():
     every_other = aclnn.aclCreateTensor([6], aclnn.ACL_FLOAT, [2], 1, aclnn.ACL_FORMAT_ND, [12], s.address)
     y = out_tensor((4, 6))
     assert run(xt, every_other, None, y)[1] > 0
-    assert_bits_equal(aclnn.to_torch(y), formula(values.t(), scales[1::2], None, torch.float16))
+    assert_same_bits(aclnn.to_torch(y), formula(values.t(), scales[1::2], None, torch.float16))
 
 
 def test_workspace_checks_in_phase_two():
@@ -882,7 +917,7 @@ def test_several_runs_queued_then_one_synchronize():
         jobs.append((y, formula(values, scale, None, torch.float16)))
     assert aclnn.aclrtSynchronizeStream(stream) == aclnn.ACL_SUCCESS
     for y, expected in jobs:
-        assert_bits_equal(aclnn.to_torch(y), expected)
+        assert_same_bits(aclnn.to_torch(y), expected)
     assert aclnn.aclrtDestroyStream(stream) == aclnn.ACL_SUCCESS
 
 

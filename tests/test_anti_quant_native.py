@@ -1,10 +1,13 @@
-"""Native anti-quant kernels (csrc/anti_quant.c) against the pure-torch reference, bit for bit,
-for every kernel variant (scalar / AVX2 / AVX-512) and thread count; edge values, layouts,
-bounds checks, dispatch, and the group-wise int4 dequant helper."""
+"""Native anti-quant kernels (csrc/anti_quant.c, operator ``torch.ops.npuquant.anti_quant``) against
+the pure-torch reference, bit for bit, for every kernel variant (scalar / AVX2 / AVX-512) and thread
+count; edge values, layouts, the C++ wrapper's checks, dispatch, and the group-wise int4 dequant
+operator (``torch.ops.npuquant.dequant_int4_grouped``)."""
 
 from __future__ import annotations
 
-import ctypes
+import os
+import subprocess
+import sys
 
 import pytest
 import torch
@@ -12,41 +15,31 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 import npuquant
+from helpers import assert_same_bits, bits, random_int8, random_words, shrink_storage
 from npuquant import _native
 from npuquant.ops import anti_quant as aq
 from npuquant.ops.anti_quant import native, reference
 
-pytestmark = pytest.mark.skipif(not _native.available(), reason=f"native library missing: {_native.load_error}")
-
 OUT_DTYPES = [torch.float16, torch.bfloat16, torch.float32]
-BITS_VIEW = {torch.float16: torch.int16, torch.bfloat16: torch.int16, torch.float32: torch.int32}
-
-
-def assert_same_bits(actual: torch.Tensor, expected: torch.Tensor) -> None:
-    """Equal shape, dtype and bit patterns (NaN payloads included)."""
-    assert actual.shape == expected.shape and actual.dtype == expected.dtype
-    assert actual.is_contiguous()
-    a, e = actual.view(BITS_VIEW[actual.dtype]), expected.contiguous().view(BITS_VIEW[expected.dtype])
-    mismatch = (a != e).nonzero()
-    assert mismatch.numel() == 0, f"{mismatch.shape[0]} mismatches, first at {mismatch[0].tolist()}"
 
 
 def both(x, scale, offset, dst, sqrt_mode=False):
-    out = native.anti_quant(x, scale, offset, dst, sqrt_mode)
+    """The native result equals the reference's, bit for bit (sqrt mode: through ``aq.anti_quant``)."""
+    if sqrt_mode:
+        out = aq.anti_quant(x, scale, offset, dst, sqrt_mode=True)
+    else:
+        out = native.anti_quant(x, scale, offset, dst)
     assert_same_bits(out, reference.anti_quant(x, scale, offset, dst, sqrt_mode))
     return out
 
 
-def f32_from_bits(bits: list[int]) -> torch.Tensor:
-    return torch.tensor(bits, dtype=torch.int64).to(torch.int32).view(torch.float32)
+def f32_from_bits(words: list[int]) -> torch.Tensor:
+    return torch.tensor(words, dtype=torch.int64).to(torch.int32).view(torch.float32)
 
 
-def random_words(*shape: int) -> torch.Tensor:
-    return torch.randint(-(2**31), 2**31, shape, dtype=torch.int64).to(torch.int32)
-
-
-def random_int8(*shape: int) -> torch.Tensor:
-    return torch.randint(-128, 128, shape, dtype=torch.int8)
+def bf16_bits(t: torch.Tensor) -> list[int]:
+    """Unsigned 16-bit patterns of a bfloat16 tensor, flattened."""
+    return (bits(t).to(torch.int32) & 0xFFFF).reshape(-1).tolist()
 
 
 # ---------------------------------------------------------------- every variant vs reference
@@ -75,6 +68,9 @@ def test_threaded_splits(isa, threads, packed):
     for dst in (torch.float16, torch.bfloat16):
         both(x, torch.rand(last), torch.randn(last), dst)
         both(x, torch.rand(1), None, dst)
+    # a transposed x (inner stride != 1) split over the threads too
+    xt = x.t()
+    both(xt, torch.rand(xt.shape[-1] * (8 if packed else 1)), None, torch.float16)
 
 
 def test_thread_count_does_not_change_bits(isa):
@@ -116,6 +112,7 @@ def test_edge_scales_and_values(isa, dst):
     xs = x.repeat_interleave(len(scales)).reshape(len(x), len(scales))
     both(xs, scales, None, dst)
     both(xs, scales, scales.flip(0), dst)
+    both(xs, scales, scales.flip(0), dst, sqrt_mode=True)  # NaN / inf / denormal scales squared
     both(x, torch.full((13,), float("inf")), -x.float(), dst)
     both(x, torch.full((13,), 1e-40), x.float(), dst, sqrt_mode=True)
 
@@ -125,8 +122,7 @@ def test_conversion_of_every_kind_of_float(isa, dst):
     # x = 1, no offset: the output is cast(scale), so random float32 bit patterns (NaN payloads,
     # denormals, overflow, ties) exercise the kernels' conversions against torch's.
     gen = torch.Generator().manual_seed(1)
-    bits = torch.randint(-(2**31), 2**31, (40_000,), dtype=torch.int64, generator=gen).to(torch.int32)
-    scale = bits.view(torch.float32)
+    scale = random_words(40_000, generator=gen).view(torch.float32)
     both(torch.ones(40_000, dtype=torch.int8), scale, None, dst)
     # values near the fp16 / bf16 rounding boundaries, where RNE decides
     near = (torch.arange(-3000, 3000, dtype=torch.float32) * 0.25 + 2048).repeat(3) * torch.tensor(
@@ -154,22 +150,23 @@ def test_packed_edge_words(isa):
 
 
 def test_bf16_nan_pattern_is_torch_vectorized_cast():
-    probe = torch.full((5,), float("nan")).to(torch.bfloat16).view(torch.int16)[0].item() & 0xFFFF
-    assert native.BF16_NAN_BITS == probe
+    probe = bf16_bits(torch.full((5,), float("nan")).to(torch.bfloat16))[0]
+    assert native.BF16_NAN_BITS == _native.BF16_NAN_BITS == probe
     out = native.anti_quant(torch.ones(3, dtype=torch.int8), torch.tensor([float("nan")]), None, torch.bfloat16)
-    assert (out.view(torch.int16).to(torch.int32) & 0xFFFF).tolist() == [probe] * 3
+    assert bf16_bits(out) == [probe] * 3
 
 
 def test_bf16_nan_pattern_is_one_runtime_setting(isa):
     # Every variant (SIMD body and tail) writes whatever pattern the runtime holds.
     x, scale = torch.ones(40, dtype=torch.int8), torch.full((40,), float("nan"))
     try:
-        for bits in (0x7FC0, 0xFFFF):
-            _native.lib.npq_set_bf16_nan(bits)
-            out = native.anti_quant(x, scale, None, torch.bfloat16)
-            assert (out.view(torch.int16).to(torch.int32) & 0xFFFF).tolist() == [bits] * 40
+        for pattern in (0x7FC0, 0xFFFF, 0x7FAB):
+            torch.ops.npuquant.set_bf16_nan(pattern)
+            assert bf16_bits(native.anti_quant(x, scale, None, torch.bfloat16)) == [pattern] * 40
+            assert bf16_bits(native.anti_quant(x[:1], scale[:1], None, torch.bfloat16)) == [pattern]
     finally:
-        _native.lib.npq_set_bf16_nan(_native.BF16_NAN_BITS)
+        torch.ops.npuquant.set_bf16_nan(_native.BF16_NAN_BITS)
+    assert bf16_bits(native.anti_quant(x, scale, None, torch.bfloat16)) == [_native.BF16_NAN_BITS] * 40
 
 
 # ---------------------------------------------------------------- layouts
@@ -200,94 +197,176 @@ def test_general_strides(isa):
     both(random_int8(1, 1, 1, 1, 1, 1, 2, 3)[..., ::2], torch.rand(2), None, torch.float16)
 
 
+def test_strided_and_bf16_parameters(isa):
+    # scale / offset need not be contiguous nor float32: the wrapper converts them first.
+    x = random_int8(5, 12)
+    scale, offset = torch.rand(36)[::3], torch.randn(24)[1::2]
+    both(x, scale, offset, torch.float16)
+    both(x, scale.bfloat16(), offset.bfloat16(), torch.bfloat16, sqrt_mode=True)
+    both(random_words(3, 2), torch.rand(32)[::2], None, torch.float32)
+
+
+def test_leading_dims_that_do_not_merge(isa):
+    # More irregular leading dims than the kernel's layout holds (NPQ_MAX_LEAD = 8): the wrapper
+    # copies x first. The operator takes any rank; the 8-dim limit is npu_anti_quant's rule.
+    x = random_int8(*[3] * 10)[::2, :, ::2, :, ::2, :, ::2, :, ::2, :]
+    both(x, torch.rand(3), torch.randn(3), torch.bfloat16)
+    both(x.permute(*range(9, -1, -1)), torch.rand(2), None, torch.float16)
+    words = random_words(*[2] * 9, 3)[..., ::2]
+    both(words, torch.rand(16), None, torch.float32)
+
+
 @pytest.mark.parametrize("shape", [(0, 4), (3, 0), (0,), (2, 0, 5)])
 def test_empty(isa, shape):
     for packed in (False, True):
         x = torch.empty(shape, dtype=torch.int32 if packed else torch.int8)
-        both(x, torch.rand(1), None, torch.float16)
+        for dst in OUT_DTYPES:
+            both(x, torch.rand(1), None, dst)
+            both(x, torch.rand(1), torch.rand(1), dst, sqrt_mode=True)
 
 
-def test_out_argument():
+def test_results_are_fresh_tensors():
+    # No out= any more: every call returns a new contiguous tensor that aliases nothing.
     x, scale = random_int8(4, 6), torch.rand(6)
-    buf = torch.empty(4, 6, dtype=torch.bfloat16)
-    assert native.anti_quant(x, scale, None, torch.bfloat16, out=buf) is buf
-    assert_same_bits(buf, reference.anti_quant(x, scale, None, torch.bfloat16))
-    for bad in (
-        torch.empty(4, 5, dtype=torch.bfloat16),
-        torch.empty(4, 6),
-        torch.empty(6, 4, dtype=torch.bfloat16).t(),
-    ):
-        with pytest.raises(RuntimeError, match="out must be a contiguous CPU tensor of shape"):
-            native.anti_quant(x, scale, None, torch.bfloat16, out=bad)
+    first, second = (native.anti_quant(x, scale, None, torch.bfloat16) for _ in range(2))
+    assert first.is_contiguous() and first.untyped_storage().data_ptr() != second.untyped_storage().data_ptr()
+    assert_same_bits(first, second)
+    with pytest.raises((TypeError, RuntimeError)):
+        native.anti_quant(x, scale, None, torch.bfloat16, out=torch.empty(4, 6, dtype=torch.bfloat16))
 
 
-# ---------------------------------------------------------------- the C entry point refuses bad layouts
-
-I64x1 = ctypes.c_int64 * 1
+# ---------------------------------------------------------------- the C++ wrapper refuses what reaches outside
 
 
-def call_kernel(buf: torch.Tensor, extent: int, rows: int, row_stride: int, inner: int, inner_stride: int,
-                kind: int = 0, n_scale: int = 1, out_dtype: int = 1, nd: int = 1) -> int:  # fmt: skip
-    out = torch.full((max(rows * inner * (8 if kind else 1), 1) + 64,), 7, dtype=torch.int16)
-    scale = torch.ones(max(n_scale, 1))
-    rc = _native.lib.npq_anti_quant(
-        buf.data_ptr(), kind, extent, nd, I64x1(rows), I64x1(row_stride), inner, inner_stride, scale.data_ptr(),
-        n_scale, None, out.data_ptr(), out_dtype, 1,
-    )  # fmt: skip
-    if rc != 0:
-        assert (out == 7).all(), "a refused call must not write"
-    return rc
+def _need(t: torch.Tensor) -> int:
+    """Elements of storage t's view needs: storage offset + its farthest element + 1."""
+    return t.storage_offset() + sum((s - 1) * st for s, st in zip(t.shape, t.stride())) + 1
 
 
-def test_kernel_bounds_checks():
-    buf = random_int8(100)
-    assert call_kernel(buf, 100, rows=10, row_stride=10, inner=10, inner_stride=1) == 0
-    assert call_kernel(buf, 99, rows=10, row_stride=10, inner=10, inner_stride=1) == -2  # last byte outside
-    assert call_kernel(buf, 100, rows=10, row_stride=10, inner=11, inner_stride=1) == -2
-    assert call_kernel(buf, 100, rows=2, row_stride=2**62, inner=1, inner_stride=1) == -2  # offset overflow
-    assert call_kernel(buf, 100, rows=1, row_stride=0, inner=4, inner_stride=34) == -2
-    assert call_kernel(buf, 100, rows=1, row_stride=0, inner=4, inner_stride=33) == 0
-    assert call_kernel(buf, 100, rows=-1, row_stride=1, inner=4, inner_stride=1) == -1
-    assert call_kernel(buf, 100, rows=1, row_stride=-1, inner=4, inner_stride=1) == -1
-    assert call_kernel(buf, 100, rows=1, row_stride=1, inner=4, inner_stride=1, n_scale=3) == -1  # not 1 or last
-    assert call_kernel(buf, 100, rows=1, row_stride=1, inner=4, inner_stride=1, out_dtype=5) == -1
-    assert call_kernel(buf, 100, rows=1, row_stride=1, inner=4, inner_stride=1, kind=7) == -1
-    assert call_kernel(buf, 100, rows=1, row_stride=1, inner=4, inner_stride=1, nd=9) == -1
-    words = random_words(25)
-    assert call_kernel(words, 25, rows=5, row_stride=5, inner=5, inner_stride=1, kind=1) == 0
-    assert call_kernel(words, 24, rows=5, row_stride=5, inner=5, inner_stride=1, kind=1) == -2
+@pytest.mark.parametrize(
+    ("dtype", "size", "stride", "offset"),
+    [
+        (torch.int8, (10, 10), (10, 1), 0),
+        (torch.int8, (10, 11), (10, 1), 0),  # rows overlapping the next one
+        (torch.int8, (1, 4), (0, 33), 0),  # a single row with a wide inner stride
+        (torch.int8, (4,), (33,), 1),  # storage offset
+        (torch.int8, (4, 9), (1, 0), 5),  # stride 0
+        (torch.int8, (3, 2, 5), (1, 3, 7), 2),  # general strides
+        (torch.int32, (5, 5), (5, 1), 0),
+        (torch.int32, (3, 4), (1, 3), 1),  # packed, transposed
+    ],
+)
+def test_x_reaching_outside_its_storage_is_refused(dtype, size, stride, offset):
+    base = random_int8(256) if dtype == torch.int8 else random_words(64)
+    x = base.as_strided(size, stride, offset)
+    need, es = _need(x), x.element_size()
+    last = x.shape[-1] * (8 if dtype == torch.int32 else 1)
+    scale, off = torch.rand(last), torch.randn(last)
+    expected = reference.anti_quant(x.clone(), scale, off, torch.float16)
+    exact = base.clone().as_strided(size, stride, offset)
+    assert_same_bits(native.anti_quant(shrink_storage(exact, need * es), scale, off, torch.float16), expected)
+    short = shrink_storage(base.clone().as_strided(size, stride, offset), (need - 1) * es)
+    shape = ", ".join(map(str, size))
+    message = rf"npuquant::anti_quant: x of shape \[{shape}\] reaches outside its storage"
+    with pytest.raises(RuntimeError, match=message):
+        native.anti_quant(short, scale, off, torch.float16)
+    with pytest.raises(RuntimeError, match=message):  # the public op goes through the same check
+        npuquant.npu_anti_quant(short, scale, offset=off)
 
 
-def test_check_status_raises():
-    from npuquant.ops.int4.native import check_status
+def test_parameters_reaching_outside_their_storage_are_refused():
+    x = random_int8(3, 16)
+    with pytest.raises(RuntimeError, match=r"npuquant::anti_quant: scale of shape \[16\] reaches outside"):
+        native.anti_quant(x, shrink_storage(torch.rand(16), 60), None, torch.float16)
+    with pytest.raises(RuntimeError, match=r"npuquant::anti_quant: offset of shape \[16\] reaches outside"):
+        native.anti_quant(x, torch.rand(16), shrink_storage(torch.rand(16), 32), torch.float16)
+    strided = shrink_storage(torch.rand(64)[1::4], 4 * 61)  # (16,) stride 4 from element 1: needs 62
+    with pytest.raises(RuntimeError, match=r"scale of shape \[16\] reaches outside its storage"):
+        native.anti_quant(x, strided, None, torch.bfloat16)
+    with pytest.raises(RuntimeError, match=r"npuquant::anti_quant: x of shape \[3, 16\] reaches outside"):
+        aq.anti_quant(shrink_storage(random_int8(3, 16), 47), torch.rand(1), None, torch.float32, sqrt_mode=True)
 
-    with pytest.raises(RuntimeError, match="reach outside its storage"):
-        check_status(-2, "anti_quant")
-    with pytest.raises(RuntimeError, match="invalid sizes or strides"):
-        check_status(-1, "anti_quant")
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        ((torch.ones(2, 4), torch.ones(1), None, torch.float16), "x must be int8 or int32, but got float32"),
+        ((torch.ones(2, 4, dtype=torch.int16), torch.ones(1), None, torch.float16), "x must be int8 or int32"),
+        ((random_int8(2, 4), torch.ones(1), None, torch.int8), "dst_dtype must be float32, float16 or bfloat16"),
+        ((random_int8(2, 4), torch.ones(1), None, torch.float64), "dst_dtype must be float32, float16 or bfloat16"),
+        (
+            (torch.tensor(5, dtype=torch.int32), torch.ones(1), None, torch.float16),
+            r"an int32 \(packed int4\) x must have at least 1",
+        ),
+        ((random_int8(2, 4), torch.ones(4).half(), None, torch.float16), "scale must be float32 or bfloat16"),
+        ((random_int8(2, 4), torch.ones(1, 4), None, torch.float16), r"scale must be 1-D, but has shape \[1, 4\]"),
+        ((random_int8(2, 4), torch.ones(3), None, torch.float16), r"scale must have 1 or 4 \(the output's last dim\)"),
+        ((random_words(2, 1), torch.ones(2), None, torch.float16), "scale must have 1 or 8"),
+        ((random_int8(2, 4), torch.ones(4), torch.ones(1), torch.float16), r"offset must have scale's shape \[4\]"),
+        ((random_int8(2, 4), torch.ones(4), torch.ones(1, 4), torch.float16), "offset must have scale's shape"),
+        ((random_int8(2, 4), torch.ones(4), torch.ones(4).half(), torch.float16), "offset must have scale.s dtype \\(float32\\), but got float16"),
+    ],
+)
+def test_operator_errors(args, message):
+    with pytest.raises(RuntimeError, match="npuquant::anti_quant: " + message):
+        native.anti_quant(*args)
 
 
 # ---------------------------------------------------------------- dispatch
 
 
-def test_dispatch_cpu_native_else_reference(monkeypatch):
-    monkeypatch.delenv("NPUQUANT_FORCE_REFERENCE", raising=False)
-    calls = []
-    real = native.anti_quant
-    monkeypatch.setattr(native, "anti_quant", lambda *a, **k: calls.append(1) or real(*a, **k))
-    x, s = random_int8(3, 4), torch.rand(4)
-    npuquant.npu_anti_quant(x, s)
-    assert calls == [1]
-    with _native.force_reference():
-        npuquant.npu_anti_quant(x, s)
-    monkeypatch.setenv("NPUQUANT_FORCE_REFERENCE", "1")
-    npuquant.npu_anti_quant(x, s)
-    monkeypatch.delenv("NPUQUANT_FORCE_REFERENCE")
-    meta = aq.anti_quant(x.to("meta"), s.to("meta"), None, torch.float16)  # another device: reference
-    assert meta.device.type == "meta" and meta.shape == (3, 4)
-    assert calls == [1]
+def test_dispatch_cpu_native_else_reference():
+    # The kernels write the runtime's bf16 NaN pattern, torch's cast its own: a distinct
+    # pattern tells which one ran.
+    marker = 0x7FAB
+    assert marker != _native.BF16_NAN_BITS
+    x, s = random_int8(3, 4), torch.full((4,), float("nan"))
+    torch.ops.npuquant.set_bf16_nan(marker)
+    try:
+        runs = {
+            "npu_anti_quant": lambda: npuquant.npu_anti_quant(x, s, dst_dtype=torch.bfloat16),
+            "anti_quant": lambda: aq.anti_quant(x, s, None, torch.bfloat16),
+            "anti_quant_sqrt": lambda: aq.anti_quant(x, s, None, torch.bfloat16, sqrt_mode=True),
+        }
+        for name, run in runs.items():
+            assert bf16_bits(run()) == [marker] * 12, name
+        with _native.force_reference():
+            assert _native.reference_forced()
+            for name, run in runs.items():
+                out = run()
+                assert bf16_bits(out) != [marker] * 12, name
+                assert_same_bits(out, reference.anti_quant(x, s, None, torch.bfloat16))
+            # the operator itself has no fallback: CPU tensors always run the kernel
+            assert bf16_bits(native.anti_quant(x, s, None, torch.bfloat16)) == [marker] * 12
+            assert bf16_bits(torch.ops.npuquant.anti_quant(x, s, None, torch.bfloat16)) == [marker] * 12
+        assert not _native.reference_forced()
+    finally:
+        torch.ops.npuquant.set_bf16_nan(_native.BF16_NAN_BITS)
+    # another device: the fake kernel (meta) gives shape and dtype, int4 last dim x8
+    for fn in (aq.anti_quant, native.anti_quant):
+        meta = fn(x.to("meta"), s.to("meta"), None, torch.float16)
+        assert meta.device.type == "meta" and meta.shape == (3, 4) and meta.dtype == torch.float16
+        meta = fn(random_words(3, 2).to("meta"), s[:1].to("meta"), None, torch.bfloat16)
+        assert meta.shape == (3, 16) and meta.dtype == torch.bfloat16
+    # float32 output (internal use) is native too
     assert_same_bits(aq.anti_quant(x, s, None, torch.float32), reference.anti_quant(x, s, None, torch.float32))
-    assert calls == [1, 1]  # float32 output (internal use) is native too
+
+
+def test_force_reference_environment_variable():
+    # NPUQUANT_FORCE_REFERENCE=1 at import sends CPU calls to the reference.
+    code = (
+        "import torch, npuquant\n"
+        "from npuquant import _native\n"
+        "torch.ops.npuquant.set_bf16_nan(0x7FAB)\n"
+        "out = npuquant.npu_anti_quant(torch.ones(4, dtype=torch.int8), torch.full((4,), float('nan')),"
+        " dst_dtype=torch.bfloat16)\n"
+        "print(_native.reference_forced(), int(out.view(torch.int16)[0]) & 0xFFFF)\n"
+    )
+    env = {**os.environ, "NPUQUANT_FORCE_REFERENCE": "1"}
+    done = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+    forced, pattern = done.stdout.split()
+    assert forced == "True" and int(pattern) == _native.BF16_NAN_BITS != 0x7FAB
 
 
 def test_public_op_bf16_scale_and_sqrt_mode(isa):
@@ -297,6 +376,19 @@ def test_public_op_bf16_scale_and_sqrt_mode(isa):
     with _native.force_reference():
         assert_same_bits(out, npuquant.npu_anti_quant(x, scale, offset=offset, dst_dtype=torch.bfloat16))
     both(x, scale, offset, torch.float16, sqrt_mode=True)
+
+
+def test_sqrt_mode_native_equals_forced_reference(isa):
+    x = random_int8(7, 33)
+    scale = torch.cat([f32_from_bits(EDGE_SCALE_BITS), torch.randn(7)])
+    offset = torch.randn(33) * 3
+    for dst in OUT_DTYPES:
+        out = aq.anti_quant(x, scale, offset, dst, sqrt_mode=True)
+        with _native.force_reference():
+            assert_same_bits(out, aq.anti_quant(x, scale, offset, dst, sqrt_mode=True))
+        # sqrt mode = the plain op on float32(scale) ** 2, squared first
+        s32 = scale.float()
+        assert_same_bits(out, native.anti_quant(x, s32 * s32, offset, dst))
 
 
 # ---------------------------------------------------------------- property: any layout, any mode
@@ -321,11 +413,16 @@ def cases(draw):
     return x, scale, offset, draw(st.sampled_from(OUT_DTYPES)), draw(st.booleans())
 
 
-@given(cases(), st.sampled_from(_native.supported_isas() or ["scalar"]))
-def test_property_native_equals_reference(case, isa_name):
+@given(cases(), st.sampled_from(_native.supported_isas()), st.sampled_from([1, 2, 3]))
+def test_property_native_equals_reference(case, isa_name, nthreads):
     x, scale, offset, dst, sqrt_mode = case
-    with _native.isa_limit(isa_name):
-        both(x, scale, offset, dst, sqrt_mode)
+    previous = torch.get_num_threads()
+    torch.set_num_threads(nthreads)
+    try:
+        with _native.isa_limit(isa_name):
+            both(x, scale, offset, dst, sqrt_mode)
+    finally:
+        torch.set_num_threads(previous)
 
 
 # ---------------------------------------------------------------- group-wise int4 dequant (w4a16 helper)
@@ -348,16 +445,23 @@ def test_grouped_reference_formula_and_layouts(isa):
     scale, offset = torch.tensor([[0.5, 2.0]]), torch.tensor([[1.0, -1.0]])
     expected = [(v + 1) * 0.5 for v in range(8)] + [(-v - 1) * 2.0 for v in range(1, 9)]
     assert reference.dequant_int4_grouped(packed, scale, offset).tolist() == [expected]
-    assert native.dequant_int4_grouped(packed, scale, offset).tolist() == [expected]
+    assert native.dequant_int4_grouped(packed, scale, offset, torch.float32).tolist() == [expected]
+    assert aq.dequant_int4_grouped(packed, scale, offset).tolist() == [expected]  # float32 by default
     wide = random_words(20, 40)
     for view in (wide[2:18:3, 4:36], wide.t()[:16, 2:10]):
         scale = torch.rand(view.shape[0], 4)
         assert_same_bits(native.dequant_int4_grouped(view, scale, None, torch.bfloat16),
                          reference.dequant_int4_grouped(view, scale, None, torch.bfloat16))  # fmt: skip
-    buf = torch.empty(16, 64, dtype=torch.float16)
-    assert native.dequant_int4_grouped(wide[:16, :8], torch.rand(16, 2), None, torch.float16, out=buf) is buf
-    empty = native.dequant_int4_grouped(torch.empty(0, 4, dtype=torch.int32), torch.empty(0, 2), None)
-    assert empty.shape == (0, 32)
+    scale = torch.rand(2, 16).t()  # column-major (16, 2) scale, strided offset
+    offset = torch.randn(4, 16).t()[:, ::2]
+    assert_same_bits(native.dequant_int4_grouped(wide[:16, :8], scale, offset, torch.float16),
+                     reference.dequant_int4_grouped(wide[:16, :8], scale, offset, torch.float16))  # fmt: skip
+    for dst in OUT_DTYPES:
+        empty = native.dequant_int4_grouped(torch.empty(0, 4, dtype=torch.int32), torch.empty(0, 2), None, dst)
+        assert empty.shape == (0, 32) and empty.dtype == dst
+        no_words = native.dequant_int4_grouped(torch.empty(3, 0, dtype=torch.int32), torch.ones(3, 1), None, dst)
+        assert_same_bits(no_words, reference.dequant_int4_grouped(torch.empty(3, 0, dtype=torch.int32),
+                                                                  torch.ones(3, 1), None, dst))  # fmt: skip
 
 
 def test_grouped_threads(isa, threads):
@@ -367,22 +471,36 @@ def test_grouped_threads(isa, threads):
                      reference.dequant_int4_grouped(packed, scale, offset, torch.float16))  # fmt: skip
 
 
+I32 = torch.int32
+
+
 @pytest.mark.parametrize(
-    ("args", "message"),
+    ("args", "message", "op_message"),
     [
-        ((torch.ones(2, 4, dtype=torch.int8), torch.ones(2, 1)), "packed must be a 2-D int32 tensor"),
-        ((torch.ones(4, dtype=torch.int32), torch.ones(1, 1)), "packed must be a 2-D int32 tensor"),
-        ((torch.ones(2, 4, dtype=torch.int32), torch.ones(2, 1).half()), "scale must be a 2-D float32 or bfloat16"),
-        ((torch.ones(2, 4, dtype=torch.int32), torch.ones(2)), "scale must be a 2-D float32 or bfloat16"),
-        ((torch.ones(2, 4, dtype=torch.int32), torch.ones(2, 3)), "into groups"),
-        ((torch.ones(2, 4, dtype=torch.int32), torch.ones(3, 2)), "into groups"),
-        ((torch.ones(2, 4, dtype=torch.int32), torch.ones(2, 0)), "into groups"),
-        ((torch.ones(2, 4, dtype=torch.int32), torch.ones(2, 2), torch.ones(2, 1)), "offset must have the same shape"),
-        ((torch.ones(2, 4, dtype=torch.int32), torch.ones(2, 2), torch.ones(2, 2).bfloat16()), "same shape and dtype"),
-        ((torch.ones(2, 4, dtype=torch.int32), torch.ones(2, 2), None, torch.int8), "out_dtype must be a float type"),
+        ((torch.ones(2, 4, dtype=torch.int8), torch.ones(2, 1)), "packed must be a 2-D int32 tensor",
+         "packed must be int32, but got int8"),
+        ((torch.ones(4, dtype=I32), torch.ones(1, 1)), "packed must be a 2-D int32 tensor",
+         r"packed must be 2-D \(rows, K/8\), but has shape \[4\]"),
+        ((torch.ones(2, 4, dtype=I32), torch.ones(2, 1).half()), "scale must be a 2-D float32 or bfloat16",
+         "scale must be float32 or bfloat16, but got float16"),
+        ((torch.ones(2, 4, dtype=I32), torch.ones(2)), "scale must be a 2-D float32 or bfloat16",
+         r"scale must be \(rows, groups\) with groups dividing K/8 = 4, but has shape \[2\]"),
+        ((torch.ones(2, 4, dtype=I32), torch.ones(2, 3)), "into groups", r"but has shape \[2, 3\]"),
+        ((torch.ones(2, 4, dtype=I32), torch.ones(3, 2)), "into groups", r"but has shape \[3, 2\]"),
+        ((torch.ones(2, 4, dtype=I32), torch.ones(2, 0)), "into groups", r"but has shape \[2, 0\]"),
+        ((torch.ones(2, 4, dtype=I32), torch.ones(2, 2), torch.ones(2, 1)), "offset must have the same shape",
+         r"offset must have scale's shape \[2, 2\]"),
+        ((torch.ones(2, 4, dtype=I32), torch.ones(2, 2), torch.ones(2, 2, dtype=I32)), "same shape and dtype",
+         "offset must have scale.s dtype \\(float32\\), but got int32"),
+        ((torch.ones(2, 4, dtype=I32), torch.ones(2, 2), None, torch.int8), "out_dtype must be a float type",
+         "out_dtype must be float32, float16 or bfloat16, but got int8"),
     ],
-)
-def test_grouped_errors(args, message):
-    for fn in (native.dequant_int4_grouped, reference.dequant_int4_grouped):
-        with pytest.raises(RuntimeError, match=message):
-            fn(*args)
+)  # fmt: skip
+def test_grouped_errors(args, message, op_message):
+    for fn in (aq.dequant_int4_grouped, reference.dequant_int4_grouped):
+        for forced in (False, True):
+            with _native.force_reference(forced), pytest.raises(RuntimeError, match=message):
+                fn(*args)
+    full = args + (None, torch.float32)[len(args) - 2 :]
+    with pytest.raises(RuntimeError, match="npuquant::dequant_int4_grouped: .*" + op_message):
+        native.dequant_int4_grouped(*full)

@@ -1,7 +1,9 @@
-"""Grouped int4 dequantization (the w4a16 weight path): the native row-wise kernels against the
-reference, bit for bit, for every kernel variant and thread count; group sizes 8..128 (powers of
-two and not), partial blocks, long rows split over work units, strided rows, streaming stores for
-huge outputs, NaN/inf parameters; the tile plans and ``out=`` buffers; the W4A16 layer's tiles."""
+"""Grouped int4 dequantization (the w4a16 weight path): the native operator
+``torch.ops.npuquant.dequant_int4_grouped`` against the reference, bit for bit, for every kernel
+variant and thread count; group sizes 8..128 (powers of two and not), partial blocks, long rows
+split over work units, strided rows, streaming stores for huge outputs, NaN/inf parameters; the
+C++ wrapper's checks; row slices (the tiles the layer dequantizes); the W4A16 layer's tiled forward
+(``torch.ops.npuquant.linear_w4a16``) against its reference."""
 
 from __future__ import annotations
 
@@ -11,27 +13,14 @@ import numpy as np
 import pytest
 import torch
 
+from helpers import assert_same_bits, bits, random_words, shrink_storage
 from npuquant import _native
-from npuquant.nn import W4A16Linear, _kernels
+from npuquant.nn import W4A16Linear
 from npuquant.ops import anti_quant as aq
 from npuquant.ops.anti_quant import native, reference
 
-pytestmark = pytest.mark.skipif(not _native.available(), reason=f"native library missing: {_native.load_error}")
-
 OUT_DTYPES = [torch.float32, torch.float16, torch.bfloat16]
-BITS_VIEW = {torch.float16: torch.int16, torch.bfloat16: torch.int16, torch.float32: torch.int32}
 GROUP_SIZES = [8, 16, 24, 32, 64, 128]  # 24: three words per group, the non-power-of-two loop
-
-
-def assert_same_bits(actual: torch.Tensor, expected: torch.Tensor) -> None:
-    assert actual.shape == expected.shape and actual.dtype == expected.dtype and actual.is_contiguous()
-    a, e = actual.view(BITS_VIEW[actual.dtype]), expected.contiguous().view(BITS_VIEW[expected.dtype])
-    mismatch = (a != e).nonzero()
-    assert mismatch.numel() == 0, f"{mismatch.shape[0]} mismatches, first at {mismatch[0].tolist()}"
-
-
-def random_words(*shape: int) -> torch.Tensor:
-    return torch.randint(-(2**31), 2**31, shape, dtype=torch.int64).to(torch.int32)
 
 
 def params(rows: int, groups: int, with_offset: bool = True) -> tuple[torch.Tensor, torch.Tensor | None]:
@@ -39,9 +28,9 @@ def params(rows: int, groups: int, with_offset: bool = True) -> tuple[torch.Tens
     return scale, (torch.randn(rows, groups) * 4 if with_offset else None)
 
 
-def check(packed, scale, offset, dst, out=None) -> torch.Tensor:
-    result = native.dequant_int4_grouped(packed, scale, offset, dst, out=out)
-    assert_same_bits(result, reference.dequant_int4_grouped(packed, scale, offset, dst))
+def check(packed, scale, offset, dst, nan_any: torch.Tensor | None = None) -> torch.Tensor:
+    result = native.dequant_int4_grouped(packed, scale, offset, dst)
+    assert_same_bits(result, reference.dequant_int4_grouped(packed, scale, offset, dst), nan_any)
     return result
 
 
@@ -64,6 +53,16 @@ def test_bfloat16_parameters(isa):
     packed = random_words(5, 12)
     scale, offset = params(5, 12 // 4)
     check(packed, scale.bfloat16(), offset.bfloat16(), torch.float16)
+    check(packed, scale.bfloat16(), None, torch.bfloat16)
+
+
+def test_strided_parameters(isa):
+    # scale / offset of any strides (the wrapper makes float32 contiguous copies).
+    packed = random_words(6, 8)
+    scale = torch.rand(4, 6).t()  # (6, 4) column-major
+    offset = torch.randn(6, 8)[:, ::2]
+    check(packed, scale, offset, torch.float16)
+    check(packed, scale.bfloat16(), offset.bfloat16(), torch.float32)
 
 
 @pytest.mark.parametrize("dst", OUT_DTYPES, ids=str)
@@ -77,6 +76,25 @@ def test_nan_inf_and_extreme_parameters(isa, dst):
         check(packed, scale, offset, dst)
         check(packed, scale.roll(1, 1), offset.roll(1, 0), dst)  # specials in the middle of rows
         check(packed, scale, None, dst)
+
+
+def test_nan_payloads(isa):
+    # NaN parameters with payloads and signs (quiet and signalling): the kernels keep what float32
+    # math and torch's casts give. Where offset and scale are both NaN, torch's broadcast multiply
+    # keeps either payload depending on its loop, so there the result need only be NaN.
+    nans = torch.tensor([0x7FC12345, 0xFFC00001, 0x7F800001, 0xFFA54321], dtype=torch.int64).to(torch.int32)
+    scale = nans.view(torch.float32).reshape(4, 1).repeat(1, 2)
+    offset = nans.flip(0).view(torch.float32).reshape(4, 1).repeat(1, 2)
+    packed = random_words(4, 4)
+    both_nan = torch.ones(4, 32, dtype=torch.bool)
+    for dst in OUT_DTYPES:
+        out = check(packed, scale, offset, dst, nan_any=both_nan)
+        assert out.isnan().all()
+        check(packed, scale, torch.ones(4, 2), dst)
+        check(packed, torch.ones(4, 2), offset, dst)
+        ragged = torch.ones(4, 2)
+        ragged[1, 0], ragged[3, 1] = float("inf"), float("-inf")
+        check(packed, scale.roll(1, 0)[:, :1].repeat(1, 2) * ragged, None, dst)
 
 
 def test_float32_matches_an_independent_formula(isa):
@@ -104,11 +122,24 @@ def test_strided_rows_are_gathered(isa):
         check(view, *params(39, words // gw), torch.bfloat16)
     rows_skipped = wide[1:40:3, 2:34]  # row stride 123, contiguous words, storage offset
     check(rows_skipped, *params(rows_skipped.shape[0], 4), torch.float16)
+    check(random_words(3, 1).expand(3, 16), *params(3, 2), torch.float32)  # word stride 0
+    check(random_words(1, 16).expand(5, 16), *params(5, 4), torch.float32)  # row stride 0
+
+
+def test_empty_shapes(isa):
+    for dst in OUT_DTYPES:
+        for packed, scale in (
+            (torch.empty(0, 4, dtype=torch.int32), torch.empty(0, 2)),
+            (torch.empty(3, 0, dtype=torch.int32), torch.ones(3, 1)),
+        ):
+            out = check(packed, scale, None, dst)
+            assert out.shape == (packed.shape[0], packed.shape[1] * 8)
+            check(packed, scale, scale.clone(), dst)
 
 
 # ---------------------------------------------------------------- threads, long rows, streaming
 
-_BIG: dict[str, tuple] = {}
+_BIG: dict[object, tuple] = {}
 
 
 def big_case() -> tuple:
@@ -148,151 +179,257 @@ def huge_case(dst: torch.dtype) -> tuple:
 
 @pytest.mark.parametrize("dst", [torch.float32, torch.bfloat16], ids=str)
 def test_huge_output_streams_exactly(isa, dst):
-    # out= at a 4-byte offset takes the unaligned fallback of the streaming stores.
     packed, scale, offset, expected = huge_case(dst)
     assert_same_bits(native.dequant_int4_grouped(packed, scale, offset, dst), expected)
-    if dst == torch.float32:
-        out = torch.empty(expected.numel() + 1)[1:].view(expected.shape)
-        assert out.data_ptr() % 64 != 0
-        assert native.dequant_int4_grouped(packed, scale, offset, dst, out=out) is out
-        assert_same_bits(out, expected)
 
 
-# ---------------------------------------------------------------- kernel entry point checks
+# ---------------------------------------------------------------- the C++ wrapper's checks
 
 
-def call_kernel(packed, extent, rows, words, row_stride, word_stride, group_words, out) -> int:
-    scale = torch.ones(max(rows, 1), max(words // max(group_words, 1), 1))
-    return _native.lib.npq_dequant_int4_grouped(
-        packed.data_ptr(), extent, rows, words, row_stride, word_stride, group_words, scale.data_ptr(), None,
-        out.data_ptr(), 0, 1,
-    )  # fmt: skip
+def _need(t: torch.Tensor) -> int:
+    """Elements of storage t's view needs: storage offset + its farthest element + 1."""
+    return t.storage_offset() + sum((s - 1) * st for s, st in zip(t.shape, t.stride())) + 1
 
 
 @pytest.mark.parametrize(
-    ("extent", "rows", "words", "row_stride", "word_stride", "group_words", "code"),
+    ("size", "stride", "offset"),
     [
-        (64, 4, 16, 16, 1, 0, -1),  # group of zero words
-        (64, 4, 16, 16, 1, 3, -1),  # words not a multiple of the group
-        (64, -1, 16, 16, 1, 4, -1),
-        (64, 4, 16, -16, 1, 4, -1),
-        (63, 4, 16, 16, 1, 4, -2),  # last word outside the extent
-        (64, 4, 16, 17, 1, 4, -2),
-        (64, 4, 16, 16, 2, 4, -2),
+        ((4, 16), (16, 1), 0),
+        ((4, 16), (17, 1), 0),  # a row stride past the row
+        ((4, 16), (16, 2), 0),  # word stride 2
+        ((4, 16), (1, 4), 3),  # transposed, storage offset
+        ((4, 16), (0, 1), 5),  # row stride 0
     ],
 )
-def test_kernel_refuses_bad_layouts_without_writing(extent, rows, words, row_stride, word_stride, group_words, code):
-    packed = torch.zeros(64, dtype=torch.int32)
-    out = torch.full((8 * 16 * 4,), 7.0)
-    assert call_kernel(packed, extent, rows, words, row_stride, word_stride, group_words, out) == code
-    assert (out == 7.0).all()
-    assert call_kernel(packed, 64, 4, 16, 16, 1, 4, out) == 0
-    out.fill_(7.0)
-    scale, kernel = torch.ones(4, 4), _native.lib.npq_dequant_int4_grouped
-    assert kernel(packed.data_ptr(), 64, 4, 16, 16, 1, 4, None, None, out.data_ptr(), 0, 1) == -1  # no scale
-    assert kernel(packed.data_ptr(), 64, 4, 16, 16, 1, 4, scale.data_ptr(), None, out.data_ptr(), 3, 1) == -1  # dtype
+def test_packed_reaching_outside_its_storage_is_refused(size, stride, offset):
+    base = random_words(128)
+    scale, off = params(4, 4)
+    packed = base.as_strided(size, stride, offset)
+    need = _need(packed)
+    expected = reference.dequant_int4_grouped(packed.clone(), scale, off, torch.float32)
+    exact = shrink_storage(base.clone().as_strided(size, stride, offset), 4 * need)
+    assert_same_bits(native.dequant_int4_grouped(exact, scale, off, torch.float32), expected)
+    short = shrink_storage(base.clone().as_strided(size, stride, offset), 4 * (need - 1))
+    message = r"npuquant::dequant_int4_grouped: packed of shape \[4, 16\] reaches outside its storage"
+    with pytest.raises(RuntimeError, match=message):
+        native.dequant_int4_grouped(short, scale, off, torch.float32)
+    with pytest.raises(RuntimeError, match=message):  # the public function goes through the same check
+        aq.dequant_int4_grouped(short, scale, off, torch.bfloat16)
 
 
-# ---------------------------------------------------------------- out= and the tile plans
+def test_parameters_reaching_outside_their_storage_are_refused():
+    packed = random_words(4, 16)
+    scale, offset = params(4, 4)
+    with pytest.raises(RuntimeError, match=r"dequant_int4_grouped: scale of shape \[4, 4\] reaches outside"):
+        native.dequant_int4_grouped(packed, shrink_storage(scale.clone(), 60), offset, torch.float32)
+    with pytest.raises(RuntimeError, match=r"dequant_int4_grouped: offset of shape \[4, 4\] reaches outside"):
+        native.dequant_int4_grouped(packed, scale, shrink_storage(offset.clone(), 4), torch.float16)
+    with pytest.raises(RuntimeError, match=r"dequant_int4_grouped: offset of shape \[4, 4\] reaches outside"):
+        aq.dequant_int4_grouped(packed, scale, shrink_storage(offset.clone(), 32))
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        ((random_words(4, 16), torch.ones(4, 0)), r"scale must be \(rows, groups\) with groups dividing K/8 = 16"),
+        ((random_words(4, 16), torch.ones(4, 3)), r"groups dividing K/8 = 16, but has shape \[4, 3\]"),
+        ((random_words(4, 16), torch.ones(5, 4)), r"groups dividing K/8 = 16, but has shape \[5, 4\]"),
+        ((random_words(4, 16), torch.ones(4, 4, 1)), r"but has shape \[4, 4, 1\]"),
+        ((random_words(4, 16), torch.ones(4, 4), torch.ones(4, 2)), r"offset must have scale's shape \[4, 4\]"),
+        ((random_words(4, 16), torch.ones(4, 4).double()), "scale must be float32 or bfloat16, but got another"),
+        ((random_words(4, 16).to(torch.int64), torch.ones(4, 4)), "packed must be int32, but got int64"),
+        ((random_words(2, 4, 4), torch.ones(2, 4)), r"packed must be 2-D \(rows, K/8\), but has shape \[2, 4, 4\]"),
+        ((random_words(4, 16), torch.ones(4, 4), None, torch.int32), "out_dtype must be float32, float16 or bfloat16"),
+    ],
+)
+def test_operator_errors(args, message):
+    args = args + (None, torch.float32)[len(args) - 2 :]
+    with pytest.raises(RuntimeError, match="npuquant::dequant_int4_grouped: .*" + message):
+        native.dequant_int4_grouped(*args)
+
+
+def test_operator_called_with_a_missing_tensor():
+    # Tensor packed / Tensor scale are not optional in the schema: None must give a clear error
+    # ("npuquant::dequant_int4_grouped: ..." or torch's own "expected Tensor"), never a crash.
+    packed, scale = random_words(4, 16), torch.ones(4, 4)
+    for args in ((None, scale, None, torch.float32), (packed, None, None, torch.float32)):
+        with pytest.raises((RuntimeError, TypeError), match="npuquant::dequant_int4_grouped|expected Tensor"):
+            native.dequant_int4_grouped(*args)
+
+
+@pytest.mark.parametrize(
+    "args",
+    [
+        (random_words(4, 4), torch.rand(4, 2), torch.randn(4, 2), torch.float32),
+        (random_words(3, 6), torch.rand(3, 3).bfloat16(), torch.randn(3, 3).bfloat16(), torch.bfloat16),
+        (random_words(5, 8), torch.rand(5, 1), None, torch.float16),
+        (random_words(8, 20).t()[:6], torch.rand(2, 6).t(), None, torch.float16),  # strided packed and scale
+        (torch.empty(0, 4, dtype=torch.int32), torch.rand(0, 2), None, torch.float32),
+    ],
+    ids=["float32", "bf16", "no-offset", "strided", "empty"],
+)
+def test_opcheck(args):
+    torch.library.opcheck(torch.ops.npuquant.dequant_int4_grouped.default, args)
+
+
+# ---------------------------------------------------------------- dispatch and row slices (the layer's tiles)
 
 
 @pytest.mark.parametrize("force_reference", [False, True], ids=["native", "reference"])
-def test_dispatch_out_buffer(force_reference):
+def test_dispatch(force_reference):
     packed = random_words(6, 8)
     scale, offset = params(6, 2)
     expected = reference.dequant_int4_grouped(packed, scale, offset, torch.bfloat16)
-    buf = torch.empty(6, 64, dtype=torch.bfloat16)
     with _native.force_reference(force_reference):
-        assert aq.dequant_int4_grouped(packed, scale, offset, torch.bfloat16, out=buf) is buf
-        assert_same_bits(buf, expected)
-        for bad in (torch.empty(6, 63, dtype=torch.bfloat16), torch.empty(6, 64), torch.empty(64, 6).t()):
-            with pytest.raises(RuntimeError, match="out must be a contiguous"):
-                aq.dequant_int4_grouped(packed, scale, offset, torch.bfloat16, out=bad)
+        first = aq.dequant_int4_grouped(packed, scale, offset, torch.bfloat16)
+        assert_same_bits(first, expected)
+        second = aq.dequant_int4_grouped(packed, scale, offset, torch.bfloat16)
+        assert second.untyped_storage().data_ptr() != first.untyped_storage().data_ptr()  # a fresh tensor each call
+        default = aq.dequant_int4_grouped(packed, scale)  # no offset, float32
+        assert_same_bits(default, reference.dequant_int4_grouped(packed, scale, None, torch.float32))
+        with pytest.raises(RuntimeError, match="into groups"):  # validated with the reference's messages
+            aq.dequant_int4_grouped(packed, torch.ones(6, 3))
+        meta = aq.dequant_int4_grouped(packed.to("meta"), scale.to("meta"), None, torch.float16)
+        assert meta.device.type == "meta" and meta.shape == (6, 64) and meta.dtype == torch.float16
+    with pytest.raises(TypeError):
+        aq.dequant_int4_grouped(packed, scale, offset, torch.bfloat16, out=torch.empty(6, 64, dtype=torch.bfloat16))
 
 
 @pytest.mark.parametrize("force_reference", [False, True], ids=["native", "reference"])
-def test_tile_plans(isa, force_reference):
+def test_row_slices(isa, force_reference):
+    # What the layer dequantizes tile by tile: row slices of a strided weight with a storage offset.
     base = random_words(40, 30)
-    packed = base[3:26, 2:26]  # 23 rows, row stride 30, storage offset: tiles point into the storage
+    packed = base[3:26, 2:26]  # 23 rows, row stride 30, storage offset
     scale, offset = params(23, 3)
-    scale = scale.bfloat16()
-    offset = offset.bfloat16()
+    scale, offset = scale.bfloat16(), offset.bfloat16()
     expected = reference.dequant_int4_grouped(packed, scale, offset, torch.float16)
+    bounds = [(r0, min(r0 + 5, 23)) for r0 in range(0, 23, 5)]
+    assert bounds[-1] == (20, 23)
     with _native.force_reference(force_reference):
-        plan = aq.grouped_int4_tiles(packed, scale, offset, torch.float16, 5)
-        assert isinstance(plan, reference.GroupedTiles if force_reference else native.GroupedTiles)
-        assert plan.bounds == [(0, 5), (5, 10), (10, 15), (15, 20), (20, 23)]
-        buf = torch.empty(5, 192, dtype=torch.float16)
-        for i, (r0, r1) in enumerate(plan.bounds):
-            out = buf[: r1 - r0]
-            assert plan.dequant(i, out) is out
-            assert_same_bits(out, expected[r0:r1])
-        with pytest.raises(RuntimeError, match="out must be a contiguous"):
-            plan.dequant(4, buf)  # the last tile has 3 rows
-        with pytest.raises(RuntimeError, match="out must be a contiguous"):
-            plan.dequant(0, buf.float())
-        for bad in (0, -1, 2.0):
-            with pytest.raises(RuntimeError, match="tile_rows must be a positive int"):
-                aq.grouped_int4_tiles(packed, scale, offset, torch.float16, bad)
+        for r0, r1 in bounds:
+            tile = aq.dequant_int4_grouped(packed[r0:r1], scale[r0:r1], offset[r0:r1], torch.float16)
+            assert_same_bits(tile, expected[r0:r1])
         with pytest.raises(RuntimeError, match="into groups"):
-            aq.grouped_int4_tiles(packed, torch.ones(23, 5), None, torch.float16, 5)
-        assert aq.grouped_int4_tiles(packed[:0], scale[:0], None, torch.float32, 4).bounds == []
+            aq.dequant_int4_grouped(packed[:5], torch.ones(5, 5), None, torch.float16)
+        with pytest.raises(RuntimeError, match="into groups"):  # a slice of scale that does not match the rows
+            aq.dequant_int4_grouped(packed[:5], scale[:4], None, torch.float16)
+        empty = aq.dequant_int4_grouped(packed[:0], scale[:0], None, torch.float32)
+        assert empty.shape == (0, 192) and empty.dtype == torch.float32
 
 
-def test_tile_plan_sees_in_place_updates():
+@pytest.mark.parametrize("force_reference", [False, True], ids=["native", "reference"])
+def test_results_follow_in_place_updates(force_reference):
+    # No cache behind the function: each call reads the inputs as they are now.
     packed = random_words(4, 4)
     scale, offset = params(4, 1)
-    plan = aq.grouped_int4_tiles(packed, scale, offset, torch.float32, 4)
-    packed.copy_(random_words(4, 4))
-    scale.mul_(2)
-    assert_same_bits(plan.dequant(0, torch.empty(4, 32)), reference.dequant_int4_grouped(packed, scale, offset))
+    with _native.force_reference(force_reference):
+        before = aq.dequant_int4_grouped(packed, scale, offset)
+        packed.copy_(random_words(4, 4))
+        scale.mul_(2)
+        offset.data[0, 0] = 100.0  # bypasses the version counter
+        after = aq.dequant_int4_grouped(packed, scale, offset)
+    assert_same_bits(after, reference.dequant_int4_grouped(packed, scale, offset))
+    assert not torch.equal(bits(before), bits(after))
 
 
 # ---------------------------------------------------------------- the W4A16 layer's tiles
 
 
-def _layer(in_features: int, out_features: int, tile_rows: int) -> W4A16Linear:
+def _layer(in_features: int, out_features: int, tile_rows: int, dtype: torch.dtype = torch.float32) -> W4A16Linear:
     linear = torch.nn.Linear(in_features, out_features)
-    layer = W4A16Linear.from_linear(linear, group_size=32)
+    layer = W4A16Linear.from_linear(linear, group_size=32).to(dtype)
     layer.tile_rows = tile_rows
-    layer._invalidate()
     return layer
 
 
-@pytest.mark.parametrize("force_reference", [False, True], ids=["native", "reference"])
-def test_layer_tiles_match_the_whole_weight(force_reference):
-    layer = _layer(72, 11, tile_rows=4)  # K padded 72 -> 96; tiles of 4, 4, 3 rows
-    x = torch.randn(5, 72)
-    with _native.force_reference(force_reference):
-        layer._invalidate()
-        expected = x @ layer.dequantize().t() + layer.bias
-        out = layer(x)
-        torch.testing.assert_close(out, expected, rtol=1e-5, atol=1e-5)
+def _forward_pair(layer: W4A16Linear, x: torch.Tensor) -> torch.Tensor:
+    """The layer's native forward, checked bit for bit against the same forward on the reference."""
+    out = layer(x)
+    with _native.force_reference():
+        assert_same_bits(out, layer(x))
+    return out
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16], ids=str)
+def test_layer_native_equals_reference(isa, dtype):
+    layer = _layer(72, 11, tile_rows=4, dtype=dtype)  # K padded 72 -> 96; tiles of 4, 4, 3 rows
+    x = torch.randn(5, 72).to(dtype)
+    tol = {"rtol": 1e-5, "atol": 1e-5} if dtype == torch.float32 else {"rtol": 2e-2, "atol": 2e-2}
+    expected = (x.float() @ layer.dequantize().t() + layer.bias.float()).to(dtype)
+    for tile_rows in (4, 1, 3, 11, 64):  # 64 > out_features: one tile
+        layer.tile_rows = tile_rows
+        out = _forward_pair(layer, x)
+        torch.testing.assert_close(out, expected, **tol)
         assert out.is_contiguous()  # like F.linear's (a transposed result slows what follows)
-        assert layer(x[:1]).is_contiguous() and layer(x.reshape(5, 1, 72)).is_contiguous()
+        assert _forward_pair(layer, x[:1]).is_contiguous()
+        assert _forward_pair(layer, x.reshape(5, 1, 72)).shape == (5, 1, 11)
+        assert_same_bits(_forward_pair(layer, torch.cat([x, x], 1)[:, :72]), out)  # rows with a stride
         with torch.inference_mode():  # the shared tile buffer serves both modes
-            torch.testing.assert_close(layer(x), expected, rtol=1e-5, atol=1e-5)
-        torch.testing.assert_close(layer(x), expected, rtol=1e-5, atol=1e-5)
-    layer._invalidate()
+            assert_same_bits(layer(x), out)
+    no_bias = W4A16Linear.from_linear(torch.nn.Linear(40, 9, bias=False), group_size=16).to(dtype)
+    no_bias.tile_rows = 2
+    _forward_pair(no_bias, torch.randn(3, 40).to(dtype))
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=str)
+def test_layer_column_major_input_native_equals_reference(dtype):
+    # A non-contiguous x: the operator multiplies a contiguous copy, the reference must too.
+    layer = _layer(72, 11, tile_rows=4, dtype=dtype)
+    x = torch.randn(72, 5).to(dtype).t()  # (5, 72), strides (1, 5)
+    out = _forward_pair(layer, x)
+    assert_same_bits(out, layer(x.contiguous()))
+
+
+def test_layer_threads(isa, threads):
+    layer = _layer(200, 70, tile_rows=16)
+    _forward_pair(layer, torch.randn(33, 200))
+    _forward_pair(layer, torch.randn(1, 200))  # one token: the GEMV shape
+
+
+def test_layer_follows_in_place_weight_edits():
+    layer = _layer(64, 12, tile_rows=5)
+    x = torch.randn(2, 64)
+    before = layer(x)
+    layer.weight.copy_(random_words(*layer.weight.shape))
+    layer.weight_scale.data.mul_(3)
+    after = _forward_pair(layer, x)
+    torch.testing.assert_close(after, x @ layer.dequantize().t() + layer.bias, rtol=1e-5, atol=1e-5)
+    assert not torch.equal(before, after)
+
+
+def test_layer_operator_refuses_bad_tile_rows():
+    layer = _layer(64, 12, tile_rows=5)
+    args = (torch.randn(2, 64), layer.weight, layer.weight_scale, layer.weight_offset, layer.bias, 64)
+    for bad in (0, -1):
+        with pytest.raises(RuntimeError, match="npuquant::linear_w4a16: tile_rows must be positive"):
+            torch.ops.npuquant.linear_w4a16(*args, bad)
+
+
+@pytest.mark.parametrize("bad", [0, -1])
+def test_layer_reference_refuses_bad_tile_rows(bad):
+    # The reference (every non-CPU device, and force_reference) must refuse what the operator refuses.
+    layer = _layer(64, 12, tile_rows=bad)
+    with _native.force_reference(), pytest.raises(RuntimeError, match="tile_rows"):
+        layer(torch.randn(2, 64))
 
 
 def test_layers_share_one_tile_buffer_per_thread():
-    a, b = _layer(64, 40, tile_rows=16), _layer(64, 9, tile_rows=9)
-    x = torch.randn(3, 64)
-    expected_a, expected_b = x @ a.dequantize().t() + a.bias, x @ b.dequantize().t() + b.bias
-    torch.testing.assert_close(a(x), expected_a, rtol=1e-5, atol=1e-5)
-    torch.testing.assert_close(b(x), expected_b, rtol=1e-5, atol=1e-5)
-    assert (
-        _kernels.scratch(2, 8, torch.float32, x.device).data_ptr()
-        == _kernels.scratch(16, 64, torch.float32, x.device).data_ptr()
-    )
+    # Layers of different tile sizes take turns on each thread's tile buffer (grown, then reused
+    # smaller); concurrent forwards on several threads each have their own buffer.
+    a, b = _layer(64, 40, tile_rows=16), _layer(96, 9, tile_rows=9)
+    xa, xb = torch.randn(3, 64), torch.randn(3, 96)
+    with _native.force_reference():
+        expected_a, expected_b = a(xa), b(xb)
+    assert_same_bits(a(xa), expected_a)
+    assert_same_bits(b(xb), expected_b)
+    assert_same_bits(a(xa), expected_a)
     results: dict[int, bool] = {}
 
-    def worker(i: int) -> None:  # concurrent forwards: each thread has its own buffer
+    def worker(i: int) -> None:
         ok = True
         for _ in range(20):
-            ok &= torch.allclose(a(x), expected_a, rtol=1e-5, atol=1e-5)
-            ok &= torch.allclose(b(x), expected_b, rtol=1e-5, atol=1e-5)
+            ok &= torch.equal(bits(a(xa)), bits(expected_a))
+            ok &= torch.equal(bits(b(xb)), bits(expected_b))
         results[i] = ok
 
     workers = [threading.Thread(target=worker, args=(i,)) for i in range(3)]

@@ -1,4 +1,6 @@
-"""The dequantize op family (torch.ops.npuquant.dequantize_per_row_col) behind pypto.dequantize."""
+"""The dequantize op family behind pypto.dequantize: the public ``dequantize_per_row_col`` (validation,
+messages) against an independent numpy formula, and the operator ``torch.ops.npuquant.dequantize``
+(opcheck, torch.compile). Native-vs-reference tests: test_dequantize_native.py."""
 
 from __future__ import annotations
 
@@ -8,6 +10,7 @@ import torch
 from hypothesis import given
 from hypothesis import strategies as st
 
+from helpers import assert_same_bits
 from npuquant.ops import dequantize as dq
 from npuquant.ops.dequantize import dequantize_per_row_col
 
@@ -29,8 +32,9 @@ def params_for(x: torch.Tensor, axis: int, gen: torch.Generator) -> tuple[torch.
 
 
 def assert_same(actual: torch.Tensor, expected: torch.Tensor) -> None:
-    assert actual.dtype == torch.float32 and actual.is_contiguous()
-    torch.testing.assert_close(actual, expected, rtol=0, atol=0, equal_nan=True)
+    """float32, contiguous, and the formula's bits (signed zeros, NaN payloads) exactly."""
+    assert actual.dtype == torch.float32
+    assert_same_bits(actual, expected)
 
 
 SHAPE_AXES = [((7,), -1)] + [(s, a) for s in [(3, 5), (2, 3, 9), (2, 1, 4, 6)] for a in (-1, -2)]
@@ -139,11 +143,34 @@ def test_errors(kwargs, message):
     args = {"x": torch.zeros(2, 3, dtype=torch.int8), "scale": torch.zeros(2), "zero_points": None, "axis": -1}
     args.update(kwargs)
     with pytest.raises(RuntimeError) as info:
-        torch.ops.npuquant.dequantize_per_row_col(args["x"], args["scale"], args["zero_points"], args["axis"])
-    assert message in str(info.value)
+        dequantize_per_row_col(args["x"], args["scale"], zero_points=args["zero_points"], axis=args["axis"])
+    assert str(info.value).startswith("dequantize: ") and message in str(info.value)
 
 
-def test_dispatch_function_is_the_reference():
+def test_device_errors():
+    x = torch.zeros(2, 3, dtype=torch.int8)
+    message = r"dequantize: scale must be on the same device as x \(cpu\), but is on meta"
+    with pytest.raises(RuntimeError, match=message):
+        dequantize_per_row_col(x, torch.zeros(2, device="meta"))
+    with pytest.raises(RuntimeError, match="dequantize: zero_points must be on the same device as x"):
+        dequantize_per_row_col(x, torch.zeros(2), zero_points=torch.zeros(2, device="meta"))
+
+
+@pytest.mark.parametrize(
+    ("args", "kwargs", "name"),
+    [
+        ((None, torch.zeros(2)), {}, "x"),
+        ((torch.zeros(2, 3, dtype=torch.int8), [1.0, 2.0]), {}, "scale"),
+        ((torch.zeros(2, 3, dtype=torch.int8), torch.zeros(2)), {"zero_points": 0.5}, "zero_points"),
+    ],
+)
+def test_non_tensor_arguments(args, kwargs, name):
+    message = f"dequantize_per_row_col\\(\\): argument '{name}' must be a torch.Tensor"
+    with pytest.raises(TypeError, match=message):
+        dequantize_per_row_col(*args, **kwargs)
+
+
+def test_dispatch_function_matches_the_formula():
     gen = torch.Generator().manual_seed(3)
     x = torch.randint(-128, 128, (4, 5), dtype=torch.int8, generator=gen)
     scale, zp = params_for(x, -2, gen)
@@ -155,8 +182,14 @@ def test_opcheck():
     x = torch.randint(-128, 128, (3, 4), dtype=torch.int8, generator=gen)
     for axis in (-1, -2):
         scale, zp = params_for(x, axis, gen)
-        torch.library.opcheck(torch.ops.npuquant.dequantize_per_row_col.default, (x, scale, zp, axis))
-        torch.library.opcheck(torch.ops.npuquant.dequantize_per_row_col.default, (x, scale, None, axis))
+        torch.library.opcheck(torch.ops.npuquant.dequantize.default, (x, scale, zp, axis))
+        torch.library.opcheck(torch.ops.npuquant.dequantize.default, (x, scale, None, axis))
+    x16 = torch.randint(-32768, 32768, (2, 5, 6), dtype=torch.int16, generator=gen)[:, 1:4]  # strided, 3-D
+    for axis in (-1, -2):
+        scale, zp = params_for(x16, axis, gen)
+        torch.library.opcheck(torch.ops.npuquant.dequantize.default, (x16, scale, zp, axis))
+    empty = torch.zeros(0, 4, dtype=torch.int8)
+    torch.library.opcheck(torch.ops.npuquant.dequantize.default, (empty, torch.zeros(0), None, -1))
 
 
 @pytest.mark.parametrize("dynamic", [False, True])

@@ -1,44 +1,28 @@
-"""Native per-row / per-column dequantize kernel (csrc/dequantize.c) against the pure-torch
-reference, bit for bit, for every kernel variant (scalar / AVX2 / AVX-512) and thread count:
-edge values, odd sizes, strided tiles, empty tensors, 1-4 dims, both axes, with and without zero
-points; the C entry point's argument and bounds checks; dispatch."""
+"""Native per-row / per-column dequantize kernel (csrc/dequantize.c, operator
+``torch.ops.npuquant.dequantize``) against the pure-torch reference, bit for bit, for every kernel
+variant (scalar / AVX2 / AVX-512) and thread count: edge values, odd sizes, strided tiles, empty
+tensors, 1-4 dims, both axes, with and without zero points; the operator's argument and storage
+checks; the C entry point's argument and bounds checks; dispatch."""
 
 from __future__ import annotations
 
 import ctypes
+from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 from hypothesis import given
 from hypothesis import strategies as st
+from torch.utils._python_dispatch import TorchDispatchMode
 
+from helpers import assert_same_bits, shrink_storage
 from npuquant import _native
 from npuquant.ops import dequantize as dq
 from npuquant.ops.dequantize import dequantize_per_row_col, native, reference
 
-pytestmark = pytest.mark.skipif(not _native.available(), reason=f"native library missing: {_native.load_error}")
-
 DTYPES = [torch.int8, torch.int16]
 AXES = [-1, -2]
-
-
-def assert_same_bits(actual: torch.Tensor, expected: torch.Tensor, nan_any: torch.Tensor | None = None) -> None:
-    """Equal shape, float32 dtype and bit patterns (NaN payloads and signs included).
-
-    Where ``nan_any`` is set (zero point and scale both NaN) both results must be NaN, but the
-    payload may differ: torch itself returns either operand's there, depending on which of its
-    internal loops (vector body, scalar tail, broadcast) produced the element.
-    """
-    assert actual.shape == expected.shape and actual.dtype == expected.dtype == torch.float32
-    assert actual.is_contiguous()
-    a, e = actual.view(torch.int32), expected.contiguous().view(torch.int32)
-    differ = a != e
-    if nan_any is not None:
-        assert (actual[nan_any].isnan() & expected[nan_any].isnan()).all()
-        differ &= ~nan_any
-    mismatch = differ.nonzero()
-    assert mismatch.numel() == 0, f"{mismatch.shape[0]} mismatches, first at {mismatch[0].tolist()}"
 
 
 def both_nan(x: torch.Tensor, scale: torch.Tensor, zp: torch.Tensor | None, axis: int) -> torch.Tensor | None:
@@ -50,7 +34,9 @@ def both_nan(x: torch.Tensor, scale: torch.Tensor, zp: torch.Tensor | None, axis
 
 
 def both(x: torch.Tensor, scale: torch.Tensor, zp: torch.Tensor | None, axis: int) -> torch.Tensor:
+    """The operator's CPU kernel == the reference, bit for bit (NaN payloads and signs included)."""
     out = native.dequantize(x, scale, zp, axis)
+    assert out.dtype == torch.float32
     assert_same_bits(out, reference.dequantize(x, scale, zp, axis), both_nan(x, scale, zp, axis))
     return out
 
@@ -202,29 +188,33 @@ def test_reference_matches_numpy_formula_on_edges():
 # ---------------------------------------------------------------- layouts
 
 
-def test_row_strided_views_are_read_in_place(isa, monkeypatch):
-    copied = []
-    real_contiguous = torch.Tensor.contiguous
+def copies_of_x(x: torch.Tensor, scale: torch.Tensor, zp: torch.Tensor | None, axis: int) -> int:
+    """How many tensor copies (aten::clone, e.g. a contiguous x) the operator makes inside, by the profiler."""
+    with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU]) as prof:
+        out = native.dequantize(x, scale, zp, axis)
+    assert_same_bits(out, reference.dequantize(x, scale, zp, axis), both_nan(x, scale, zp, axis))
+    return sum(event.name == "aten::clone" for event in prof.events())
 
-    def spy(self, *args, **kwargs):
-        if not self.dtype.is_floating_point and not self.is_contiguous():
-            copied.append(tuple(self.shape))
-        return real_contiguous(self, *args, **kwargs)
 
-    monkeypatch.setattr(torch.Tensor, "contiguous", spy)
+def test_row_strided_views_are_read_in_place(isa):
     gen = torch.Generator().manual_seed(4)
     base = random_int(torch.int8, 40, 300, gen=gen)
-    every_mode(base[3:37:2, 5:250], gen)  # row stride 600, column offset
     big = random_int(torch.int16, 5, 30, 70, gen=gen)
-    every_mode(big[1:4, 2:29:3, 7:60], gen)  # batch and row strides
     four = random_int(torch.int8, 3, 4, 24, 64, gen=gen)
-    every_mode(four[1:, 1:3, 8:24, 16:48], gen)  # a pypto-style tile of a 4-D tensor
-    every_mode(random_int(torch.int8, 6, gen=gen)[:, None, None].expand(6, 3, 1), gen)  # one column, stride-0 rows
-    every_mode(random_int(torch.int8, 1, 9, gen=gen).expand(5, 9), gen)  # row stride 0
-    assert copied == [], "x with last-dim stride 1 must be read in place"
+    views = [
+        base[3:37:2, 5:250],  # row stride 600, column offset
+        big[1:4, 2:29:3, 7:60],  # batch and row strides
+        four[1:, 1:3, 8:24, 16:48],  # a pypto-style tile of a 4-D tensor
+        random_int(torch.int8, 6, gen=gen)[:, None, None].expand(6, 3, 1),  # one column, stride-0 rows
+        random_int(torch.int8, 1, 9, gen=gen).expand(5, 9),  # row stride 0
+    ]
+    for x in views:
+        for axis in AXES:
+            scale, zp = params(x.shape, axis, gen)
+            assert copies_of_x(x, scale, zp, axis) == 0, "x with last-dim stride 1 must be read in place"
+            assert copies_of_x(x, scale, None, axis) == 0
     x = random_int(torch.int8, 30, 20, gen=gen).t()  # last-dim stride 20: copied once per call
-    both(x, *params(x.shape, -1, gen), -1)
-    assert copied == [(20, 30)]
+    assert copies_of_x(x, *params(x.shape, -1, gen), -1) == 1
 
 
 def test_general_layouts(isa):
@@ -259,24 +249,81 @@ def test_strided_parameters(isa):
     both(x, col_scale, torch.randn(40, 4).t(), -2)
 
 
-def test_out_argument():
-    x = random_int(torch.int8, 4, 6)
-    scale = torch.rand(4)
-    buf = torch.empty(4, 6)
-    assert native.dequantize(x, scale, None, -1, out=buf) is buf
-    assert_same_bits(buf, reference.dequantize(x, scale, None, -1))
-    for bad in (torch.empty(4, 7), torch.empty(4, 6, dtype=torch.float16), torch.empty(6, 4).t()):
-        with pytest.raises(RuntimeError, match="out must be a contiguous CPU tensor of shape"):
-            native.dequantize(x, scale, None, -1, out=bad)
+def test_results_are_fresh_tensors():
+    x, scale = random_int(torch.int8, 4, 6), torch.rand(4)
+    first, second = native.dequantize(x, scale, None, -1), native.dequantize(x, scale, None, -1)
+    assert first.untyped_storage().data_ptr() != second.untyped_storage().data_ptr()
+    first.fill_(7.0)
+    assert_same_bits(second, reference.dequantize(x, scale, None, -1))
+
+
+# ---------------------------------------------------------------- the operator's own checks
+
+X = torch.zeros(2, 3, dtype=torch.int8)
+S = torch.ones(2)
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        ((X.float(), S, None, -1), "x must be int8 or int16, but got float32"),
+        ((X.int(), S, None, -1), "x must be int8 or int16, but got int32"),
+        ((X, S.half(), None, -1), "scale must be float32, but got float16"),
+        ((X, S, S.int(), -1), "zero_points must be float32, but got int32"),
+        ((X[0, 0], S, None, -1), "x must have at least 1 dimension"),
+        ((X, S, None, 0), "axis must be -1 or -2, but got 0"),
+        ((X, S, None, -3), "axis must be -1 or -2, but got -3"),
+        ((X[0], torch.ones(3), None, -2), "axis -2 needs x with at least 2 dimensions"),
+        ((X, S, torch.ones(3), -1), "scale and zero_points must have the shape axis -1 implies for x of shape [2, 3]"),
+        (
+            (X, torch.ones(3), None, -1),
+            "scale and zero_points must have the shape axis -1 implies for x of shape [2, 3]",
+        ),
+        ((X, S, None, -2), "scale and zero_points must have the shape axis -2 implies for x of shape [2, 3]"),
+        ((X, torch.ones(3), torch.ones(3), -1), "must have the shape axis -1 implies"),
+    ],
+)
+def test_operator_argument_errors(args, message):
+    with pytest.raises(RuntimeError) as info:
+        native.dequantize(*args)
+    assert str(info.value).startswith("npuquant::dequantize: ") and message in str(info.value)
+
+
+@pytest.mark.parametrize("arg", ["x", "scale", "zero_points"])
+def test_operator_refuses_tensors_outside_their_storage(arg):
+    args = {"x": random_int(torch.int8, 8, 40), "scale": torch.rand(8), "zero_points": torch.rand(8)}
+    shrink_storage(args[arg], 4 if arg == "x" else 16)
+    with pytest.raises(RuntimeError, match=f"npuquant::dequantize: {arg} of shape .* reaches outside its storage"):
+        native.dequantize(args["x"], args["scale"], args["zero_points"], -1)
+
+
+def test_operator_refuses_a_strided_tile_outside_its_storage():
+    x = random_int(torch.int16, 6, 50)[1:5:2, 10:30]  # last element: storage element 3 * 50 + 29
+    shrink_storage(x, 2 * (3 * 50 + 29))  # one element short
+    with pytest.raises(RuntimeError, match="x of shape \\[2, 20\\] reaches outside its storage"):
+        native.dequantize(x, torch.rand(2), None, -1)
 
 
 # ---------------------------------------------------------------- the C entry point refuses bad arguments
 
+_I64P = ctypes.POINTER(ctypes.c_int64)
 I64x1 = ctypes.c_int64 * 1
 I64x9 = ctypes.c_int64 * 9
+NPQ_F32, NPQ_BF16, NPQ_I8, NPQ_I16, NPQ_I32 = 0, 2, 3, 5, 6  # dtype codes of csrc/npq.h
 
 
-def call_kernel(buf: torch.Tensor, extent: int, rows: int, row_stride: int, cols: int, *, dtype: int = 0,
+def c_library() -> ctypes.CDLL:
+    """The C kernel's own entry point (exported by the operator library), below the C++ checks."""
+    lib = ctypes.CDLL(str(Path(_native.__file__).with_name("_C.abi3.so")))
+    lib.npq_dequantize.restype = ctypes.c_int
+    lib.npq_dequantize.argtypes = [
+        ctypes.c_void_p, ctypes.c_int, ctypes.c_int64, ctypes.c_int, _I64P, _I64P, ctypes.c_int64, ctypes.c_void_p,
+        ctypes.c_void_p, ctypes.c_int64, ctypes.c_int, ctypes.c_int64, ctypes.c_void_p, ctypes.c_int,
+    ]  # fmt: skip
+    return lib
+
+
+def call_kernel(buf: torch.Tensor, extent: int, rows: int, row_stride: int, cols: int, *, dtype: int = NPQ_I8,
                 axis: int = -1, n_param: int | None = None, rows_per_matrix: int = 1, nd: int = 1,
                 zp: bool = True, null_x: bool = False) -> int:  # fmt: skip
     n = rows * cols if 0 < rows * cols <= 10**6 else 1  # huge sizes are refused before any write
@@ -285,7 +332,7 @@ def call_kernel(buf: torch.Tensor, extent: int, rows: int, row_stride: int, cols
         n_param = rows if axis == -1 else rows // max(rows_per_matrix, 1) * cols
     scale = torch.ones(max(n_param, 1))
     sizes, strides = (I64x1(rows), I64x1(row_stride)) if nd == 1 else (I64x9(*[1] * 9), I64x9(*[0] * 9))
-    rc = _native.lib.npq_dequantize(
+    rc = c_library().npq_dequantize(
         None if null_x else buf.data_ptr(), dtype, extent, nd, sizes, strides, cols, scale.data_ptr(),
         scale.data_ptr() if zp else None, n_param, axis, rows_per_matrix, out.data_ptr(), 1,
     )  # fmt: skip
@@ -309,7 +356,8 @@ def test_kernel_bounds_checks():
     assert call_kernel(buf, 100, rows=1, row_stride=-1, cols=4) == -1
     assert call_kernel(buf, 100, rows=1, row_stride=1, cols=-4, n_param=1) == -1
     assert call_kernel(buf, -1, rows=1, row_stride=1, cols=4) == -1
-    assert call_kernel(buf, 100, rows=1, row_stride=1, cols=4, dtype=2) == -1
+    for bad_dtype in (NPQ_F32, NPQ_BF16, NPQ_I32, 99):
+        assert call_kernel(buf, 100, rows=1, row_stride=1, cols=4, dtype=bad_dtype) == -1
     assert call_kernel(buf, 100, rows=1, row_stride=1, cols=4, axis=0) == -1
     assert call_kernel(buf, 100, rows=1, row_stride=1, cols=4, nd=9) == -1
     assert call_kernel(buf, 100, rows=1, row_stride=1, cols=4, null_x=True) == -1
@@ -322,8 +370,8 @@ def test_kernel_bounds_checks():
     assert call_kernel(buf, 100, rows=6, row_stride=10, cols=10, axis=-2, rows_per_matrix=3, n_param=10) == -1
     assert call_kernel(buf, 100, rows=0, row_stride=10, cols=10) == 0  # empty: nothing to do
     words = random_int(torch.int16, 50)
-    assert call_kernel(words, 50, rows=5, row_stride=10, cols=10, dtype=1) == 0
-    assert call_kernel(words, 49, rows=5, row_stride=10, cols=10, dtype=1) == -2
+    assert call_kernel(words, 50, rows=5, row_stride=10, cols=10, dtype=NPQ_I16) == 0
+    assert call_kernel(words, 49, rows=5, row_stride=10, cols=10, dtype=NPQ_I16) == -2
 
 
 def test_kernel_result_through_the_entry_point():
@@ -332,8 +380,8 @@ def test_kernel_result_through_the_entry_point():
     x = base.as_strided((2, 3, 10), (50, 12, 1))
     scale = torch.rand(2, 10)
     out = torch.empty(2, 3, 10)
-    rc = _native.lib.npq_dequantize(
-        base.data_ptr(), 0, 100, 2, (ctypes.c_int64 * 2)(2, 3), (ctypes.c_int64 * 2)(50, 12), 10, scale.data_ptr(),
+    rc = c_library().npq_dequantize(
+        base.data_ptr(), NPQ_I8, 100, 2, (ctypes.c_int64 * 2)(2, 3), (ctypes.c_int64 * 2)(50, 12), 10, scale.data_ptr(),
         None, 20, -2, 3, out.data_ptr(), 1,
     )  # fmt: skip
     assert rc == 0
@@ -343,26 +391,41 @@ def test_kernel_result_through_the_entry_point():
 # ---------------------------------------------------------------- dispatch
 
 
-def test_dispatch_cpu_native_else_reference(monkeypatch):
-    calls = []
-    real = native.dequantize
-    monkeypatch.setattr(native, "dequantize", lambda *a, **k: calls.append(1) or real(*a, **k))
+class OpLog(TorchDispatchMode):
+    """Records the operators called from Python (not the ones a kernel runs inside)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.ops: list[str] = []
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        self.ops.append(str(func))
+        return func(*args, **(kwargs or {}))
+
+
+@pytest.fixture
+def native_dispatch():
+    """CPU calls take the native path, whatever NPUQUANT_FORCE_REFERENCE said at import."""
+    with _native.force_reference(False):
+        yield
+
+
+def test_dispatch_cpu_native_else_reference(native_dispatch):
     x, s = random_int(torch.int8, 3, 4), torch.rand(3)
-    expected = reference.dequantize(x, s, None, -1)
-    assert_same_bits(dequantize_per_row_col(x, s), expected)
-    assert calls == [1]
-    with _native.force_reference():
-        assert_same_bits(dequantize_per_row_col(x, s), expected)
-    monkeypatch.setenv("NPUQUANT_FORCE_REFERENCE", "1")
-    assert_same_bits(dequantize_per_row_col(x, s), expected)
-    monkeypatch.delenv("NPUQUANT_FORCE_REFERENCE")
-    meta = dq.dequantize(x.to("meta"), s.to("meta"), None, -1)  # another device: the reference
-    assert meta.device.type == "meta" and meta.shape == (3, 4)
-    assert calls == [1]
     col_scale, col_zp = torch.rand(4), torch.rand(4)
-    out = dequantize_per_row_col(x, col_scale, zero_points=col_zp, axis=0)  # axis 0 of 2-D = -2: native too
-    assert_same_bits(out, reference.dequantize(x, col_scale, col_zp, -2))
-    assert calls == [1, 1]
+    expected = reference.dequantize(x, s, None, -1)
+    with OpLog() as log:  # CPU: the operator (its native kernel), nothing else
+        out = dequantize_per_row_col(x, s)
+        col = dequantize_per_row_col(x, col_scale, zero_points=col_zp, axis=0)  # axis 0 of 2-D = -2: native too
+    assert log.ops == ["npuquant.dequantize.default"] * 2
+    assert_same_bits(out, expected)
+    assert_same_bits(col, reference.dequantize(x, col_scale, col_zp, -2))
+    with _native.force_reference(), OpLog() as log:  # the reference's torch ops, not the operator
+        out = dequantize_per_row_col(x, s)
+    assert log.ops and not any(op.startswith("npuquant") for op in log.ops)
+    assert_same_bits(out, expected)
+    meta = dq.dequantize(x.to("meta"), s.to("meta"), None, -1)  # the meta device: the fake kernel
+    assert meta.device.type == "meta" and meta.shape == (3, 4) and meta.dtype == torch.float32
 
 
 def test_public_op_both_paths_agree(isa):

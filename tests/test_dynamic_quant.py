@@ -1,6 +1,7 @@
 """npu_dynamic_quant_asymmetric / npu_dynamic_quant (SPEC §3): worked examples, smoothing and MoE
 against an independent numpy formula, int4 packing, constant rows, the reconstruction property,
-every error rule, torch.compile and opcheck. Native-vs-reference tests: test_dynamic_quant_native.py."""
+every error rule, torch.compile and opcheck of the operator ``torch.ops.npuquant.dynamic_quant``.
+Native-vs-reference tests: test_dynamic_quant_native.py."""
 
 from __future__ import annotations
 
@@ -389,6 +390,16 @@ def test_smooth_and_group_errors(fn, kwargs, text):
         fn(X, **kwargs)
 
 
+@pytest.mark.parametrize("fn", [npuquant.npu_dynamic_quant_asymmetric, npuquant.npu_dynamic_quant])
+@pytest.mark.parametrize("name", ["smooth_scales", "group_index"])
+def test_optional_arguments_must_be_tensors(fn, name):
+    kwargs = {"smooth_scales": torch.ones(1, 8).half(), "group_index": _gi(3)}
+    kwargs[name] = [1.0] * 8
+    message = f"{fn.__name__}\\(\\): argument '{name}' must be a torch.Tensor or None, but got list"
+    with pytest.raises(TypeError, match=message):
+        fn(X, **kwargs)
+
+
 def test_errors_on_reference_path_too():
     with _native.force_reference(), pytest.raises(RuntimeError, match="end at 3"):
         npuquant.npu_dynamic_quant(X, smooth_scales=torch.ones(2, 8).half(), group_index=_gi(1, 2))
@@ -440,15 +451,30 @@ def test_compile_reports_validation_errors():
         compiled(torch.randn(3, 6).half())
 
 
-OPCHECK_CASES = [
-    (torch.randn(4, 16).half(), None, None, None),
-    (torch.randn(2, 3, 16).bfloat16(), torch.rand(16).bfloat16(), None, torch.quint4x2),
-    (torch.randn(6, 8).half(), torch.rand(3, 8).half(), _gi(2, 2, 6), torch.int8),
-    (torch.randn(8, 5).float().t(), None, None, torch.quint4x2),
+OPCHECK_CASES = [  # (x, smooth_scales, group_index, int4)
+    (torch.randn(4, 16).half(), None, None, False),
+    (torch.randn(2, 3, 16).bfloat16(), torch.rand(16).bfloat16(), None, True),
+    (torch.randn(6, 8).half(), torch.rand(3, 8).half(), _gi(2, 2, 6), False),
+    (torch.randn(8, 5).float().t(), None, None, True),
+    (torch.empty(0, 8).half(), torch.rand(8).half(), None, True),
 ]
 
 
-@pytest.mark.parametrize("case", OPCHECK_CASES, ids=["plain", "smooth-int4", "moe", "strided-f32-int4"])
-@pytest.mark.parametrize("op", ["npu_dynamic_quant_asymmetric", "npu_dynamic_quant"])
-def test_opcheck(op, case):
-    torch.library.opcheck(getattr(torch.ops.npuquant, op).default, case)
+@pytest.mark.parametrize("case", OPCHECK_CASES, ids=["plain", "smooth-int4", "moe", "strided-f32-int4", "empty"])
+@pytest.mark.parametrize("asymmetric", [True, False], ids=["asymmetric", "symmetric"])
+def test_opcheck(asymmetric, case):
+    x, smooth, group_index, int4 = case
+    torch.library.opcheck(torch.ops.npuquant.dynamic_quant.default, (x, smooth, group_index, asymmetric, int4))
+
+
+@pytest.mark.parametrize("asymmetric", [True, False])
+@pytest.mark.parametrize("dst", [None, torch.quint4x2])
+def test_public_ops_return_the_operator_results(asymmetric, dst):
+    x, s, gi = torch.randn(2, 3, 16).half(), torch.rand(2, 16).half(), _gi(4, 6)
+    got = run(x, asymmetric, smooth_scales=s, group_index=gi, dst_type=dst)
+    y, scale, offset = torch.ops.npuquant.dynamic_quant(x, s, gi, asymmetric, dst is not None)
+    assert torch.equal(got[0], y) and torch.equal(got[1], scale)
+    if asymmetric:
+        assert torch.equal(got[2], offset)
+    else:  # the operator's symmetric offset is empty; the public op returns (y, scale) only
+        assert got[2] is None and offset.shape == (0,)

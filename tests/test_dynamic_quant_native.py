@@ -1,6 +1,7 @@
-"""Native dynamic-quant kernels (csrc/dynamic_quant.c) against the pure-torch reference, bit for bit:
-every kernel variant (scalar / avx2 / avx512 via the `isa` fixture) and thread count, on random and
-edge inputs (NaN, +-inf, denormals, tiny and huge values, odd sizes, 1-row / 1-column, strided, empty)."""
+"""Native dynamic-quant kernels (csrc/dynamic_quant.c, operator ``torch.ops.npuquant.dynamic_quant``)
+against the pure-torch reference, bit for bit: every kernel variant (scalar / avx2 / avx512 via the
+`isa` fixture) and thread count, on random and edge inputs (NaN, +-inf, denormals, tiny and huge
+values, odd sizes, 1-row / 1-column, strided, empty); the operator's own argument and storage checks."""
 
 from __future__ import annotations
 
@@ -9,10 +10,10 @@ import torch
 from hypothesis import given
 from hypothesis import strategies as st
 
+from helpers import assert_same_bits, shrink_storage
 from npuquant import _native
+from npuquant.ops import dynamic_quant as dq
 from npuquant.ops.dynamic_quant import native, reference
-
-pytestmark = pytest.mark.skipif(not _native.available(), reason=f"native library not built: {_native.load_error}")
 
 DTYPES = [torch.float16, torch.bfloat16, torch.float32]
 MODES = [(True, False), (True, True), (False, False), (False, True)]  # (asymmetric, int4)
@@ -20,17 +21,19 @@ MODE_IDS = ["asym-int8", "asym-int4", "sym-int8", "sym-int4"]
 
 
 def assert_same(x, smooth=None, group_index=None, *, asym, int4):
-    """Native == reference, comparing float outputs by their bits (NaN payloads included)."""
-    want = reference.dynamic_quant(x, smooth, group_index, int4, asym)
-    got = native.dynamic_quant(x, smooth, group_index, asymmetric=asym, int4=int4)
-    for name, g, w in zip(("y", "scale", "offset"), got, want):
-        if w is None:
-            assert g is None
-            continue
-        assert g.shape == w.shape and g.dtype == w.dtype and g.is_contiguous(), name
-        if g.dtype == torch.float32:
-            g, w = g.view(torch.int32), w.view(torch.int32)
-        assert torch.equal(g, w), f"{name} differs at {(g != w).nonzero()[:5].tolist()}"
+    """Native == reference, float outputs compared by their bits (NaN payloads included).
+
+    The operator returns an empty float32 offset for the symmetric op (the reference: None).
+    """
+    want_y, want_scale, want_offset = reference.dynamic_quant(x, smooth, group_index, int4, asym)
+    y, scale, offset = native.dynamic_quant(x, smooth, group_index, asym, int4)
+    assert_same_bits(y, want_y)
+    assert_same_bits(scale, want_scale)
+    if asym:
+        assert_same_bits(offset, want_offset)
+    else:
+        assert want_offset is None
+        assert offset.shape == (0,) and offset.dtype == torch.float32
 
 
 def edge_values(dtype: torch.dtype) -> list[float]:
@@ -190,28 +193,107 @@ def test_property_native_matches_reference(lead, cols, dtype, mode, smooth, step
             assert_same(x, s, asym=asym, int4=int4)
 
 
+@pytest.mark.parametrize(("asym", "int4"), MODES, ids=MODE_IDS)
+def test_int64_group_index_same_as_int32(isa, asym, int4):
+    x = random_rows(12, 16, torch.float16, 31)
+    smooth = torch.rand(4, 16, generator=torch.Generator().manual_seed(3)).half()
+    groups = [2, 2, 9, 12]
+    want = native.dynamic_quant(x, smooth, torch.tensor(groups, dtype=torch.int32), asym, int4)
+    got = native.dynamic_quant(x, smooth, torch.tensor(groups, dtype=torch.int64), asym, int4)
+    for g, w in zip(got, want):
+        assert_same_bits(g, w)
+    assert_same(x, smooth, torch.tensor(groups, dtype=torch.int64), asym=asym, int4=int4)
+
+
+@pytest.mark.parametrize(("asym", "int4"), MODES, ids=MODE_IDS)
+def test_outputs_are_fresh_tensors(asym, int4):
+    x = random_rows(9, 32, torch.float16, 1)
+    first = native.dynamic_quant(x, None, None, asym, int4)
+    second = native.dynamic_quant(x, None, None, asym, int4)
+    y_shape, s_shape = dq.output_shapes(x, int4)
+    y, scale, offset = first
+    assert y.shape == y_shape and y.dtype == (torch.int32 if int4 else torch.int8)
+    assert scale.shape == s_shape and scale.dtype == torch.float32
+    assert offset.shape == (s_shape if asym else (0,)) and offset.dtype == torch.float32
+    for a, b in zip(first, second):
+        assert a.is_contiguous() and torch.equal(a, b)
+        assert a.numel() == 0 or a.untyped_storage().data_ptr() != b.untyped_storage().data_ptr()
+    y.zero_()  # writing one result does not touch the next call's
+    assert torch.equal(native.dynamic_quant(x, None, None, asym, int4)[0], second[0])
+
+
+def test_smooth_in_another_dtype_than_x_is_rounded_to_x_dtype_first():
+    # The schema takes any float smooth_scales (the public ops only pass x's dtype): the operator
+    # and its reference both use them rounded to x's dtype.
+    x = random_rows(5, 16, torch.float16, 41)
+    smooth = torch.rand(16, generator=torch.Generator().manual_seed(4)) * 1.37  # float32, not exact in float16
+    got = native.dynamic_quant(x, smooth, None, True, False)
+    with _native.force_reference():
+        want = dq._dynamic_quant(x, smooth, None, True, False)
+    for g, w in zip(got, want):
+        assert_same_bits(g, w)
+    rounded = native.dynamic_quant(x, smooth.half(), None, True, False)
+    for g, w in zip(got, rounded):
+        assert_same_bits(g, w)
+
+
+# ---------------------------------------------------------------- the operator's own checks
+
+
 def test_native_rejects_bad_group_index():
     x = torch.randn(4, 8).half()
     smooth = torch.ones(2, 8).half()
     for groups in ([1, 3], [3, 1], [-1, 4], [2, 5]):
-        with pytest.raises(RuntimeError, match="group_index must be non-decreasing"):
-            native.dynamic_quant(x, smooth, torch.tensor(groups, dtype=torch.int32))
-    with pytest.raises(RuntimeError, match="group_index must be non-decreasing"):
-        native.dynamic_quant(x, None, torch.tensor([4], dtype=torch.int32))
-    with pytest.raises(RuntimeError, match="smooth_scales must hold 2 x 8 values"):
-        native.dynamic_quant(x, torch.ones(8).half(), torch.tensor([1, 4], dtype=torch.int32))
-    with pytest.raises(RuntimeError, match="invalid sizes"):
-        native.dynamic_quant(torch.randn(2, 6).half(), int4=True)
+        with pytest.raises(RuntimeError, match="npuquant::dynamic_quant: group_index must be non-decreasing"):
+            native.dynamic_quant(x, smooth, torch.tensor(groups, dtype=torch.int32), True, False)
+    with pytest.raises(RuntimeError, match="group_index must be non-decreasing"):  # symmetric, int4 too
+        native.dynamic_quant(x, smooth, torch.tensor([3, 1], dtype=torch.int64), False, True)
+    with pytest.raises(RuntimeError, match="npuquant::dynamic_quant: group_index needs smooth_scales"):
+        native.dynamic_quant(x, None, torch.tensor([4], dtype=torch.int32), True, False)
+    with pytest.raises(RuntimeError, match="smooth_scales must hold 2 x 8 values, but has shape \\[8\\]"):
+        native.dynamic_quant(x, torch.ones(8).half(), torch.tensor([1, 4], dtype=torch.int32), True, False)
+    with pytest.raises(RuntimeError, match="smooth_scales must hold 1 x 8 values, but has shape \\[7\\]"):
+        native.dynamic_quant(x, torch.ones(7).half(), None, False, False)
+    with pytest.raises(RuntimeError, match="group_index must be int32 or int64, but got float32"):
+        native.dynamic_quant(x, smooth, torch.tensor([1.0, 4.0]), True, False)
 
 
-def test_native_out_arguments():
-    x = random_rows(9, 32, torch.float16, 1)
-    out = (torch.empty(9, 4, dtype=torch.int32), torch.empty(9), torch.empty(9))
-    y, scale, offset = native.dynamic_quant(x, asymmetric=True, int4=True, out=out)
-    assert y is out[0] and scale is out[1] and offset is out[2]
-    want = reference.dynamic_quant(x, None, None, True, True)
-    assert torch.equal(y, want[0]) and torch.equal(scale, want[1]) and torch.equal(offset, want[2])
-    with pytest.raises(RuntimeError, match="out must be"):
-        native.dynamic_quant(x, asymmetric=True, int4=False, out=out)
-    with pytest.raises(RuntimeError, match="out must be"):
-        native.dynamic_quant(x, asymmetric=False, int4=True, out=out)
+@pytest.mark.parametrize(("asym", "int4"), MODES, ids=MODE_IDS)
+def test_native_argument_errors(asym, int4):
+    def call(x, smooth=None):
+        return native.dynamic_quant(x, smooth, None, asym, int4)
+
+    with pytest.raises(
+        RuntimeError, match="npuquant::dynamic_quant: x must be float32 or float16 or bfloat16, but got"
+    ):
+        call(torch.zeros(2, 8, dtype=torch.int32))
+    with pytest.raises(RuntimeError, match="x must have at least 1 dimension"):
+        call(torch.tensor(1.0))
+    with pytest.raises(RuntimeError, match="smooth_scales must be float32 or float16 or bfloat16, but got int32"):
+        call(torch.randn(2, 8), torch.ones(8, dtype=torch.int32))
+    if int4:
+        with pytest.raises(
+            RuntimeError, match="int4 output needs the last dim of x to be a multiple of 8, but it is 6"
+        ):
+            call(torch.randn(2, 6).half())
+    else:
+        assert_same(torch.randn(2, 6).half(), asym=asym, int4=int4)  # any last dim for int8
+
+
+@pytest.mark.parametrize("arg", ["x", "smooth_scales", "group_index"])
+def test_native_refuses_tensors_outside_their_storage(arg):
+    args = {
+        "x": torch.randn(64, 32).half(),
+        "smooth_scales": torch.rand(2, 32).half(),
+        "group_index": torch.tensor([20, 30, 40, 50, 60, 64], dtype=torch.int32)[-2:],  # a view into the storage
+    }
+    shrink_storage(args[arg])
+    with pytest.raises(RuntimeError, match=f"npuquant::dynamic_quant: {arg} of shape .* reaches outside its storage"):
+        native.dynamic_quant(args["x"], args["smooth_scales"], args["group_index"], True, False)
+
+
+def test_native_refuses_strided_x_outside_its_storage():
+    x = torch.randn(40, 32).half()[::4, ::2]  # (10, 16): the last element is storage element 36 * 32 + 30
+    shrink_storage(x, (36 * 32 + 30) * 2)  # one element short
+    with pytest.raises(RuntimeError, match="x of shape \\[10, 16\\] reaches outside its storage"):
+        native.dynamic_quant(x, None, None, False, False)

@@ -1,4 +1,5 @@
-"""int4 packing (SPEC §2): pack_int4, unpack_int4, npu_convert_weight_to_int4pack."""
+"""int4 packing (SPEC §2): pack_int4, unpack_int4, npu_convert_weight_to_int4pack; compile and opcheck of
+the operators ``torch.ops.npuquant.pack_int4`` / ``unpack_int4``."""
 
 from __future__ import annotations
 
@@ -148,11 +149,28 @@ def test_compile_convert_weight():
     assert torch.equal(compiled(w), npuquant.pack_int4(w))
 
 
-def test_opcheck():
-    torch.library.opcheck(torch.ops.npuquant.pack_int4.default, (torch.randint(-8, 8, (3, 16), dtype=torch.int8),))
-    torch.library.opcheck(
-        torch.ops.npuquant.unpack_int4.default, (torch.randint(-(2**31), 2**31 - 1, (3, 2), dtype=torch.int32),)
-    )
-    torch.library.opcheck(
-        torch.ops.npuquant.npu_convert_weight_to_int4pack.default, (torch.randint(-8, 8, (4, 8), dtype=torch.int32), 0)
-    )
+OPCHECK_VALUES = {
+    "int8": lambda: torch.randint(-8, 8, (3, 16), dtype=torch.int8),
+    "uint8-3d": lambda: torch.randint(0, 8, (2, 3, 8), dtype=torch.uint8),
+    "int32-strided": lambda: torch.randint(-8, 8, (16, 4), dtype=torch.int32).t(),
+    "int64-empty": lambda: torch.empty(0, 8, dtype=torch.int64),
+}
+
+
+@pytest.mark.parametrize("case", sorted(OPCHECK_VALUES))
+def test_opcheck_pack(case):
+    torch.library.opcheck(torch.ops.npuquant.pack_int4.default, (OPCHECK_VALUES[case](),))
+    torch.library.opcheck(torch.ops.npuquant.pack_int4.default, (OPCHECK_VALUES[case](), "weight"))
+
+
+def test_opcheck_unpack():
+    words = torch.randint(-(2**31), 2**31 - 1, (3, 2), dtype=torch.int32)
+    torch.library.opcheck(torch.ops.npuquant.unpack_int4.default, (words,))
+    torch.library.opcheck(torch.ops.npuquant.unpack_int4.default, (words.t(),))
+    torch.library.opcheck(torch.ops.npuquant.unpack_int4.default, (torch.empty(4, 0, dtype=torch.int32),))
+
+
+def test_compile_reports_range_errors():
+    compiled = torch.compile(npuquant.pack_int4, fullgraph=True, backend="aot_eager")
+    with pytest.raises(Exception, match=r"values must hold int4 values in \[-8, 7\], but found values in \[0, 8\]"):
+        compiled(torch.tensor([[0] * 7 + [8]], dtype=torch.int8))

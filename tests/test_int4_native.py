@@ -1,25 +1,24 @@
-"""Native int4 pack / unpack kernels (csrc/int4.c) against the pure-torch reference for every
-kernel variant and thread count: odd sizes, strides, dtypes, range errors, bounds checks."""
+"""Native int4 pack / unpack kernels (csrc/int4.c, operators ``torch.ops.npuquant.pack_int4`` /
+``unpack_int4``) against the pure-torch reference for every kernel variant and thread count: odd
+sizes, strides, dtypes, range errors, dispatch, the operators' checks and the C entry points'
+bounds checks."""
 
 from __future__ import annotations
 
 import ctypes
+from pathlib import Path
 
 import pytest
 import torch
 from hypothesis import given
 from hypothesis import strategies as st
+from torch.utils._python_dispatch import TorchDispatchMode
 
 import npuquant
+from helpers import random_words, shrink_storage
 from npuquant import _native
 from npuquant.ops import int4
 from npuquant.ops.int4 import native, reference
-
-pytestmark = pytest.mark.skipif(not _native.available(), reason=f"native library missing: {_native.load_error}")
-
-
-def random_words(*shape: int) -> torch.Tensor:
-    return torch.randint(-(2**31), 2**31, shape, dtype=torch.int64).to(torch.int32)
 
 
 def random_values(*shape: int, dtype: torch.dtype = torch.int8) -> torch.Tensor:
@@ -35,12 +34,8 @@ def check_unpack(packed: torch.Tensor) -> torch.Tensor:
 
 
 def check_pack(values: torch.Tensor) -> torch.Tensor:
-    out, lo, hi = native.pack_int4(values)
+    out = native.pack_int4(values)
     assert out.is_contiguous() and out.dtype == torch.int32 and torch.equal(out, reference.pack_int4(values))
-    if values.numel():
-        assert (lo, hi) == (int(values.min()), int(values.max()))
-    else:
-        assert (lo, hi) == (None, None)
     return out
 
 
@@ -117,30 +112,110 @@ def test_out_of_range_values_rejected_like_reference(isa, values, found):
     with _native.force_reference(), pytest.raises(RuntimeError) as reference_error:
         npuquant.pack_int4(values)
     assert message in str(reference_error.value)
+    with pytest.raises(RuntimeError) as operator_error:
+        native.pack_int4(values)
+    assert str(operator_error.value) == message  # the kernel's own check, the reference's words
+    with pytest.raises(RuntimeError, match=r"^scales must hold int4 values in \[-8, 7\]"):
+        native.pack_int4(values, "scales")  # the name argument goes into the message
     if values.dtype == torch.int32 and values.numel() % 8 == 0:
         with pytest.raises(RuntimeError, match=r"weight must hold int4 values in \[-8, 7\]"):
             npuquant.npu_convert_weight_to_int4pack(values.reshape(1, -1))
 
 
-def test_dispatch(monkeypatch):
-    monkeypatch.delenv("NPUQUANT_FORCE_REFERENCE", raising=False)
-    calls = []
-    real_pack, real_unpack = native.pack_int4, native.unpack_int4
-    monkeypatch.setattr(native, "pack_int4", lambda v: calls.append("pack") or real_pack(v))
-    monkeypatch.setattr(native, "unpack_int4", lambda p: calls.append("unpack") or real_unpack(p))
+class OpLog(TorchDispatchMode):
+    """Records the operators called from Python (not the ones a kernel runs inside)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.ops: list[str] = []
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        self.ops.append(str(func))
+        return func(*args, **(kwargs or {}))
+
+
+# Positions of one bad value: first, a vector tail, the last, and inside later threads' chunks
+# (the kernel splits 96 * 8192 values = 98304 words in chunks of 32768 words).
+WHERE = [(0, torch.int8), (69, torch.int8), (96 * 8192 - 1, torch.int16), (8 * 40000 + 5, torch.int32),
+         (8 * 70000 + 3, torch.int64), (8 * 98303 + 7, torch.uint8)]  # fmt: skip
+
+
+@pytest.mark.parametrize(("where", "dtype"), WHERE, ids=[f"{w}-{d}" for w, d in WHERE])
+def test_range_found_anywhere(isa, threads, where, dtype):
+    # The kernel's min / max pass: one bad value in the vector body, a tail or another thread's share.
+    values = random_values(96, 8192, dtype=dtype)
+    info = torch.iinfo(dtype)
+    for bad in (8, -9, info.max, info.min):
+        if not info.min <= bad <= info.max or -8 <= bad <= 7:  # uint8: no -9, and its min 0 is fine
+            continue
+        v = values.clone()
+        v.view(-1)[where] = bad
+        lo, hi = min(bad, int(values.min())), max(bad, int(values.max()))
+        with pytest.raises(RuntimeError, match=rf"found values in \[{lo}, {hi}\]$"):
+            native.pack_int4(v)
+
+
+def test_range_looks_at_the_viewed_elements_only(isa):
+    base = torch.full((6, 40), 100, dtype=torch.int16)  # out of range everywhere but in the view
+    base[1::2, 8:32] = random_values(3, 24, dtype=torch.int16)
+    check_pack(base[1::2, 8:32])
+    base[3, 31] = -9
+    with pytest.raises(RuntimeError, match=r"found values in \[-9, "):
+        native.pack_int4(base[1::2, 8:32])
+    base[3, 31] = 7
+    columns = base.t().contiguous()  # the same values column-major: the view has element stride 6
+    view = columns[8:32, 1::2].t()
+    assert view.stride() == (2, 6) and torch.equal(view, base[1::2, 8:32])
+    check_pack(view)
+    columns[31, 3] = 8
+    with pytest.raises(RuntimeError, match=r", 8\]$"):
+        native.pack_int4(view)
+
+
+@pytest.fixture
+def native_dispatch():
+    """CPU calls take the native path, whatever NPUQUANT_FORCE_REFERENCE said at import."""
+    with _native.force_reference(False):
+        yield
+
+
+def test_dispatch(native_dispatch):
     values = random_values(2, 16)
-    packed = npuquant.pack_int4(values)
-    assert torch.equal(npuquant.unpack_int4(packed), values)
     weight = random_values(4, 8, dtype=torch.int32)
-    assert torch.equal(npuquant.npu_convert_weight_to_int4pack(weight), reference.pack_int4(weight))
-    assert calls == ["pack", "unpack", "pack"]
-    with _native.force_reference():
-        npuquant.pack_int4(values)
-        npuquant.unpack_int4(packed)
-    if hasattr(torch, "uint16"):  # a dtype the kernel does not read: reference path
-        assert torch.equal(npuquant.pack_int4(values.to(torch.uint16) & 7), reference.pack_int4(values & 7))
-    assert calls == ["pack", "unpack", "pack"]
-    assert int4._unpack(packed.to("meta")).device.type == "meta"
+
+    def public_calls():
+        packed = npuquant.pack_int4(values)
+        return packed, npuquant.unpack_int4(packed), npuquant.npu_convert_weight_to_int4pack(weight)
+
+    with OpLog() as log:  # CPU: the operators (native kernels), nothing else
+        packed, unpacked, converted = public_calls()
+    assert log.ops == ["npuquant.pack_int4.default", "npuquant.unpack_int4.default", "npuquant.pack_int4.default"]
+    assert torch.equal(unpacked, values) and torch.equal(converted, reference.pack_int4(weight))
+    with _native.force_reference(), OpLog() as log:  # the reference's torch ops, not the operators
+        results = public_calls()
+    assert log.ops and not any(op.startswith("npuquant") for op in log.ops)
+    assert all(torch.equal(a, b) for a, b in zip(results, (packed, unpacked, converted)))
+    if hasattr(torch, "uint16"):  # a dtype the kernel does not read: the reference, range check included
+        with OpLog() as log:
+            got = npuquant.pack_int4(values.to(torch.uint16) & 7)
+        assert log.ops and not any(op.startswith("npuquant") for op in log.ops)
+        assert torch.equal(got, reference.pack_int4(values & 7))
+        with pytest.raises(RuntimeError, match=r"found values in \[0, 9\]"):
+            npuquant.pack_int4(torch.tensor([9] + [0] * 7, dtype=torch.uint16))
+    meta = int4._unpack(packed.to("meta"))  # the fake kernel
+    assert meta.device.type == "meta" and meta.shape == (2, 16) and meta.dtype == torch.int8
+    meta = int4._pack(values.to("meta"), "values")
+    assert meta.device.type == "meta" and meta.shape == (2, 2) and meta.dtype == torch.int32
+
+
+def test_reference_operator_matches_kernel():
+    # What other devices run (the CompositeExplicitAutograd reference), range check included.
+    values = random_values(3, 24, dtype=torch.int64)
+    assert torch.equal(int4._pack_reference(values), native.pack_int4(values))
+    with pytest.raises(
+        RuntimeError, match=r"^weight must hold int4 values in \[-8, 7\], but found values in \[-8, 8\]$"
+    ):
+        int4._pack_reference(torch.tensor([8, -8] + [0] * 6), "weight")
 
 
 @given(
@@ -159,13 +234,80 @@ def test_property_pack_unpack(shape, dtype, transpose, isa_name):
         check_pack(values)
 
 
+# ---------------------------------------------------------------- the operators' own checks
+
+
+def test_operator_argument_errors():
+    with pytest.raises(RuntimeError, match="npuquant::unpack_int4: packed must be int32, but got int8"):
+        native.unpack_int4(torch.zeros(8, dtype=torch.int8))
+    with pytest.raises(RuntimeError, match="npuquant::unpack_int4: packed must have at least 1 dimension"):
+        native.unpack_int4(torch.tensor(1, dtype=torch.int32))
+    with pytest.raises(RuntimeError, match="npuquant::pack_int4: values must be int8 or uint8 or int16 or int32"):
+        native.pack_int4(torch.zeros(8))
+    with pytest.raises(RuntimeError, match="npuquant::pack_int4: weight must be int8 or uint8 .* but got float32"):
+        native.pack_int4(torch.zeros(8), "weight")
+    with pytest.raises(RuntimeError, match="npuquant::pack_int4: values must have at least 1 dimension"):
+        native.pack_int4(torch.tensor(1, dtype=torch.int8))
+    with pytest.raises(
+        RuntimeError, match="npuquant::pack_int4: the last dim of w must be a multiple of 8, but it is 12"
+    ):
+        native.pack_int4(torch.zeros(2, 12, dtype=torch.int8), "w")
+
+
+@pytest.mark.parametrize("op", ["pack", "unpack"])
+def test_operators_refuse_tensors_outside_their_storage(op):
+    if op == "pack":
+        t, call, name = random_values(16, 64), native.pack_int4, "values"
+    else:
+        t, call, name = random_words(16, 64), native.unpack_int4, "packed"
+    strided = t[::3, 8:40]
+    shrink_storage(t, t.element_size() * (15 * 64 + 39))  # one element short of the view's last one
+    with pytest.raises(
+        RuntimeError, match=f"npuquant::{op}_int4: {name} of shape \\[6, 32\\] reaches outside its storage"
+    ):
+        call(strided)
+    with pytest.raises(RuntimeError, match=f"{name} of shape \\[16, 64\\] reaches outside its storage"):
+        call(t)
+
+
+def test_results_are_fresh_tensors():
+    words = random_words(3, 4)
+    first, second = native.unpack_int4(words), native.unpack_int4(words)
+    assert first.untyped_storage().data_ptr() != second.untyped_storage().data_ptr()
+    first.zero_()
+    assert torch.equal(second, reference.unpack_int4(words))
+    values = random_values(3, 32, dtype=torch.int32)
+    packed = native.pack_int4(values)  # int32 in, int32 out: still a new tensor
+    assert packed.untyped_storage().data_ptr() != values.untyped_storage().data_ptr()
+    packed.zero_()
+    assert torch.equal(native.pack_int4(values), reference.pack_int4(values))
+
+
 # ---------------------------------------------------------------- the C entry points refuse bad layouts
 
+_I64P = ctypes.POINTER(ctypes.c_int64)
 I64x1 = ctypes.c_int64 * 1
+NPQ_F32, NPQ_I8, NPQ_I32 = 0, 3, 6  # dtype codes of csrc/npq.h
+
+
+def c_library() -> ctypes.CDLL:
+    """The C kernels' own entry points (exported by the operator library), below the C++ checks."""
+    lib = ctypes.CDLL(str(Path(_native.__file__).with_name("_C.abi3.so")))
+    lib.npq_unpack_int4.restype = ctypes.c_int
+    lib.npq_unpack_int4.argtypes = [
+        ctypes.c_void_p, ctypes.c_int64, ctypes.c_int, _I64P, _I64P, ctypes.c_int64, ctypes.c_int64,
+        ctypes.c_void_p, ctypes.c_int,
+    ]  # fmt: skip
+    lib.npq_pack_int4.restype = ctypes.c_int
+    lib.npq_pack_int4.argtypes = [
+        ctypes.c_void_p, ctypes.c_int, ctypes.c_int64, ctypes.c_int, _I64P, _I64P, ctypes.c_int64, ctypes.c_int64,
+        ctypes.c_void_p, _I64P, _I64P, ctypes.c_int,
+    ]  # fmt: skip
+    return lib
 
 
 def test_kernel_bounds_checks():
-    lib = _native.lib
+    lib = c_library()
     words = random_words(16)
     out = torch.full((200,), 5, dtype=torch.int8)
 
@@ -188,22 +330,10 @@ def test_kernel_bounds_checks():
         return lib.npq_pack_int4(values.data_ptr(), dtype, extent, 1, I64x1(rows), I64x1(row_stride), inner,
                                  inner_stride, packed.data_ptr(), ctypes.byref(lo), ctypes.byref(hi), 1)  # fmt: skip
 
-    assert pack(0, 63, 1, 0, 64, 1) == -2
-    assert pack(0, 64, 2, 32, 33, 1) == -1  # inner not a multiple of 8
-    assert pack(9, 64, 1, 0, 64, 1) == -1  # unknown dtype
-    assert pack(3, 16, 1, 0, 64, 1) == -2  # the same bytes read as int32 hold 16 values, not 64
+    assert pack(NPQ_I8, 63, 1, 0, 64, 1) == -2
+    assert pack(NPQ_I8, 64, 2, 32, 33, 1) == -1  # inner not a multiple of 8
+    assert pack(9, 64, 1, 0, 64, 1) == -1 and pack(NPQ_F32, 64, 1, 0, 64, 1) == -1  # not an integer dtype code
+    assert pack(NPQ_I32, 16, 1, 0, 64, 1) == -2  # the same bytes read as int32 hold 16 values, not 64
     assert (packed == 3).all()
-    assert pack(0, 64, 2, 32, 32, 1) == 0 and torch.equal(packed[:8], reference.pack_int4(values))
-
-
-def test_out_argument():
-    words, values = random_words(3, 4), random_values(3, 32)
-    unpacked, packed = torch.empty(3, 32, dtype=torch.int8), torch.empty(3, 4, dtype=torch.int32)
-    assert native.unpack_int4(words, out=unpacked) is unpacked and torch.equal(unpacked, reference.unpack_int4(words))
-    result, lo, hi = native.pack_int4(values, out=packed)
-    assert result is packed and torch.equal(packed, reference.pack_int4(values))
-    for bad in (torch.empty(3, 31, dtype=torch.int8), torch.empty(3, 32), torch.empty(32, 3, dtype=torch.int8).t()):
-        with pytest.raises(RuntimeError, match="out must be a contiguous CPU tensor of shape"):
-            native.unpack_int4(words, out=bad)
-    with pytest.raises(RuntimeError, match=r"shape \(3, 4\) and dtype torch.int32"):
-        native.pack_int4(values, out=torch.empty(3, 4, dtype=torch.int64))
+    assert pack(NPQ_I8, 64, 2, 32, 32, 1) == 0 and torch.equal(packed[:8], reference.pack_int4(values))
+    assert (lo.value, hi.value) == (int(values.min()), int(values.max()))  # the range the operator checks

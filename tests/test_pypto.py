@@ -161,20 +161,27 @@ def test_property_any_tile_matches_formula(shape, tile_seed, axis, with_zp):
 
 def test_execution_walks_the_output_tile_by_tile(monkeypatch):
     calls = []
-    real = torch.ops.npuquant.dequantize_per_row_col
+    real = pypto.dequantize_op
 
     def spy(x, scale, zp, axis):
-        calls.append((tuple(x.shape), tuple(scale.shape)))
+        calls.append((tuple(x.shape), tuple(scale.shape), None if zp is None else tuple(zp.shape), axis))
         return real(x, scale, zp, axis)
 
-    monkeypatch.setattr(torch.ops.npuquant, "dequantize_per_row_col", spy)
+    monkeypatch.setattr(pypto, "dequantize_op", spy)
     x, scale, zp = random_case((5, 20), -1)
     pypto.set_vec_tile_shapes(2, 8)
     y = pypto.dequantize(pto(x), pto(scale), pypto.DT_FP32, -1, pto(zp))
     # rows split 2+2+1, columns 8+8+4: 9 tiles, each no larger than the tile shape
     assert len(calls) == 9
-    assert sorted(calls) == sorted([((r, c), (r,)) for r in (2, 2, 1) for c in (8, 8, 4)])
+    assert sorted(calls) == sorted([((r, c), (r,), (r,), -1) for r in (2, 2, 1) for c in (8, 8, 4)])
     np.testing.assert_array_equal(y.to_torch().numpy(), golden(x, scale.numpy(), zp.numpy(), -1))
+    # per-column, positive axis, keep-dim scale, no zero points: the operator gets axis -2 and [col] slices
+    calls.clear()
+    x, scale, _ = random_case((3, 5, 12), -2, seed=3)
+    pypto.set_vec_tile_shapes(2, 4, 8)
+    y = pypto.dequantize(pto(x), pto(scale.unsqueeze(-2)), pypto.DT_FP32, 1)
+    assert sorted(calls) == sorted([((b, r, c), (b, c), None, -2) for b in (2, 1) for r in (4, 1) for c in (8, 4)])
+    np.testing.assert_array_equal(y.to_torch().numpy(), golden(x, scale.numpy(), None, -2))
 
 
 def test_set_and_get_vec_tile_shapes():

@@ -90,7 +90,9 @@ def _linear_w4a16_reference(
     in_features: int,
     tile_rows: int,
 ) -> torch.Tensor:
-    rows = _rows(x)
+    if tile_rows < 1:
+        raise RuntimeError(f"npuquant::linear_w4a16: tile_rows must be positive, but got {tile_rows}")
+    rows = _rows(x.contiguous())  # as the operator multiplies it: BLAS rounds a transposed x differently
     n = weight.shape[0]
     out = torch.empty((rows.shape[0], n), dtype=x.dtype, device=x.device)
     for r0 in range(0, n, tile_rows):  # tile by tile, as the native operator, so the matmuls agree bit for bit

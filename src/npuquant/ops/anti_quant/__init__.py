@@ -114,6 +114,8 @@ def anti_quant(
     if sqrt_mode:
         s = scale.to(torch.float32)
         scale = s * s  # float32 multiply first, as the reference does
+        if offset is not None:
+            offset = offset.to(torch.float32)  # exact; the operator wants scale's dtype
     return _anti_quant(x, scale, offset, dst_dtype)
 
 

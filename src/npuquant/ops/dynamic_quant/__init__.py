@@ -112,6 +112,8 @@ def _reference(
     asymmetric: bool,
     int4: bool,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    if smooth_scales is not None and smooth_scales.dtype != x.dtype:
+        smooth_scales = smooth_scales.to(x.dtype)  # the operator's contract: smooth scales in x's dtype
     y, scale, offset = reference.dynamic_quant(x, smooth_scales, group_index, int4, asymmetric)
     return y, scale, offset if offset is not None else scale.new_empty((0,))
 
