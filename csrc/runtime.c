@@ -1,10 +1,11 @@
-/* CPU feature detection, the kernel-level switch, a small persistent thread pool with the
- * parallel loops built on it, and the settings kernels share (huge-page advice, bf16 NaN).
+/* CPU feature detection, the kernel-level switch, the parallel loops, and the settings kernels
+ * share (huge-page advice, bf16 NaN).
  *
- * Why our own pool and not OpenMP: torch ships its own libgomp, and a second OpenMP
- * runtime in one process oversubscribes cores or deadlocks after fork. A handful of
- * pthreads, sized by the thread count the wrappers pass (torch.get_num_threads()), avoids
- * both. The pool is rebuilt lazily in a forked child. */
+ * The parallel loops run on a backend: the torch operator library installs torch's intra-op pool
+ * at load (one pool per process, shared with torch's own ops; like torch's, it does not survive
+ * fork() with more than one thread: a forked child sets torch.set_num_threads(1), as DataLoader
+ * workers do). Without a backend (standalone C drivers, sanitizer harnesses) a small pthread
+ * pool of our own runs them, rebuilt lazily in a forked child. */
 #define _GNU_SOURCE /* MADV_HUGEPAGE */
 #include <pthread.h>
 #include <stdatomic.h>

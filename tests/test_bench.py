@@ -104,3 +104,19 @@ def test_registering_a_family(capsys, monkeypatch):
     assert rows["toy_missing"]["skipped"] == "toy reason"
     assert bench.main(["--quick", "toy_mm"]) == 0
     assert "GOP/s" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("isa_name", ["scalar", None])
+def test_gemm_family_both_weight_paths(capsys, isa_name):
+    """`bench gemm` on the operators: M = 3 (GEMV, weight read in place) and M = 12 (packed per call)."""
+    argv = ["gemm", "--shapes", "3x64x48,12x64x48", "--repeat", "1"]
+    data = run_json(capsys, *argv, *(["--isa", isa_name] if isa_name else []))
+    assert data["header"]["isa"] == (isa_name or _native.best_isa())
+    rows = [r for r in data["results"] if r["op"] == "gemm"]
+    assert sorted(tuple(r["shape"]) for r in rows) == [(3, 64, 48), (12, 64, 48)]
+    for row in rows:
+        assert row["family"] == "gemm" and row["variant"] == "a8w8 bf16 pertoken"
+        for key in ("ms", "gop_s", "kernel_ms", "eager_ms", "vs_eager"):
+            assert row[key] > 0, key
+    assert {r["op"] for r in data["results"]} == {"gemm", "gemm_fbgemm"}
+    assert _native.isa() == _native.best_isa()

@@ -11,6 +11,7 @@ import torch
 from torch import nn
 
 import npuquant
+from helpers import assert_same_bits, random_int8, random_words
 from npuquant.contrib import module as contrib
 from npuquant.contrib.module import LinearA8W8Quant, LinearQuant
 
@@ -19,10 +20,6 @@ def new(cls, *args, **kwargs):
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", FutureWarning)
         return cls(*args, **kwargs)
-
-
-def rand_i8(*shape):
-    return torch.randint(-128, 128, shape, dtype=torch.int8)
 
 
 def configure(model, weight, scale, offset=None, pertoken_scale=None, bias=None):
@@ -90,7 +87,7 @@ def test_meta_device_construction():
 @pytest.mark.parametrize("cls", [LinearQuant, LinearA8W8Quant])
 @pytest.mark.parametrize("output_dtype", [None, torch.int8, torch.float16, torch.bfloat16])
 def test_matches_functional_op(cls, output_dtype):
-    x1, w, scale = rand_i8(3, 5), rand_i8(127, 5), torch.rand(127) / 100
+    x1, w, scale = random_int8(3, 5), random_int8(127, 5), torch.rand(127) / 100
     m = configure(new(cls, 5, 127, bias=False, output_dtype=output_dtype), w, scale)
     expected = npuquant.npu_quant_matmul(x1, w.t(), scale, output_dtype=output_dtype)
     assert torch.equal(m(x1), expected)
@@ -103,7 +100,7 @@ def test_matches_functional_op(cls, output_dtype):
 
 @pytest.mark.parametrize("cls", [LinearQuant, LinearA8W8Quant])
 def test_offset_and_int32_bias(cls):
-    x1, w = rand_i8(4, 9), rand_i8(6, 9)
+    x1, w = random_int8(4, 9), random_int8(6, 9)
     scale, offset, bias = torch.rand(6) / 50, torch.randn(6) * 10, torch.randint(-999, 999, (6,), dtype=torch.int32)
     m = configure(new(cls, 9, 6, offset=True), w, scale, offset=offset, bias=bias)
     q = npuquant.npu_trans_quant_param(scale, offset)
@@ -122,7 +119,7 @@ def test_offset_and_int32_bias(cls):
     ],
 )
 def test_pertoken_with_bias(cls, bias_dtype, output_dtype):
-    x1, w = rand_i8(4, 9), rand_i8(6, 9)
+    x1, w = random_int8(4, 9), random_int8(6, 9)
     scale, pertoken, bias = torch.rand(6) / 50, torch.rand(4), (torch.randn(6) * 100).to(bias_dtype)
     m = configure(
         new(cls, 9, 6, pertoken_scale=True, output_dtype=output_dtype), w, scale, pertoken_scale=pertoken, bias=bias
@@ -135,7 +132,7 @@ def test_pertoken_with_bias(cls, bias_dtype, output_dtype):
 
 @pytest.mark.parametrize("scale_kind", ["int64", "bfloat16"])
 def test_non_float32_scales_pass_through(scale_kind):
-    x1, w = rand_i8(2, 8), rand_i8(3, 8)
+    x1, w = random_int8(2, 8), random_int8(3, 8)
     if scale_kind == "int64":
         scale, out = npuquant.npu_trans_quant_param(torch.rand(3) / 50), None
     else:
@@ -145,7 +142,7 @@ def test_non_float32_scales_pass_through(scale_kind):
 
 
 def test_batched_weight():
-    x1, w = rand_i8(2, 4, 16), rand_i8(2, 8, 16)  # weight (batch, n, k)
+    x1, w = random_int8(2, 4, 16), random_int8(2, 8, 16)  # weight (batch, n, k)
     scale, bias = torch.rand(8) / 50, torch.randint(-99, 99, (2, 1, 8), dtype=torch.int32)
     m = configure(new(LinearQuant, 16, 8, output_dtype=torch.float16), w, scale, bias=bias)
     out = m(x1)
@@ -156,7 +153,7 @@ def test_batched_weight():
 
 
 def test_linear_quant_int32_output():
-    x1, w = rand_i8(3, 40), rand_i8(5, 40)
+    x1, w = random_int8(3, 40), random_int8(5, 40)
     m = configure(new(LinearQuant, 40, 5, bias=False, output_dtype=torch.int32), w, torch.rand(5))
     assert torch.equal(m(x1), x1.int() @ w.int().t())
 
@@ -202,7 +199,7 @@ def test_trans_quant_param_called_exactly_when_torch_npu_calls_it(
         return npuquant.npu_trans_quant_param(scale, offset, round_mode)
 
     monkeypatch.setattr(contrib, "npu_trans_quant_param", spy)
-    x1, w = rand_i8(2, 8), rand_i8(3, 8)
+    x1, w = random_int8(2, 8), random_int8(3, 8)
     scale = torch.rand(3) / 50
     scale = npuquant.npu_trans_quant_param(scale) if scale_dtype == torch.int64 else scale.to(scale_dtype)
     m = configure(
@@ -262,7 +259,7 @@ A8W8_ERRORS = [
 def test_a8w8_validation(change, message):
     m = configure(
         new(LinearA8W8Quant, 8, 3, offset=True, pertoken_scale=True),
-        rand_i8(3, 8),
+        random_int8(3, 8),
         torch.rand(3),
         offset=torch.zeros(3),
         pertoken_scale=torch.rand(2),
@@ -274,21 +271,21 @@ def test_a8w8_validation(change, message):
         else:
             setattr(m, name, nn.Parameter(value, requires_grad=False))
     with pytest.raises(ValueError) as err:
-        m(rand_i8(2, 8))
+        m(random_int8(2, 8))
     assert message in str(err.value)
 
 
 def test_linear_quant_delegates_other_errors_to_the_op():
-    m = configure(new(LinearQuant, 8, 3, bias=False, output_dtype=torch.float32), rand_i8(3, 8), torch.rand(3))
+    m = configure(new(LinearQuant, 8, 3, bias=False, output_dtype=torch.float32), random_int8(3, 8), torch.rand(3))
     with pytest.raises(RuntimeError, match="Not supportted output dtype is torch.float32"):
-        m(rand_i8(2, 8))
-    m = configure(new(LinearQuant, 8, 3, bias=False, output_dtype="fp16"), rand_i8(3, 8), torch.rand(3))
+        m(random_int8(2, 8))
+    m = configure(new(LinearQuant, 8, 3, bias=False, output_dtype="fp16"), random_int8(3, 8), torch.rand(3))
     with pytest.raises(ValueError, match="output_dtype is not a valid dtype"):
-        m(rand_i8(2, 8))
+        m(random_int8(2, 8))
 
 
 def test_output_dtype_code_accepted():
-    x1, w, scale = rand_i8(3, 5), rand_i8(4, 5), torch.rand(4)
+    x1, w, scale = random_int8(3, 5), random_int8(4, 5), torch.rand(4)
     m = configure(new(LinearQuant, 5, 4, bias=False, output_dtype=15), w, scale)
     assert torch.equal(m(x1), npuquant.npu_quant_matmul(x1, w.t(), scale, output_dtype=torch.bfloat16))
 
@@ -304,35 +301,35 @@ def _configured_variants():
             LinearQuant,
             dict(offset=True),
             dict(
-                weight=rand_i8(6, 10),
+                weight=random_int8(6, 10),
                 scale=npuquant.npu_trans_quant_param(torch.rand(1), torch.tensor([3.0])),
                 offset=torch.tensor([3.0]),
                 bias=torch.randint(-99, 99, (6,), dtype=torch.int32),
             ),
-            rand_i8(2, 10),
+            random_int8(2, 10),
         ),
         (
             "pertoken bf16 + bf16 bias",
             LinearA8W8Quant,
             dict(pertoken_scale=True, output_dtype=torch.bfloat16),
             dict(
-                weight=rand_i8(6, 10),
+                weight=random_int8(6, 10),
                 scale=torch.rand(6).bfloat16(),
                 pertoken_scale=torch.rand(2),
                 bias=torch.randn(6).bfloat16(),
             ),
-            rand_i8(2, 10),
+            random_int8(2, 10),
         ),
         (
             "batched weight + 3-D bias",
             LinearQuant,
             dict(output_dtype=torch.float16),
             dict(
-                weight=rand_i8(3, 6, 10),
+                weight=random_int8(3, 6, 10),
                 scale=torch.rand(6) / 99,
                 bias=torch.randint(-9, 9, (3, 1, 6), dtype=torch.int32),
             ),
-            rand_i8(3, 2, 10),
+            random_int8(3, 2, 10),
         ),
         (
             "A4W4",
@@ -365,17 +362,17 @@ def test_state_dict_round_trip(index, tmp_path):
 
 
 def test_state_dict_strictness_kept():
-    src = configure(new(LinearQuant, 4, 2, bias=False), rand_i8(2, 4), torch.rand(2))
+    src = configure(new(LinearQuant, 4, 2, bias=False), random_int8(2, 4), torch.rand(2))
     with pytest.raises(RuntimeError, match="Missing key"):
         new(LinearQuant, 4, 2).load_state_dict(src.state_dict())
 
 
 def test_state_dict_assign_mode():
-    src = configure(new(LinearQuant, 4, 2, bias=False), rand_i8(2, 4), torch.rand(2))
+    src = configure(new(LinearQuant, 4, 2, bias=False), random_int8(2, 4), torch.rand(2))
     dst = new(LinearQuant, 4, 2, bias=False, device="meta")
     dst.load_state_dict(src.state_dict(), assign=True)
     assert dst.weight.dtype == torch.int8 and dst.weight.device.type == "cpu"
-    x1 = rand_i8(3, 4)
+    x1 = random_int8(3, 4)
     assert torch.equal(dst(x1), src(x1))
 
 
@@ -383,20 +380,42 @@ def test_state_dict_assign_mode():
 
 
 def test_from_float_weights_are_per_channel_symmetric_int8():
+    """quantize_weight_int8's rule: scale = max|w| / 127, q = RNE(w * (1 / scale)); an all-zero row gets scale 0."""
     torch.manual_seed(3)
     linear = nn.Linear(32, 8)
     with torch.no_grad():
         linear.weight[5].zero_()
     layer = LinearQuant.from_float(linear, input_scale=0.02)
     w = linear.weight.detach()
-    amax = w.abs().amax(1)
-    w_scale = torch.where(amax > 0, amax / 127, torch.ones_like(amax))
+    w_scale = w.abs().amax(1) / 127
+    assert w_scale[5] == 0
+    reciprocal = torch.where(w_scale == 0, torch.zeros_like(w_scale), 1 / w_scale)
     assert layer.weight.dtype == torch.int8 and layer.weight.shape == (8, 32)
-    assert torch.equal(layer.weight, torch.round(w / w_scale[:, None]).to(torch.int8))
+    assert torch.equal(layer.weight, torch.round(w * reciprocal[:, None]).to(torch.int8))
     assert layer.weight.abs().amax(1).tolist() == [127] * 5 + [0] + [127] * 2
     assert torch.equal(layer.scale, w_scale * torch.tensor(0.02))
+    assert layer.scale[5] == 0
     assert layer.bias.dtype == torch.float32 and layer.output_dtype == torch.bfloat16
     assert layer.pertoken_scale is None
+    out = layer(random_int8(4, 32))
+    assert torch.equal(out[:, 5], linear.bias.detach()[5].to(torch.bfloat16).expand(4))  # zero row: the bias only
+
+
+def test_from_float_matches_npu_dynamic_quant_and_quantize_model():
+    from npuquant.ops.dynamic_quant import quantize_weight_int8
+    from npuquant.quantize import quantize_model
+
+    torch.manual_seed(6)
+    linear = nn.Linear(40, 12)
+    with torch.no_grad():
+        linear.weight[0].zero_()
+        linear.weight[1, :] = 1e-30  # tiny but non-zero
+    layer = LinearQuant.from_float(linear, output_dtype=torch.float16)
+    q, scale = npuquant.npu_dynamic_quant(linear.weight.detach())
+    assert torch.equal(layer.weight, q) and torch.equal(layer.scale, scale)
+    assert torch.equal(q, quantize_weight_int8(linear.weight)[0])
+    w8a8 = quantize_model(nn.Sequential(linear), "w8a8")[0]
+    assert torch.equal(w8a8.weight, layer.weight) and torch.equal(w8a8.weight_scale, layer.scale)
 
 
 def test_from_float_static_input_scale_approximates_linear():
@@ -430,11 +449,137 @@ def test_from_float_without_bias_and_errors():
     linear = nn.Linear(8, 4, bias=False)
     layer = LinearQuant.from_float(linear, input_scale=torch.tensor(0.5), output_dtype=torch.float16)
     assert layer.bias is None
-    assert layer(rand_i8(2, 8)).dtype == torch.float16
+    assert layer(random_int8(2, 8)).dtype == torch.float16
     with pytest.raises(ValueError, match="output_dtype should be torch.bfloat16 or torch.float16"):
         LinearQuant.from_float(linear, output_dtype=torch.int8)
     with pytest.raises(ValueError, match="needs output_dtype=torch.bfloat16"):
         LinearQuant.from_float(nn.Linear(8, 4), input_scale=0.5, output_dtype=torch.float16)
+
+
+# ---------------------------------------------------------------- results follow the parameters (no caches, issue 15)
+
+EDITS = [".data", "numpy", "from_numpy", "in place"]
+
+
+def _module_case(case: str, cls, m: int):
+    """(module flags, parameters, input) for a freshness case."""
+    gen = torch.Generator().manual_seed(m)
+    k, n = 48, 40
+    x1 = random_int8(m, k, generator=gen)
+    w = random_int8(n, k, generator=gen)
+    scale = torch.rand(n, generator=gen) / 100
+    if case == "int8 weight, float32 scale (FP19 path, int8 output)":
+        return dict(bias=False), dict(weight=w, scale=scale), x1
+    if case == "int8 weight, float32 scale (FP19 path, float16 output) + int32 bias":
+        bias = torch.randint(-999, 999, (n,), dtype=torch.int32, generator=gen)
+        return dict(output_dtype=torch.float16), dict(weight=w, scale=scale, bias=bias), x1
+    if case == "int8 weight, int64 scale + offset":
+        offset = torch.randn(n, generator=gen) * 5
+        q = npuquant.npu_trans_quant_param(scale, offset)
+        return dict(bias=False, offset=True), dict(weight=w, scale=q, offset=offset), x1
+    if case == "int8 weight, pertoken, bfloat16":
+        pt = torch.rand(m, generator=gen)
+        return (
+            dict(bias=False, pertoken_scale=True, output_dtype=torch.bfloat16),
+            dict(weight=w, scale=scale, pertoken_scale=pt),
+            x1,
+        )
+    if case == "2-D weight, batched input (batch stride 0)":
+        return dict(bias=False, output_dtype=torch.float16), dict(weight=w, scale=scale), random_int8(3, m, k)
+    if case == "batched weight":
+        w3 = random_int8(3, n, k, generator=gen)
+        return dict(bias=False, output_dtype=torch.float16), dict(weight=w3, scale=scale), random_int8(3, m, k)
+    if case == "A4W4 weight":
+        w4 = npuquant.pack_int4(torch.randint(-8, 8, (n, k), dtype=torch.int8, generator=gen))
+        a4 = npuquant.pack_int4(torch.randint(-8, 8, (m, k), dtype=torch.int8, generator=gen))
+        return dict(bias=False, output_dtype=torch.float16), dict(weight=w4, scale=scale), a4
+    raise AssertionError(case)
+
+
+MODULE_CASES = [
+    ("int8 weight, float32 scale (FP19 path, int8 output)", "weight"),
+    ("int8 weight, float32 scale (FP19 path, int8 output)", "scale"),
+    ("int8 weight, float32 scale (FP19 path, float16 output) + int32 bias", "scale"),
+    ("int8 weight, float32 scale (FP19 path, float16 output) + int32 bias", "bias"),
+    ("int8 weight, int64 scale + offset", "scale"),
+    ("int8 weight, int64 scale + offset", "weight"),
+    ("int8 weight, pertoken, bfloat16", "pertoken_scale"),
+    ("2-D weight, batched input (batch stride 0)", "weight"),
+    ("batched weight", "weight"),
+    ("A4W4 weight", "weight"),
+]
+
+
+def _new_values(name: str, t: torch.Tensor) -> torch.Tensor:
+    if t.dtype == torch.int8:
+        return random_int8(*t.shape)
+    if name == "bias":
+        return torch.randint(-99999, 99999, t.shape, dtype=torch.int32)
+    if t.dtype == torch.int32:  # A4W4 weight words
+        return random_words(*t.shape)
+    if t.dtype == torch.int64:
+        return npuquant.npu_trans_quant_param(torch.rand(t.shape) / 30, torch.randn(t.shape) * 5)
+    return torch.rand(t.shape) * 2
+
+
+def _configured(cls, flags, params):
+    m = new(cls, 48, 40, **flags)
+    for name, value in params.items():
+        setattr(m, name, nn.Parameter(value, requires_grad=False))
+    return m
+
+
+@pytest.mark.parametrize("how", EDITS)
+@pytest.mark.parametrize("rows", [3, 12], ids=["gemv", "gemm"])
+@pytest.mark.parametrize(
+    "cls, case, name",
+    [
+        (cls, *c)
+        for cls in (LinearQuant, LinearA8W8Quant)
+        for c in MODULE_CASES
+        if cls is LinearQuant or not c[0].startswith("A4W4")
+    ],  # LinearA8W8Quant: no A4W4
+)
+def test_module_follows_parameter_edits(cls, case, name, rows, how):
+    """Edit a parameter after a call (``m.weight.data[...]``, ``m.scale.data``, numpy views, a numpy
+    array the parameter aliases, in place): the next call equals a fresh module's on the new values."""
+    flags, params, x1 = _module_case(case, cls, rows)
+    array = None
+    if how == "from_numpy":
+        array = params[name].numpy().copy()
+        params[name] = torch.from_numpy(array)
+    m = _configured(cls, flags, params)
+    before = m(x1)
+    assert_same_bits(before, _configured(cls, flags, {k: v.clone() for k, v in params.items()})(x1))
+    param = getattr(m, name)
+    values = _new_values(name, param)
+    if how == ".data":
+        param.data[...] = values
+    elif how == "numpy":
+        param.numpy()[...] = values.numpy()
+    elif how == "from_numpy":
+        array[...] = values.numpy()
+    else:
+        param[...] = values
+    assert torch.equal(getattr(m, name), values)
+    after = m(x1)
+    assert not torch.equal(after, before)
+    fresh = _configured(cls, flags, {k: getattr(m, k).detach().clone() for k in params})
+    assert_same_bits(after, fresh(x1))
+
+
+@pytest.mark.parametrize("rows", [3, 12])
+def test_module_follows_data_reassignment(rows):
+    """``m.weight.data = other`` / ``m.scale.data = other`` (what torch_npu's tests do): the new tensors are used."""
+    flags, params, x1 = _module_case("int8 weight, float32 scale (FP19 path, int8 output)", LinearQuant, rows)
+    m = _configured(LinearQuant, flags, params)
+    before = m(x1)
+    m.weight.data = random_int8(40, 48)
+    m.scale.data = torch.rand(40) / 50
+    after = m(x1)
+    assert not torch.equal(after, before)
+    expected = npuquant.npu_quant_matmul(x1, m.weight.detach().clone().t(), npuquant.npu_trans_quant_param(m.scale))
+    assert_same_bits(after, expected)
 
 
 # ---------------------------------------------------------------- torch.compile
@@ -443,12 +588,12 @@ def test_from_float_without_bias_and_errors():
 def test_compile_module_fullgraph_dynamic_m():
     m = configure(
         new(LinearQuant, 16, 8, offset=True),
-        rand_i8(8, 16),
+        random_int8(8, 16),
         torch.rand(8) / 30,
         offset=torch.randn(8),
         bias=torch.randint(-50, 50, (8,), dtype=torch.int32),
     )
     compiled = torch.compile(m, fullgraph=True, dynamic=True, backend="aot_eager")
     for rows in (2, 5, 9):
-        x1 = rand_i8(rows, 16)
+        x1 = random_int8(rows, 16)
         assert torch.equal(compiled(x1), m(x1))

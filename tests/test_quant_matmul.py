@@ -11,6 +11,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 import npuquant
+from helpers import assert_same_bits, random_int8, random_words
 from npuquant import _native
 from npuquant.ops import quant_matmul as qm
 from npuquant.ops.quant_matmul import reference
@@ -126,10 +127,6 @@ def call(x1, x2, scale, **kw):
     assert result.is_contiguous()
     assert_matches_numpy(result, np_quant_matmul(x1, x2, scale, **kw))
     return result
-
-
-def rand_i8(*shape, lo=-128, hi=128):
-    return torch.randint(lo, hi, shape, dtype=torch.int8)
 
 
 @pytest.fixture(params=["native", "reference"])
@@ -272,7 +269,7 @@ def test_float_outputs_exact_at_extremes(path):
 def test_exact_even_when_float32_matmul_is_reduced_precision():
     backend = torch.backends.mkldnn.matmul
     previous = backend.fp32_precision
-    x1, x2 = rand_i8(8, 3000), rand_i8(3000, 8)
+    x1, x2 = random_int8(8, 3000), random_int8(3000, 8)
     try:
         backend.fp32_precision = "bf16"
         assert not reference._float32_matmul_is_ieee(torch.device("cpu"))
@@ -286,24 +283,24 @@ def test_exact_even_when_float32_matmul_is_reduced_precision():
 
 
 def test_transposed_x2_view(path):
-    w = rand_i8(7, 33)  # (n, k) contiguous
-    x1 = rand_i8(5, 33)
+    w = random_int8(7, 33)  # (n, k) contiguous
+    x1 = random_int8(5, 33)
     out = call(x1, w.t(), torch.rand(7), output_dtype=torch.bfloat16)
     assert out.shape == (5, 7)
-    w3 = rand_i8(3, 7, 33)
-    out = call(rand_i8(3, 5, 33), w3.transpose(-1, -2), torch.rand(1), output_dtype=torch.float16)
+    w3 = random_int8(3, 7, 33)
+    out = call(random_int8(3, 5, 33), w3.transpose(-1, -2), torch.rand(1), output_dtype=torch.float16)
     assert out.shape == (3, 5, 7)
 
 
 def test_other_strides_use_logical_values():
-    x1 = rand_i8(6, 40)[::2, ::3]  # (3, 14)
-    x2 = rand_i8(28, 10)[::2, 1::2]  # (14, 5)
+    x1 = random_int8(6, 40)[::2, ::3]  # (3, 14)
+    x2 = random_int8(28, 10)[::2, 1::2]  # (14, 5)
     call(x1, x2, torch.rand(5), bias=torch.randint(-50, 50, (5,), dtype=torch.int32))
 
 
 def test_doc_batch_broadcast_with_3d_bias():
-    x1 = rand_i8(1, 256, 768)
-    x2 = rand_i8(31, 768, 16)
+    x1 = random_int8(1, 256, 768)
+    x2 = random_int8(31, 768, 16)
     bias = torch.randint(-1000, 1000, (31, 1, 16), dtype=torch.int32)
     out = npuquant.npu_quant_matmul(x1, x2, torch.rand(16) / 1000, bias=bias, output_dtype=torch.float16)
     assert out.shape == (31, 256, 16) and out.dtype == torch.float16
@@ -320,7 +317,7 @@ def test_doc_batch_broadcast_with_3d_bias():
     ],
 )
 def test_batch_broadcast(shape1, shape2, out_batch, path):
-    x1, x2 = rand_i8(*shape1), rand_i8(*shape2)
+    x1, x2 = random_int8(*shape1), random_int8(*shape2)
     out = call(x1, x2, torch.rand(5), output_dtype=torch.bfloat16)
     assert out.shape == (*out_batch, 4, 5)
     out = call(x1, x2, torch.rand(1), offset=torch.tensor([3.0]))
@@ -329,13 +326,13 @@ def test_batch_broadcast(shape1, shape2, out_batch, path):
 
 @pytest.mark.parametrize("bias_dtype", [torch.int32, torch.bfloat16, torch.float32])
 def test_3d_bias_per_batch(bias_dtype):
-    x1, x2 = rand_i8(3, 4, 9), rand_i8(1, 9, 5)
+    x1, x2 = random_int8(3, 4, 9), random_int8(1, 9, 5)
     bias = (torch.randn(3, 1, 5) * 100).to(bias_dtype)
     call(x1, x2, torch.rand(5), bias=bias, output_dtype=torch.bfloat16)
 
 
 def test_bias_1d_broadcasts_over_batches():
-    x1, x2 = rand_i8(2, 3, 4, 9), rand_i8(9, 5)
+    x1, x2 = random_int8(2, 3, 4, 9), random_int8(9, 5)
     call(x1, x2, torch.rand(5), bias=torch.randint(-99, 99, (5,), dtype=torch.int32), output_dtype=torch.float16)
 
 
@@ -398,7 +395,7 @@ def test_a4w4_batched_x1():
 @pytest.mark.parametrize("bias_dtype", [None, torch.int32, torch.bfloat16, torch.float32])
 @pytest.mark.parametrize("scale_dtype", [torch.float32, torch.bfloat16])
 def test_bf16_output_with_pertoken_and_each_bias(bias_dtype, scale_dtype, path):
-    x1, x2 = rand_i8(6, 50), rand_i8(50, 7)
+    x1, x2 = random_int8(6, 50), random_int8(50, 7)
     bias = None if bias_dtype is None else (torch.randn(7) * 300).to(bias_dtype)
     scale = (torch.rand(7) / 100).to(scale_dtype)
     call(x1, x2, scale, pertoken_scale=torch.rand(6), bias=bias, output_dtype=torch.bfloat16)
@@ -406,14 +403,14 @@ def test_bf16_output_with_pertoken_and_each_bias(bias_dtype, scale_dtype, path):
 
 @pytest.mark.parametrize("bias_dtype", [None, torch.int32, torch.float16, torch.float32])
 def test_fp16_output_with_pertoken_and_each_bias(bias_dtype):
-    x1, x2 = rand_i8(6, 50), rand_i8(50, 7)
+    x1, x2 = random_int8(6, 50), random_int8(50, 7)
     bias = None if bias_dtype is None else (torch.randn(7) * 300).to(bias_dtype)
     call(x1, x2, torch.rand(7) / 100, pertoken_scale=torch.rand(6), bias=bias, output_dtype=torch.float16)
 
 
 @pytest.mark.parametrize("bias_dtype", [None, torch.int32, torch.bfloat16, torch.float32])
 def test_bf16_output_without_pertoken(bias_dtype):
-    x1, x2 = rand_i8(6, 50), rand_i8(50, 7)
+    x1, x2 = random_int8(6, 50), random_int8(50, 7)
     bias = None if bias_dtype is None else (torch.randn(7) * 300).to(bias_dtype)
     call(x1, x2, torch.rand(1) / 100, bias=bias, output_dtype=torch.bfloat16)
     call(x1, x2, (torch.rand(7) / 100).bfloat16(), bias=bias, output_dtype=15)
@@ -423,7 +420,7 @@ def test_bf16_output_without_pertoken(bias_dtype):
 @pytest.mark.parametrize("with_offset", [False, True])
 @pytest.mark.parametrize("with_bias", [False, True])
 def test_int8_output_combinations(scale_kind, with_offset, with_bias, path):
-    x1, x2 = rand_i8(6, 50), rand_i8(50, 7)
+    x1, x2 = random_int8(6, 50), random_int8(50, 7)
     scale = torch.rand(7) / 50
     offset = torch.randn(7) * 20 if with_offset else None
     if scale_kind == "int64":
@@ -440,7 +437,7 @@ def test_output_dtype_codes():
 
 
 def test_special_values_in_epilogue(path):
-    x1, x2 = rand_i8(4, 16), rand_i8(16, 3)
+    x1, x2 = random_int8(4, 16), random_int8(16, 3)
     for s in (float("nan"), float("inf"), -float("inf"), 1e30, 0.0, -0.0):
         scale = torch.tensor([s])
         call(x1, x2, scale)  # int8: NaN -> 0, ±inf saturate
@@ -724,10 +721,14 @@ CASES = [
     (lambda: (I8_2x3, I8_3x2, _s()), {"output_dtype": torch.float32}, "Not supportted output dtype is torch.float32"),
     (lambda: (I8_2x3, I8_3x2, _s()), {"output_dtype": 99}, "Not supportted output dtype is 99"),
     # shapes
-    (lambda: (rand_i8(3), I8_3x2, _s()), {}, "x1 dim num should be 2 ~ 6, please check x1 dim num"),
-    (lambda: (rand_i8(1, 1, 1, 1, 1, 2, 3), I8_3x2, _s()), {}, "x1 dim num should be 2 ~ 6, please check x1 dim num"),
+    (lambda: (random_int8(3), I8_3x2, _s()), {}, "x1 dim num should be 2 ~ 6, please check x1 dim num"),
     (
-        lambda: (I8_2x3, rand_i8(3), _s()),
+        lambda: (random_int8(1, 1, 1, 1, 1, 2, 3), I8_3x2, _s()),
+        {},
+        "x1 dim num should be 2 ~ 6, please check x1 dim num",
+    ),
+    (
+        lambda: (I8_2x3, random_int8(3), _s()),
         {},
         "x2 dim num should be 2 ~ 6 when x1's dtype is int8, please check x2 dim num",
     ),
@@ -736,7 +737,7 @@ CASES = [
         {"output_dtype": torch.float16},
         "x2 dim num should be 2 when x1's dtype is int32, please check x2 dim num",
     ),
-    (lambda: (I8_2x3, rand_i8(4, 2), _s()), {}, "k dim of x1 and x2 need be same, please check k dim of x1 and x2"),
+    (lambda: (I8_2x3, random_int8(4, 2), _s()), {}, "k dim of x1 and x2 need be same, please check k dim of x1 and x2"),
     (
         lambda: (torch.zeros(2, 2, dtype=torch.int32), torch.zeros(8, 1, dtype=torch.int32), _s()),
         {"output_dtype": torch.float16},
@@ -768,9 +769,9 @@ CASES = [
         {},
         "the scale 1st dim value must be 1 or x2 n dim value, please check scale 1st dim value",
     ),
-    (lambda: (rand_i8(2, 3, 4), rand_i8(5, 4, 2), _s()), {}, "the batch shape cannot be broadcast"),
+    (lambda: (random_int8(2, 3, 4), random_int8(5, 4, 2), _s()), {}, "the batch shape cannot be broadcast"),
     (
-        lambda: (rand_i8(2, 3, 4), rand_i8(5, 4, 2), _s()),
+        lambda: (random_int8(2, 3, 4), random_int8(5, 4, 2), _s()),
         {},
         "the x1 shape and x2 shape not supported for broadcast, the short_dim is 2 and  the long_dim is 5",
     ),
@@ -780,7 +781,7 @@ CASES = [
         "when bias dim is 3, out dim need to be 3",
     ),
     (
-        lambda: (rand_i8(2, 2, 2, 3), I8_3x2, _s()),
+        lambda: (random_int8(2, 2, 2, 3), I8_3x2, _s()),
         {"bias": torch.zeros(2, 1, 2, dtype=torch.int32)},
         "when bias dim is 3, out dim need to be 3",
     ),
@@ -800,39 +801,39 @@ CASES = [
         "bias_first_dim should be equal to x2 n dim, please check bias 1st dim value",
     ),
     (
-        lambda: (rand_i8(4, 2, 3), I8_3x2, _s()),
+        lambda: (random_int8(4, 2, 3), I8_3x2, _s()),
         {"bias": torch.zeros(3, 1, 2, dtype=torch.int32)},
         "infered batch value should be equal to bias batch dim value, please check bias batch dim value",
     ),
     (
-        lambda: (rand_i8(4, 2, 3), I8_3x2, _s()),
+        lambda: (random_int8(4, 2, 3), I8_3x2, _s()),
         {"bias": torch.zeros(4, 2, 2, dtype=torch.int32)},
         "bias_second_dim should be 1, please check bias second dim value",
     ),
     (
-        lambda: (rand_i8(4, 2, 3), I8_3x2, _s()),
+        lambda: (random_int8(4, 2, 3), I8_3x2, _s()),
         {"bias": torch.zeros(4, 1, 3, dtype=torch.int32)},
         "bias_third_dim should be equal to x2_n_dim, please check bias third dim value",
     ),
     (
-        lambda: (rand_i8(1, 65536), rand_i8(65536, 1), _s()),
+        lambda: (random_int8(1, 65536), random_int8(65536, 1), _s()),
         {},
         "x1 last dim or x2 last dim is larger than 65535, x1 is 65536, x2 is 1.",
     ),
     (
-        lambda: (rand_i8(1, 65536), rand_i8(65536, 1), npuquant.npu_trans_quant_param(_s())),
+        lambda: (random_int8(1, 65536), random_int8(65536, 1), npuquant.npu_trans_quant_param(_s())),
         {"output_dtype": torch.float16},
         "x1 last dim or x2 last dim is larger than 65535",
     ),
-    (lambda: (rand_i8(1, 2), rand_i8(2, 65536), _s()), {}, "x1 last dim or x2 last dim is larger than 65535"),
+    (lambda: (random_int8(1, 2), random_int8(2, 65536), _s()), {}, "x1 last dim or x2 last dim is larger than 65535"),
     (
         lambda: (torch.zeros(1, 65536, dtype=torch.int32), torch.zeros(65536, 8, dtype=torch.int32), _s()),
         {"output_dtype": torch.float16},
         "x1 last dim or x2 last dim is larger than 65535, x1 is 65536, x2 is 8.",
     ),
-    (lambda: (rand_i8(0, 3), I8_3x2, _s()), {}, "QuantMatmul not support to process empty tensor currently."),
+    (lambda: (random_int8(0, 3), I8_3x2, _s()), {}, "QuantMatmul not support to process empty tensor currently."),
     (
-        lambda: (rand_i8(2, 0), rand_i8(0, 2), _s()),
+        lambda: (random_int8(2, 0), random_int8(0, 2), _s()),
         {"output_dtype": torch.int32},
         "QuantMatmul not support to process empty tensor currently.",
     ),
@@ -887,7 +888,8 @@ def test_validation_also_in_fake_kernel(make_args, kwargs, message):
 
 
 def test_large_k_allowed_for_float_scale_kernels():
-    x1, x2 = rand_i8(1, 65536, lo=-2, hi=2), rand_i8(65536, 1, lo=-2, hi=2)
+    x1 = torch.randint(-2, 2, (1, 65536), dtype=torch.int8)
+    x2 = torch.randint(-2, 2, (65536, 1), dtype=torch.int8)
     call(x1, x2, torch.tensor([0.01]), output_dtype=torch.bfloat16)
     call(x1, x2, torch.tensor([0.01]), pertoken_scale=torch.tensor([2.0]), output_dtype=torch.float16)
 
@@ -897,8 +899,8 @@ def test_large_k_allowed_for_float_scale_kernels():
 
 def test_compute_contract_on_normalised_arguments():
     """_compute takes (B, m, k) / (B, k, n) int8, float32 scale, and returns (B, m, n)."""
-    x1 = rand_i8(2, 3, 17)
-    w = rand_i8(5, 17)
+    x1 = random_int8(2, 3, 17)
+    w = random_int8(5, 17)
     x2 = w.t().unsqueeze(0).expand(2, 17, 5)  # shared weight: batch stride 0, transposed
     scale, pertoken = torch.rand(5), torch.rand(3)
     bias = torch.randn(1, 5)
@@ -919,9 +921,9 @@ def _fn(x1, x2, scale, pertoken, bias):
 
 def test_compile_fullgraph_dynamic_m():
     compiled = torch.compile(_fn, fullgraph=True, dynamic=True, backend="aot_eager")
-    w, scale, bias = rand_i8(8, 32), torch.rand(8), torch.randn(8)
+    w, scale, bias = random_int8(8, 32), torch.rand(8), torch.randn(8)
     for m in (3, 5, 11):
-        x1, pertoken = rand_i8(m, 32), torch.rand(m)
+        x1, pertoken = random_int8(m, 32), torch.rand(m)
         assert torch.equal(compiled(x1, w.t(), scale, pertoken, bias), _fn(x1, w.t(), scale, pertoken, bias))
 
 
@@ -931,20 +933,20 @@ def test_compile_inductor():
         return npuquant.npu_quant_matmul(x1, x2, q).float() + 1
 
     compiled = torch.compile(fn, fullgraph=True, dynamic=True)
-    w, scale = rand_i8(16, 24), torch.rand(16) / 100
+    w, scale = random_int8(16, 24), torch.rand(16) / 100
     for m in (2, 7):
-        x1 = rand_i8(m, 24)
+        x1 = random_int8(m, 24)
         assert torch.equal(compiled(x1, w.t(), scale), fn(x1, w.t(), scale))
 
 
 def _opcheck_cases():
-    w = rand_i8(6, 20)
+    w = random_int8(6, 20)
     a4 = npuquant.pack_int4(torch.randint(-8, 8, (3, 16), dtype=torch.int8))
     w4 = npuquant.pack_int4(torch.randint(-8, 8, (16, 16), dtype=torch.int8))
     return [
-        (rand_i8(4, 20), w.t(), torch.rand(6), torch.randn(6) * 5, None, None, torch.int8, None),
+        (random_int8(4, 20), w.t(), torch.rand(6), torch.randn(6) * 5, None, None, torch.int8, None),
         (
-            rand_i8(4, 20),
+            random_int8(4, 20),
             w.t(),
             npuquant.npu_trans_quant_param(torch.rand(1)),
             None,
@@ -954,7 +956,7 @@ def _opcheck_cases():
             None,
         ),
         (
-            rand_i8(2, 4, 20),
+            random_int8(2, 4, 20),
             w.t(),
             torch.rand(6).bfloat16(),
             None,
@@ -963,7 +965,7 @@ def _opcheck_cases():
             torch.bfloat16,
             None,
         ),
-        (rand_i8(4, 20), w.t(), torch.rand(1), None, None, None, torch.int32, [0, 0, 0]),
+        (random_int8(4, 20), w.t(), torch.rand(1), None, None, None, torch.int32, [0, 0, 0]),
         (a4, w4, torch.rand(16), None, None, None, torch.float16, None),
         (
             a4,
@@ -975,9 +977,178 @@ def _opcheck_cases():
             torch.bfloat16,
             None,
         ),
+        (
+            random_int8(12, 20),
+            random_int8(3, 6, 20).transpose(1, 2),
+            torch.rand(6),
+            None,
+            torch.rand(12),
+            None,
+            torch.float16,
+            None,
+        ),
     ]
 
 
-@pytest.mark.parametrize("index", range(6))
+@pytest.mark.parametrize("index", range(7))
 def test_opcheck(index):
-    torch.library.opcheck(torch.ops.npuquant.npu_quant_matmul.default, _opcheck_cases()[index])
+    """The operator behind the public op, on the normalised arguments the public op hands it."""
+    x1, x2, scale, offset, pertoken, bias, out, groups = _opcheck_cases()[index]
+    plan = qm.validate(x1, x2, scale, offset, pertoken, bias, out, groups)
+    args = qm._normalise(x1, x2, scale, offset, pertoken, bias, plan)
+    torch.library.opcheck(torch.ops.npuquant.quant_matmul.default, args)
+    assert_same_bits(
+        qm._compute(*args).view(plan.shape),
+        npuquant.npu_quant_matmul(
+            x1, x2, scale, offset=offset, pertoken_scale=pertoken, bias=bias, output_dtype=out, group_sizes=groups
+        ),
+    )
+
+
+@pytest.mark.parametrize(
+    "kwargs, name",
+    [
+        (dict(offset=3.0), "offset"),
+        (dict(pertoken_scale=[1.0]), "pertoken_scale"),
+        (dict(bias=np.zeros(2, dtype=np.int32)), "bias"),
+    ],
+)
+def test_optional_arguments_must_be_tensors(kwargs, name):
+    with pytest.raises(TypeError, match=f"npu_quant_matmul\\(\\): argument '{name}' must be a torch.Tensor or None"):
+        npuquant.npu_quant_matmul(X1, X2, torch.tensor([0.5]), **kwargs)
+
+
+# ---------------------------------------------------------------- results follow the inputs (no caches, issue 15)
+
+EDITS = ["data", "numpy", "from_numpy", "in place"]
+
+
+def aliased(t: torch.Tensor, how: str):
+    """A copy of ``t`` and a function writing into it the way ``how`` says.
+
+    ``data``: through ``.data`` (its own version counter); ``numpy``: through ``t.numpy()`` (no
+    version counter at all); ``from_numpy``: the tensor aliases a numpy array that is written;
+    ``in place``: plain indexing assignment (bumps the version counter).
+    """
+    if how == "from_numpy":
+        array = t.numpy().copy()
+        alias = torch.from_numpy(array)
+    else:
+        array, alias = None, t.clone()
+
+    def edit(index, values):
+        v = values.numpy() if isinstance(values, torch.Tensor) else values
+        if how == "from_numpy":
+            array[index] = v
+        elif how == "numpy":
+            alias.numpy()[index] = v
+        elif how == "data":
+            alias.data[index] = values
+        else:
+            alias[index] = values
+
+    return alias, edit
+
+
+def _fresh_call(args: dict) -> torch.Tensor:
+    """The same call on fresh copies of every tensor."""
+    copies = {k: v.clone() if isinstance(v, torch.Tensor) else v for k, v in args.items()}
+    x1, x2, scale = copies.pop("x1"), copies.pop("x2"), copies.pop("scale")
+    return npuquant.npu_quant_matmul(x1, x2, scale, **copies)
+
+
+def _freshness_case(case: str, m: int):
+    """(target tensor, builder of the call's arguments from it, new values for the target)."""
+    gen = torch.Generator().manual_seed(m)
+    k, n = 48, 40
+    x1 = random_int8(m, k, generator=gen)
+    scale = torch.rand(n, generator=gen) / 100
+    w = random_int8(n, k, generator=gen)
+    if case == "int8 x2":
+        return w, lambda t: dict(x1=x1, x2=t.t(), scale=scale, output_dtype=torch.float16), random_int8(n, k)
+    if case == "int8 x2 contiguous (k, n)":
+        wkn = w.t().contiguous()
+        return wkn, lambda t: dict(x1=x1, x2=t, scale=scale, output_dtype=torch.bfloat16), random_int8(k, n)
+    if case == "batched x2, batch stride 0":  # one 2-D weight for a batch of activations
+        x3 = random_int8(3, m, k, generator=gen)
+        return w, lambda t: dict(x1=x3, x2=t.t(), scale=scale, output_dtype=torch.float16), random_int8(n, k)
+    if case == "batched x2":
+        x3, w3 = random_int8(3, m, k, generator=gen), random_int8(3, n, k, generator=gen)
+        return (
+            w3,
+            lambda t: dict(x1=x3, x2=t.transpose(1, 2), scale=scale, output_dtype=torch.float16),
+            random_int8(3, n, k),
+        )
+    if case == "int64 scale":
+        q = npuquant.npu_trans_quant_param(scale, torch.randn(n, generator=gen) * 5)
+        new = npuquant.npu_trans_quant_param(torch.rand(n) / 50, torch.randn(n) * 5)
+        return q, lambda t: dict(x1=x1, x2=w.t(), scale=t), new
+    if case == "float32 scale, FP19 path (float16)":
+        return scale, lambda t: dict(x1=x1, x2=w.t(), scale=t, output_dtype=torch.float16), torch.rand(n) / 10
+    if case == "float32 scale, FP19 path (int8, offset)":
+        offset = torch.randn(n, generator=gen) * 5
+        return scale, lambda t: dict(x1=x1, x2=w.t(), scale=t, offset=offset), torch.rand(n) / 10
+    if case == "offset":
+        return (
+            torch.randn(n, generator=gen) * 5,
+            lambda t: dict(x1=x1, x2=w.t(), scale=scale, offset=t),
+            torch.randn(n) * 50,
+        )
+    if case == "pertoken_scale":
+        return (
+            torch.rand(m, generator=gen),
+            lambda t: dict(x1=x1, x2=w.t(), scale=scale, pertoken_scale=t, output_dtype=torch.bfloat16),
+            torch.rand(m) * 3,
+        )
+    if case == "int32 bias":
+        return (
+            torch.randint(-999, 999, (n,), dtype=torch.int32, generator=gen),
+            lambda t: dict(x1=x1, x2=w.t(), scale=scale, bias=t, output_dtype=torch.float16),
+            torch.randint(-99999, 99999, (n,), dtype=torch.int32),
+        )
+    a4 = npuquant.pack_int4(torch.randint(-8, 8, (m, k), dtype=torch.int8, generator=gen))
+    if case == "A4W4 x2 packed along n":
+        x2 = npuquant.pack_int4(torch.randint(-8, 8, (k, n), dtype=torch.int8, generator=gen))  # (k, n/8)
+        return x2, lambda t: dict(x1=a4, x2=t, scale=scale, output_dtype=torch.float16), random_words(k, n // 8)
+    if case == "A4W4 x2 packed along k":
+        w4 = npuquant.pack_int4(torch.randint(-8, 8, (n, k), dtype=torch.int8, generator=gen))  # (n, k/8)
+        return w4, lambda t: dict(x1=a4, x2=t.t(), scale=scale, output_dtype=torch.float16), random_words(n, k // 8)
+    if case == "A4W4 x1":
+        x2 = npuquant.pack_int4(torch.randint(-8, 8, (k, n), dtype=torch.int8, generator=gen))
+        return a4, lambda t: dict(x1=t, x2=x2, scale=scale, output_dtype=torch.float16), random_words(m, k // 8)
+    raise AssertionError(case)
+
+
+FRESHNESS_CASES = [
+    "int8 x2",
+    "int8 x2 contiguous (k, n)",
+    "batched x2, batch stride 0",
+    "batched x2",
+    "int64 scale",
+    "float32 scale, FP19 path (float16)",
+    "float32 scale, FP19 path (int8, offset)",
+    "offset",
+    "pertoken_scale",
+    "int32 bias",
+    "A4W4 x2 packed along n",
+    "A4W4 x2 packed along k",
+    "A4W4 x1",
+]
+
+
+@pytest.mark.parametrize("how", EDITS)
+@pytest.mark.parametrize("m", [3, 12], ids=["gemv", "packed"])
+@pytest.mark.parametrize("case", FRESHNESS_CASES)
+def test_results_follow_edited_inputs(case, m, how):
+    """Edit an input after a call: the next call gives exactly the result for the new values."""
+    original, build, new_values = _freshness_case(case, m)
+    target, edit = aliased(original, how)
+    before = npuquant.npu_quant_matmul(**build(target))
+    assert_same_bits(before, _fresh_call(build(target)))
+    edit(..., new_values)  # every element
+    after = npuquant.npu_quant_matmul(**build(target))
+    assert torch.equal(target, new_values)
+    assert_same_bits(after, _fresh_call(build(target)))
+    assert not torch.equal(after, before)
+    edit((-1,) * target.dim(), new_values.flatten()[0])  # one element
+    assert_same_bits(npuquant.npu_quant_matmul(**build(target)), _fresh_call(build(target)))

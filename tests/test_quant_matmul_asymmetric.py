@@ -9,25 +9,21 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 import npuquant
-from npuquant import _native
-from npuquant.ops.quant_matmul import asymmetric, native
+from helpers import assert_same_bits, random_int8
+from npuquant.ops.quant_matmul import asymmetric
 
-needs_native = pytest.mark.skipif(not _native.available(), reason=f"native library missing: {_native.load_error}")
 OUT_DTYPES = [torch.float32, torch.float16, torch.bfloat16]
 
 
-def bits(t: torch.Tensor) -> torch.Tensor:
-    return t.view({torch.float32: torch.int32, torch.float16: torch.int16, torch.bfloat16: torch.int16}[t.dtype])
-
-
 def make_case(seed: int, m: int, k: int, n: int, mode: str = "full"):
+    """x_q (m, k), x_scale, x_offset (m,), weight = w.t() of a contiguous (n, k) w, w_scale, bias (n,)."""
     gen = torch.Generator().manual_seed(seed)
     if mode == "neg128":
         x_q = torch.full((m, k), -128, dtype=torch.int8)
         w = torch.full((n, k), -128, dtype=torch.int8)
     else:
-        x_q = torch.randint(-128, 128, (m, k), generator=gen, dtype=torch.int8)
-        w = torch.randint(-128, 128, (n, k), generator=gen, dtype=torch.int8)
+        x_q = random_int8(m, k, generator=gen)
+        w = random_int8(n, k, generator=gen)
     x_scale = torch.rand(m, generator=gen) / 100
     x_offset = (torch.rand(m, generator=gen) - 0.5) * 600  # float zero points, as dynamic quant makes them
     w_scale = torch.rand(n, generator=gen) / 100
@@ -35,7 +31,6 @@ def make_case(seed: int, m: int, k: int, n: int, mode: str = "full"):
     return x_q, x_scale, x_offset, w.t(), w_scale, bias
 
 
-@needs_native
 @given(
     m=st.integers(1, 19),
     k=st.integers(1, 200),
@@ -44,18 +39,21 @@ def make_case(seed: int, m: int, k: int, n: int, mode: str = "full"):
     with_bias=st.booleans(),
     scalar_w_scale=st.booleans(),
     mode=st.sampled_from(["full", "neg128"]),
+    weight_layout=st.sampled_from(["w.t()", "contiguous (k, n)"]),
     seed=st.integers(0, 2**31 - 1),
 )
 @settings(suppress_health_check=[HealthCheck.function_scoped_fixture])  # the ISA cap holds for every example
-def test_native_matches_twin(isa, m, k, n, out, with_bias, scalar_w_scale, mode, seed):
+def test_native_matches_twin(isa, m, k, n, out, with_bias, scalar_w_scale, mode, weight_layout, seed):
     x_q, x_scale, x_offset, w, w_scale, bias = make_case(seed, m, k, n, mode)
+    if weight_layout != "w.t()":
+        w = w.contiguous()
     if scalar_w_scale:
         w_scale = w_scale[:1]
     bias = bias if with_bias else None
     got = npuquant.quant_matmul_asymmetric(x_q, x_scale, x_offset, w, w_scale, bias, output_dtype=out)
     want = asymmetric.reference(x_q, x_scale, x_offset, w, w_scale, bias, out)
     assert got.dtype == out and got.shape == (m, n) and got.is_contiguous()
-    assert torch.equal(bits(got), bits(want))
+    assert_same_bits(got, want)
 
 
 def test_twin_follows_documented_steps():
@@ -72,7 +70,7 @@ def test_twin_follows_documented_steps():
             v = f(v * f(x_scale[i].item()))
             expected[i, j] = f(v + f(bias[j].item()))
     got = asymmetric.reference(x_q, x_scale, x_offset, w, w_scale, bias, torch.float32)
-    assert torch.equal(bits(got), bits(torch.from_numpy(expected)))
+    assert_same_bits(got, torch.from_numpy(expected))
 
 
 def test_approximates_float_matmul():
@@ -88,20 +86,6 @@ def test_approximates_float_matmul():
     assert (got - want).abs().max() < 0.05 * want.abs().max()
 
 
-@needs_native
-def test_packed_weight_and_tensor_agree(isa):
-    x_q, x_scale, x_offset, w, w_scale, bias = make_case(11, 5, 70, 33)
-    packed = native.pack_weight(w)
-    from_tensor = npuquant.quant_matmul_asymmetric(x_q, x_scale, x_offset, w, w_scale, bias)
-    from_pack = npuquant.quant_matmul_asymmetric(x_q, x_scale, x_offset, packed, w_scale, bias)
-    assert torch.equal(bits(from_tensor), bits(from_pack))
-    with _native.force_reference():  # the reference path unpacks the pack
-        ref_pack = npuquant.quant_matmul_asymmetric(x_q, x_scale, x_offset, packed, w_scale, bias)
-        ref_tensor = npuquant.quant_matmul_asymmetric(x_q, x_scale, x_offset, w, w_scale, bias)
-    assert torch.equal(bits(from_pack), bits(ref_pack))
-    assert torch.equal(bits(from_pack), bits(ref_tensor))
-
-
 def test_leading_dims_and_strides():
     x_q, x_scale, x_offset, w, w_scale, bias = make_case(5, 12, 40, 17)
     x3 = x_q.reshape(3, 4, 40)
@@ -110,15 +94,15 @@ def test_leading_dims_and_strides():
     )
     flat = npuquant.quant_matmul_asymmetric(x_q, x_scale, x_offset, w, w_scale, bias, output_dtype=torch.bfloat16)
     assert got.shape == (3, 4, 17)
-    assert torch.equal(bits(got.reshape(12, 17)), bits(flat))
+    assert_same_bits(got.reshape(12, 17), flat)
     strided = torch.randint(-128, 128, (12, 80), dtype=torch.int8)[:, ::2]
     got = npuquant.quant_matmul_asymmetric(strided, x_scale, x_offset, w, w_scale, bias)
     want = asymmetric.reference(strided, x_scale, x_offset, w, w_scale, bias, torch.float32)
-    assert torch.equal(bits(got), bits(want))
+    assert_same_bits(got, want)
     one_row = npuquant.quant_matmul_asymmetric(x_q[3], x_scale[3], x_offset[3], w, w_scale, bias)  # 1-D x_q
     assert one_row.shape == (17,)
     row = asymmetric.reference(x_q[3:4], x_scale[3:4], x_offset[3:4], w, w_scale, bias, torch.float32)[0]
-    assert torch.equal(bits(one_row), bits(row))
+    assert_same_bits(one_row, row)
 
 
 def test_dtype_codes_and_low_precision_inputs():
@@ -129,7 +113,8 @@ def test_dtype_codes_and_low_precision_inputs():
     want = asymmetric.reference(
         x_q, x_scale, x_offset, w, w_scale.to(torch.bfloat16), bias.to(torch.float16), torch.float16
     )
-    assert got.dtype == torch.float16 and torch.equal(bits(got), bits(want))
+    assert got.dtype == torch.float16
+    assert_same_bits(got, want)
 
 
 @pytest.mark.parametrize(
@@ -158,23 +143,97 @@ def test_errors(change, message):
         npuquant.quant_matmul_asymmetric(**args)
 
 
-def test_errors_k_limit_and_weight_type():
+def test_errors_k_limit():
     k = asymmetric.MAX_K + 1
     x_q = torch.zeros(1, k, dtype=torch.int8)
     w = torch.zeros(1, k, dtype=torch.int8).t()
     with pytest.raises(RuntimeError, match="k must be at most 131071"):
         npuquant.quant_matmul_asymmetric(x_q, torch.ones(1), torch.zeros(1), w, torch.ones(1))
-    with pytest.raises(RuntimeError, match="weight must be a tensor or a PackedWeight"):
-        npuquant.quant_matmul_asymmetric(x_q[:, :4], torch.ones(1), torch.zeros(1), [[1]], torch.ones(1))
 
 
-@needs_native
-def test_errors_batched_pack():
-    packed = native.pack_weight(torch.zeros(2, 4, 3, dtype=torch.int8))
-    with pytest.raises(RuntimeError, match="2-D"):
-        npuquant.quant_matmul_asymmetric(
-            torch.zeros(1, 4, dtype=torch.int8), torch.ones(1), torch.zeros(1), packed, torch.ones(1)
-        )
+@pytest.mark.parametrize("name", ["x_q", "x_scale", "x_offset", "weight", "w_scale", "bias"])
+@pytest.mark.parametrize("bad", [None, [[1]], 2.0])
+def test_non_tensor_arguments_are_type_errors(name, bad):
+    x_q, x_scale, x_offset, w, w_scale, bias = make_case(1, 4, 30, 8)
+    args = dict(x_q=x_q, x_scale=x_scale, x_offset=x_offset, weight=w, w_scale=w_scale, bias=bias)
+    if name == "bias" and bad is None:
+        return  # bias is optional
+    args[name] = bad
+    kind = "a torch.Tensor or None" if name == "bias" else "a torch.Tensor"
+    with pytest.raises(TypeError, match=rf"quant_matmul_asymmetric\(\): argument '{name}' must be {kind}, but got"):
+        npuquant.quant_matmul_asymmetric(**args)
+
+
+@pytest.mark.parametrize("m", [3, 12])
+def test_k_zero(m):
+    """k = 0: the integer product is 0, only the bias remains (native and reference)."""
+    x_q = torch.zeros(m, 0, dtype=torch.int8)
+    w = torch.zeros(5, 0, dtype=torch.int8)
+    x_scale, x_offset, w_scale, bias = torch.rand(m), torch.randn(m), torch.rand(5), torch.randn(5)
+    for weight in (w.t(), torch.zeros(0, 5, dtype=torch.int8)):
+        got = npuquant.quant_matmul_asymmetric(x_q, x_scale, x_offset, weight, w_scale, bias)
+        want = asymmetric.reference(x_q, x_scale, x_offset, weight, w_scale, bias, torch.float32)
+        assert_same_bits(got, want)
+        assert_same_bits(got, bias.expand(m, 5).contiguous())
+
+
+# ---------------------------------------------------------------- results follow the inputs (no caches, issue 15)
+
+EDITS = ["data", "numpy", "from_numpy", "in place"]
+
+
+def aliased(t: torch.Tensor, how: str):
+    """A copy of ``t`` and a function writing into it through ``.data``, ``t.numpy()``, the numpy
+    array it was made from (``torch.from_numpy``) or plain indexing (``in place``)."""
+    if how == "from_numpy":
+        array = t.numpy().copy()
+        alias = torch.from_numpy(array)
+    else:
+        array, alias = None, t.clone()
+
+    def edit(index, values):
+        v = values.numpy() if isinstance(values, torch.Tensor) else values
+        if how == "from_numpy":
+            array[index] = v
+        elif how == "numpy":
+            alias.numpy()[index] = v
+        elif how == "data":
+            alias.data[index] = values
+        else:
+            alias[index] = values
+
+    return alias, edit
+
+
+@pytest.mark.parametrize("how", EDITS)
+@pytest.mark.parametrize("m", [3, 12], ids=["gemv", "packed"])
+@pytest.mark.parametrize("target", ["weight (n, k) as w.t()", "weight (k, n)", "w_scale", "x_offset", "x_q"])
+def test_results_follow_edited_inputs(target, m, how):
+    x_q, x_scale, x_offset, w, w_scale, bias = make_case(m, m, 48, 40)
+    args = dict(x_q=x_q, x_scale=x_scale, x_offset=x_offset, weight=w, w_scale=w_scale, bias=bias)
+    key, original, view = {
+        "weight (n, k) as w.t()": ("weight", w.t(), lambda t: t.t()),
+        "weight (k, n)": ("weight", w.contiguous(), lambda t: t),
+        "w_scale": ("w_scale", w_scale, lambda t: t),
+        "x_offset": ("x_offset", x_offset, lambda t: t),
+        "x_q": ("x_q", x_q, lambda t: t),
+    }[target]
+    new_values = random_int8(*original.shape) if original.dtype == torch.int8 else torch.rand(original.shape) * 9
+    alias, edit = aliased(original, how)
+    args[key] = view(alias)
+
+    def fresh():
+        return npuquant.quant_matmul_asymmetric(**{k: v.clone() for k, v in args.items()})
+
+    before = npuquant.quant_matmul_asymmetric(**args)
+    assert_same_bits(before, fresh())
+    edit(..., new_values)
+    after = npuquant.quant_matmul_asymmetric(**args)
+    assert torch.equal(alias, new_values) and not torch.equal(after, before)
+    assert_same_bits(after, fresh())
+    assert_same_bits(after, asymmetric.reference(*(v.clone() for v in args.values()), torch.float32))
+    edit((0,) * alias.dim(), new_values.flatten()[-1])
+    assert_same_bits(npuquant.quant_matmul_asymmetric(**args), fresh())
 
 
 def test_custom_op_registration_and_compile():

@@ -11,6 +11,7 @@ import torch.nn.functional as F
 from torch import nn
 
 import npuquant
+from helpers import assert_same_bits, random_int8, random_words
 from npuquant import _native
 from npuquant.nn import W4A16Linear, W8A8Linear, W8A8SymLinear
 from npuquant.quantize import load_quantized, quantize_model, read_metadata, save_quantized, smoothquant_scales
@@ -259,18 +260,150 @@ def test_w4a16_weight_is_packed_per_spec():
     torch.testing.assert_close(layer.dequantize(), manual)
 
 
-@pytest.mark.parametrize("cls", [W8A8Linear, W8A8SymLinear, W4A16Linear])
-def test_native_and_reference_paths_agree(cls):
-    if not _native.available():
-        pytest.skip(f"native library not available: {_native.load_error}")
-    layer = cls.from_linear(_linear(64, 40, bias=True))
-    x = torch.randn(6, 64)
-    native = layer(x)
+LAYERS = [W8A8Linear, W8A8SymLinear, W4A16Linear]
+
+
+def _layer(cls, k: int = 64, n: int = 40, bias: bool = True, smooth: bool = False, seed: int = 0):
+    options = {"group_size": 32} if cls is W4A16Linear else {}
+    if smooth:
+        options["smooth_scales"] = torch.rand(k, generator=torch.Generator().manual_seed(seed)) + 0.5
+    return cls.from_linear(_linear(k, n, bias=bias, seed=seed), **options)
+
+
+@pytest.mark.parametrize("cls", LAYERS)
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16])
+@pytest.mark.parametrize("lead", [(1,), (3,), (8,), (9,), (2, 17)], ids=lambda s: "x".join(map(str, s)))
+def test_native_and_reference_paths_agree(cls, dtype, lead):
+    """The layer's operator (native on CPU) and its reference give the same bits: GEMV (m <= 8) and GEMM rows."""
+    for bias, smooth in ((True, False), (False, cls is not W4A16Linear)):
+        layer = _layer(cls, k=72, n=40, bias=bias, smooth=smooth).to(dtype)
+        if cls is W4A16Linear:
+            layer.tile_rows = 16  # several tiles, a short last one
+        x = torch.randn(*lead, 72, generator=torch.Generator().manual_seed(len(lead))).to(dtype)
+        native = layer(x)
+        with _native.force_reference():
+            reference = layer(x)
+        assert native.dtype == dtype and native.shape == (*lead, 40)
+        assert_same_bits(native, reference)
+
+
+# ---------------------------------------------------------------------------------- weight edits (no caches, issue 15)
+
+
+def _fresh_copy(layer: nn.Module) -> nn.Module:
+    """A new layer of the same kind built from ``layer``'s current buffers (cloned)."""
+    fresh = type(layer)(layer.in_features, layer.out_features, bias=layer.bias is not None, dtype=layer.dtype,
+                        **layer.options())  # fmt: skip
+    if isinstance(layer, W4A16Linear):
+        fresh.tile_rows = layer.tile_rows
+    fresh.load_state_dict({k: v.clone() for k, v in layer.state_dict().items()})
+    return fresh
+
+
+def _new_values(t: torch.Tensor) -> torch.Tensor:
+    gen = torch.Generator().manual_seed(t.numel())
+    if t.dtype == torch.int8:
+        return random_int8(*t.shape, generator=gen)
+    if t.dtype == torch.int32:
+        return random_words(*t.shape, generator=gen)
+    return (torch.rand(t.shape, generator=gen) * 2).to(t.dtype)
+
+
+EDITABLE = {
+    W8A8Linear: ["weight", "weight_scale", "smooth_scales", "bias"],
+    W8A8SymLinear: ["weight", "weight_scale", "smooth_scales", "bias"],
+    W4A16Linear: ["weight", "weight_scale", "weight_offset", "bias"],
+}
+LAYER_EDITS = ["in place", "copy_", ".data", "numpy", "load_state_dict"]
+
+
+def _edit(layer: nn.Module, name: str, how: str, values: torch.Tensor) -> None:
+    buffer = getattr(layer, name)
+    if how == "in place":
+        buffer[...] = values
+    elif how == "copy_":
+        buffer.copy_(values)
+    elif how == ".data":
+        buffer.data[...] = values
+    elif how == "numpy":
+        buffer.numpy()[...] = values.numpy()
+    else:
+        state = layer.state_dict()
+        state[name] = values
+        layer.load_state_dict(state)
+
+
+@pytest.mark.parametrize("how", LAYER_EDITS)
+@pytest.mark.parametrize("rows", [3, 12], ids=["gemv", "gemm"])
+@pytest.mark.parametrize("cls, name", [(cls, name) for cls in LAYERS for name in EDITABLE[cls]])
+def test_layers_follow_buffer_edits(cls, name, rows, how):
+    """After an edit, the layer's output equals a fresh layer's built from the edited buffers."""
+    layer = _layer(cls, smooth=name == "smooth_scales")
+    x = torch.randn(rows, 64, generator=torch.Generator().manual_seed(rows))
+    before = layer(x)
+    assert_same_bits(before, _fresh_copy(layer)(x))
+    _edit(layer, name, how, _new_values(getattr(layer, name)))
+    after = layer(x)
+    assert not torch.equal(after, before)
+    assert_same_bits(after, _fresh_copy(layer)(x))
     with _native.force_reference():
-        layer._invalidate()
-        reference = layer(x)
-    layer._invalidate()
-    torch.testing.assert_close(native, reference, rtol=1e-5, atol=1e-5)
+        assert_same_bits(layer(x), after)
+
+
+@pytest.mark.parametrize("cls", LAYERS)
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+def test_layers_after_dtype_conversion_equal_a_fresh_layer(cls, dtype):
+    layer = _layer(cls, smooth=cls is not W4A16Linear)
+    x = torch.randn(5, 64)
+    layer(x)
+    layer.to(dtype)
+    assert layer.dtype == dtype and layer.bias.dtype == dtype and layer.weight_scale.dtype == torch.float32
+    fresh = _fresh_copy(layer)
+    assert fresh.dtype == dtype
+    for rows in (3, 12):
+        xd = x.repeat(3, 1)[:rows].to(dtype)
+        assert_same_bits(layer(xd), fresh(xd))
+    _edit(layer, "weight", ".data", _new_values(layer.weight))  # and edits after the conversion
+    assert_same_bits(layer(x.to(dtype)), _fresh_copy(layer)(x.to(dtype)))
+
+
+# ---------------------------------------------------------------------------------- one int8 weight rule
+
+
+def test_quantize_model_and_linear_quant_share_the_int8_weight_rule():
+    """quantize_model (w8a8, w8a8-sym) and LinearQuant.from_float give the same int8 weights and scales:
+    ops.dynamic_quant.quantize_weight_int8, i.e. npu_dynamic_quant on the float32 rows (an all-zero row
+    gets scale 0 and zero weights)."""
+    from npuquant.contrib.module import LinearQuant
+    from npuquant.ops.dynamic_quant import quantize_weight_int8
+
+    torch.manual_seed(7)
+    model = nn.Sequential(nn.Linear(48, 16))
+    with torch.no_grad():
+        model[0].weight[3].zero_()
+        model[0].weight[5, 7] = -model[0].weight[5].abs().max() * 4  # -max maps to exactly -127
+    w = model[0].weight.detach().clone()
+    q, scale = quantize_weight_int8(w)
+    want_q, want_scale = npuquant.npu_dynamic_quant(w)
+    assert torch.equal(q, want_q) and torch.equal(scale, want_scale)
+    assert scale[3] == 0 and not q[3].any()
+    assert int(q[5, 7]) == -127 and int(q.min()) >= -127 and int(q.max()) <= 127
+    assert torch.equal(scale, w.abs().amax(1) / 127)
+    safe = torch.where(scale == 0, torch.ones_like(scale), scale)
+    assert torch.equal(q, torch.round(w * (1 / safe)[:, None]).to(torch.int8))
+
+    from_float = LinearQuant.from_float(model[0], output_dtype=torch.float16)
+    assert torch.equal(from_float.weight, q) and torch.equal(from_float.scale, scale)
+    for scheme in ("w8a8", "w8a8-sym"):
+        layer = quantize_model(copy.deepcopy(model), scheme)[0]
+        assert torch.equal(layer.weight, q) and torch.equal(layer.weight_scale, scale), scheme
+        out = layer(torch.randn(4, 48))
+        assert torch.equal(out[:, 3], model[0].bias.detach()[3].expand(4))  # the zero row adds nothing
+    half = nn.Linear(48, 16).half()  # any float dtype: quantized from its float32 values
+    layer = quantize_model(nn.Sequential(half), "w8a8")[0]
+    q16, s16 = quantize_weight_int8(half.weight.detach().float())
+    assert torch.equal(layer.weight, q16) and torch.equal(layer.weight_scale, s16)
+    assert torch.equal(LinearQuant.from_float(half, output_dtype=torch.float16).weight, q16)
 
 
 @pytest.mark.parametrize("cls", [W8A8Linear, W8A8SymLinear, W4A16Linear])
@@ -325,14 +458,15 @@ def test_smooth_scales_shape_is_checked():
         W4A16Linear.from_linear(_linear(64, 8), smooth_scales=torch.ones(64))
 
 
-@pytest.mark.parametrize("cls", [W8A8Linear, W8A8SymLinear, W4A16Linear])
-def test_load_state_dict_replaces_derived_data(cls):
+@pytest.mark.parametrize("cls", LAYERS)
+@pytest.mark.parametrize("rows", [2, 12])
+def test_load_state_dict_replaces_everything(cls, rows):
     a = cls.from_linear(_linear(64, 24, seed=1))
     b = cls.from_linear(_linear(64, 24, seed=2))
-    x = torch.randn(2, 64)
-    a(x)  # builds any packed form of a's weights
+    x = torch.randn(rows, 64)
+    a(x)
     a.load_state_dict(b.state_dict())
-    torch.testing.assert_close(a(x), b(x), rtol=0, atol=0)
+    assert_same_bits(a(x), b(x))
 
 
 # ---------------------------------------------------------------------------------- save / load

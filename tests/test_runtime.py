@@ -1,4 +1,5 @@
-"""The native runtime (feature detection, kernel-variant cap, thread pool) and `npuquant info`."""
+"""The native runtime (operator library loading, feature detection, kernel-variant cap, the parallel
+loops' self-test operator, the reference switch) and `npuquant info`."""
 
 from __future__ import annotations
 
@@ -6,77 +7,226 @@ import json
 import os
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 import torch
+from torch.utils._python_dispatch import TorchDispatchMode
 
+import npuquant
 from npuquant import _native, cli
 
-pytestmark = pytest.mark.skipif(not _native.available(), reason=f"native library missing: {_native.load_error}")
+OPERATORS = [
+    "anti_quant",
+    "dequant_int4_grouped",
+    "dequantize",
+    "dynamic_quant",
+    "unpack_int4",
+    "pack_int4",
+    "quant_matmul",
+    "quant_matmul_asymmetric",
+    "linear_w8a8",
+    "linear_w8a8_sym",
+    "linear_w4a16",
+    "cpu_features",
+    "isa",
+    "best_isa",
+    "set_isa_limit",
+    "set_bf16_nan",
+    "pool_selftest",
+]
 
 
-def test_extension_imports_as_module():
-    import npuquant._npuquant_c as ext
+def _python(code: str, **env: str) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, timeout=300, env={**os.environ, **env}
+    )
 
-    assert ext.__name__ == "npuquant._npuquant_c"
+
+# ---------------------------------------------------------------------------------- loading
+
+
+def test_operator_library_is_loaded():
+    assert _native.available() and _native.load_error is None
+    assert not hasattr(_native, "lib")  # no ctypes handle any more
+    for name in OPERATORS:
+        assert hasattr(torch.ops.npuquant, name), name
+    assert Path(_native.__file__).with_name("_C.abi3.so").exists()
+
+
+def test_missing_library_fails_the_import_loudly():
+    proc = _python("import npuquant", NPUQUANT_LIBRARY="/nonexistent/_C.abi3.so")
+    assert proc.returncode != 0
+    assert "ImportError: npuquant: the native operators were not built" in proc.stderr
+
+
+# ---------------------------------------------------------------------------------- ISA and features
 
 
 def test_isa_cap_round_trip():
     best = _native.best_isa()
     assert _native.supported_isas()[-1] == best and _native.supported_isas()[0] == "scalar"
+    assert _native.isa() == best
     with _native.isa_limit("scalar") as now:
         assert now == "scalar" and _native.isa() == "scalar"
+        assert torch.ops.npuquant.isa() == 0
+        with _native.isa_limit(None) as lifted:  # nested: lifts the cap, then restores it
+            assert lifted == best
+        assert _native.isa() == "scalar"
     assert _native.isa() == best
+
+
+def test_isa_limit_above_the_cpu_and_unknown_names():
+    assert _native.set_isa_limit("avx512") == _native.best_isa()  # a cap above the CPU: its best
+    assert _native.set_isa_limit(None) == _native.best_isa()
+    with pytest.raises(ValueError, match="unknown ISA 'sse'"):
+        _native.set_isa_limit("sse")
+    assert _native.isa() == _native.best_isa()
+
+
+def test_every_supported_isa_can_be_selected(isa):
+    assert _native.isa() == isa
+    assert _native.ISA_NAMES[torch.ops.npuquant.isa()] == isa
+    assert _native.ISA_NAMES[torch.ops.npuquant.best_isa()] == _native.best_isa()
 
 
 def test_features_consistent_with_isa():
     features = set(_native.cpu_features())
+    assert features <= set(_native._FEATURE_BITS)
+    bits = torch.ops.npuquant.cpu_features()
+    assert features == {name for name, bit in _native._FEATURE_BITS.items() if bits & bit}
     if _native.best_isa() in ("avx2", "avx512"):
         assert {"avx2", "fma", "f16c"} <= features
     if _native.best_isa() == "avx512":
         assert {"avx512f", "avx512bw", "avx512vl", "avx512dq"} <= features
 
 
+def test_isa_environment_variable_caps_the_process():
+    proc = _python("from npuquant import _native; print(_native.isa())", NPUQUANT_ISA="scalar")
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.strip() == "scalar"
+
+
+def test_bf16_nan_bits_match_torch():
+    nan = torch.full((64,), float("nan")).to(torch.bfloat16).view(torch.int16)[0]
+    assert _native.BF16_NAN_BITS == int(nan) & 0xFFFF
+    assert torch.ops.npuquant.set_bf16_nan(_native.BF16_NAN_BITS) == _native.BF16_NAN_BITS
+
+
+# ---------------------------------------------------------------------------------- parallel loops
+
+
 @pytest.mark.parametrize("n", [0, 1, 2, 3, 1000])
 def test_pool_covers_every_index_once(n, threads):
-    out = torch.full((max(n, 1),), -1, dtype=torch.int64)
-    _native.lib.npq_pool_selftest(out.data_ptr(), n, threads)
-    expected = torch.arange(n, dtype=torch.int64) ** 2
-    assert torch.equal(out[:n], expected)
+    out = torch.ops.npuquant.pool_selftest(n, 0, threads)
+    assert out.dtype == torch.int64 and out.shape == (n,)
+    assert torch.equal(out, torch.arange(n, dtype=torch.int64) ** 2)
 
 
 @pytest.mark.parametrize(("n", "chunk"), [(0, 1), (1, 1), (7, 1), (1000, 7), (1000, 1000), (1000, 5000)])
 def test_dynamic_split_covers_every_index_once(n, chunk, threads):
-    out = torch.full((max(n, 1),), -1, dtype=torch.int64)
-    _native.lib.npq_pool_selftest_dynamic(out.data_ptr(), n, chunk, threads)
-    expected = torch.arange(n, dtype=torch.int64) ** 2
-    assert torch.equal(out[:n], expected)
+    # Starts at -1 and adds i*i + 1: an index visited twice (or never) shows.
+    out = torch.ops.npuquant.pool_selftest(n, chunk, threads)
+    assert torch.equal(out, torch.arange(n, dtype=torch.int64) ** 2)
 
 
-def test_pool_survives_fork():
+@pytest.mark.parametrize("nthreads", [-1, 0, 1, 64, 100000])
+@pytest.mark.parametrize("chunk", [0, 3])
+def test_pool_any_thread_count(nthreads, chunk):
+    out = torch.ops.npuquant.pool_selftest(1000, chunk, nthreads)
+    assert torch.equal(out, torch.arange(1000, dtype=torch.int64) ** 2)
+
+
+def test_pool_selftest_rejects_negative_n():
+    with pytest.raises(RuntimeError, match="npuquant::pool_selftest: n must be >= 0"):
+        torch.ops.npuquant.pool_selftest(-1, 0, 1)
+
+
+def test_kernels_work_in_a_forked_child():
+    """The kernels' parallel loops run on torch's intra-op pool, so a forked child follows torch's
+    rule (as DataLoader workers do): ``torch.set_num_threads(1)``, then every kernel runs inline and
+    gives the parent's results. (With more threads the child hangs in libgomp, as torch's own ops do.)"""
     if not hasattr(os, "fork"):
         pytest.skip("no fork")
-    out = torch.zeros(64, dtype=torch.int64)
-    _native.lib.npq_pool_selftest(out.data_ptr(), 64, 2)  # start the pool in the parent
+    x1, w = (
+        torch.randint(-128, 128, (64, 512), dtype=torch.int8),
+        torch.randint(-128, 128, (256, 512), dtype=torch.int8),
+    )
+    scale = torch.rand(256) / 1000
+
+    def work():
+        return (
+            torch.ops.npuquant.pool_selftest(64, 0, 2),
+            torch.ops.npuquant.pool_selftest(64, 5, 2),
+            npuquant.npu_quant_matmul(x1, w.t(), scale, output_dtype=torch.bfloat16),  # packed GEMM
+            npuquant.npu_quant_matmul(x1[:3], w.t(), scale, output_dtype=torch.bfloat16),  # GEMV
+        )
+
+    previous = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        in_parent = work()  # the pool has run in the parent
+    finally:
+        torch.set_num_threads(previous)
     pid = os.fork()
-    if pid == 0:  # child: the pool must rebuild itself, not wait on threads that did not survive fork
-        child = torch.zeros(64, dtype=torch.int64)
-        _native.lib.npq_pool_selftest(child.data_ptr(), 64, 2)
-        os._exit(0 if int(child[63]) == 63 * 63 else 1)
+    if pid == 0:
+        ok = False
+        try:
+            torch.set_num_threads(1)
+            ok = all(torch.equal(a, b) for a, b in zip(work(), in_parent))
+        finally:
+            os._exit(0 if ok else 1)
     _, status = os.waitpid(pid, 0)
     assert os.waitstatus_to_exitcode(status) == 0
 
 
-def test_force_reference_switch(monkeypatch):
+# ---------------------------------------------------------------------------------- reference switch
+
+
+class _Ops(TorchDispatchMode):
+    """Records the operators dispatched inside it."""
+
+    def __init__(self):
+        super().__init__()
+        self.seen: list[str] = []
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        self.seen.append(str(func))
+        return func(*args, **(kwargs or {}))
+
+
+def test_force_reference_switch():
     x = torch.zeros(1)
-    assert _native.use_native(x)
-    with _native.force_reference():
-        assert not _native.use_native(x)
-    monkeypatch.setenv("NPUQUANT_FORCE_REFERENCE", "1")
-    assert not _native.use_native(x)
-    monkeypatch.setenv("NPUQUANT_FORCE_REFERENCE", "0")
-    assert _native.use_native(x)
+    assert _native.use_native(x) and _native.use_native(x, None)
     assert not _native.use_native(torch.zeros(1, device="meta"))
+    assert not _native.reference_forced()
+    with _native.force_reference():
+        assert _native.reference_forced() and not _native.use_native(x)
+        with _native.force_reference(False):  # nests and restores
+            assert _native.use_native(x)
+        assert not _native.use_native(x)
+    assert _native.use_native(x) and not _native.reference_forced()
+
+
+def test_force_reference_routes_around_the_operator():
+    x1, w = torch.ones(2, 4, dtype=torch.int8), torch.ones(3, 4, dtype=torch.int8)
+    with _Ops() as native:
+        npuquant.npu_quant_matmul(x1, w.t(), torch.tensor([0.5]), output_dtype=torch.float16)
+    assert "npuquant.quant_matmul.default" in native.seen
+    with _native.force_reference(), _Ops() as ref:
+        npuquant.npu_quant_matmul(x1, w.t(), torch.tensor([0.5]), output_dtype=torch.float16)
+    assert not any(op.startswith("npuquant.quant_matmul") for op in ref.seen), ref.seen
+
+
+def test_force_reference_environment_variable():
+    code = "import torch; from npuquant import _native; print(_native.reference_forced(), _native.use_native(torch.zeros(1)))"
+    for value, expected in (("1", "True False"), ("0", "False True")):
+        proc = _python(code, NPUQUANT_FORCE_REFERENCE=value)
+        assert proc.returncode == 0, proc.stderr
+        assert proc.stdout.strip() == expected, value
+
+
+# ---------------------------------------------------------------------------------- npuquant info
 
 
 def test_info_reports_everything():
@@ -84,10 +234,13 @@ def test_info_reports_everything():
     assert data["torch"] == torch.__version__
     assert data["isa"] == _native.isa() and data["threads"] == torch.get_num_threads()
     assert data["native_library"] == "loaded"
+    assert data["cpu_features"] == _native.cpu_features()
 
 
 def test_cli_info_json_subprocess():
-    out = subprocess.run([sys.executable, "-m", "npuquant", "info", "--json"], capture_output=True, text=True, check=True)
+    out = subprocess.run(
+        [sys.executable, "-m", "npuquant", "info", "--json"], capture_output=True, text=True, check=True
+    )
     data = json.loads(out.stdout)
     assert {"npuquant", "torch", "isa", "threads", "cpu_features"} <= set(data)
 

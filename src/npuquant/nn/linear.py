@@ -13,6 +13,13 @@ Weights are quantized with the library's own ops (``npu_dynamic_quant`` per outp
 int8, ``npu_dynamic_quant_asymmetric`` with int4 output per group for int4), so a layer's
 numerics are the ops' numerics. Every quantized tensor is a registered buffer: ``state_dict()``
 holds the quantized model, and ``load_state_dict`` restores it without re-quantizing.
+
+Each forward pass is one operator call (``torch.ops.npuquant.linear_w8a8``, ``linear_w8a8_sym``,
+``linear_w4a16``; C++ on CPU, the composition of the public ops elsewhere), and it reads the
+layer's buffers as they are at that moment: nothing is derived from them and kept, so every edit
+is seen on the next call, whichever way it is made: in place, ``copy_``, ``load_state_dict``,
+``.to()``, and also writes that bypass torch's version counter (``.data``, numpy views, DLPack).
+(Up to 8 rows the integer GEMV reads ``weight`` where it lies; larger inputs pack it per call.)
 """
 
 from __future__ import annotations
@@ -90,6 +97,13 @@ def _linear_w4a16_reference(
     in_features: int,
     tile_rows: int,
 ) -> torch.Tensor:
+    """Tile by tile: ``npu_anti_quant``-style grouped dequantization to x's dtype, then ``F.linear``.
+
+    The native operator does exactly this from 9 rows on (bit for bit). Up to 8 rows (decode) it
+    runs the fused int4 GEMV instead (csrc/gemv_int4.c): the same weights rounded to x's dtype, the
+    products summed in float32 in that kernel's fixed order, so it agrees with this reference to
+    float32 rounding rather than bit for bit.
+    """
     if tile_rows < 1:
         raise RuntimeError(f"npuquant::linear_w4a16: tile_rows must be positive, but got {tile_rows}")
     rows = _rows(x.contiguous())  # as the operator multiplies it: BLAS rounds a transposed x differently
