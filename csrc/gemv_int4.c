@@ -7,73 +7,82 @@
  *                             int64_t row_stride, const float *scale, const float *offset, int64_t groups,
  *                             const float *bias, void *out, int nthreads);
  *
- *   out[r, j] = cast(sum_kk x[r, kk] * w[j, kk]  (+ bias[j])),  r < m, j < n, kk < k
- *   w[j, kk]  = cast((float32(nibble kk of row j) + offset[j, g]) * scale[j, g]),  g = kk / (8 * words / groups)
+ *   out[r, j] = cast(sum_kk x[r, kk] * w[j, kk]  (+ bias[j])),   r < m, j < n, kk < k
+ *   w[j, kk]  = cast((float32(nibble kk of row j) + offset[j, g]) * scale[j, g]),   g = kk / group_size
  *
  * x: m rows of k float32 / float16 / bfloat16 (x_dtype NPQ_F32 / NPQ_F16 / NPQ_BF16), row r at
  * x + r * x_row_stride elements, unit column stride. packed: n rows of `words` int32 words of 8
  * signed int4 along K (row j at packed + j * row_stride; element kk is nibble kk % 8 of word kk / 8,
- * sign-extended, as npq_dequant_int4_grouped reads it); packed_extent int32 words are readable.
- * Only the first k <= 8 * words columns are used (the rest is padding, never read past word
- * ceil(k / 8)). scale / offset: contiguous (n, groups) float32, group size 8 * words / groups
+ * bits 4 * (kk % 8) .. + 3, sign-extended, as npq_dequant_int4_grouped reads it); packed_extent int32
+ * words are readable. Only the first k <= 8 * words columns are used: words past ceil(k / 8) are
+ * never read. scale / offset: contiguous (n, groups) float32, group_size = 8 * words / groups
  * columns; offset may be NULL (+0, as in npq_dequant_int4_grouped). bias: NULL or n float32, added
  * once to the float32 sum. out: contiguous (m, n) in x's dtype. `cast` is the identity for float32
  * x and npq_f32_to_f16 / npq_f32_to_bf16 (round half to even, npq.h's NaN rules) otherwise: the
- * dequantized weight is rounded to x's dtype exactly as the reference's float tile is
- * (npq_dequant_int4_grouped to x.dtype, then torch.nn.functional.linear).
+ * weight is rounded to x's dtype exactly as the reference's dequantized tile is
+ * (npq_dequant_int4_grouped to x.dtype, then torch.nn.functional.linear). x is widened to float32
+ * exactly; products and sums are float32.
  *
  * Status: NPQ_ERR_DTYPE for another x_dtype; NPQ_ERR_ARG for m, n, k, words, strides or
- * packed_extent < 0, groups <= 0, words % groups != 0, k > 8 * words, or sizes that overflow;
- * NPQ_ERR_BOUNDS when (n - 1) * row_stride + words > packed_extent; NPQ_ERR_NULL for a missing
- * pointer that the call needs; NPQ_ERR_NOMEM when the activation scratch cannot be allocated.
- * Everything is checked before any memory is touched.
+ * packed_extent < 0, groups <= 0, words % groups != 0, k > 8 * words, or sizes and offsets that
+ * overflow int64 (m * n, n * groups, (m - 1) * x_row_stride + k);
+ * NPQ_ERR_BOUNDS when n > 0, words > 0 and (n - 1) * row_stride + words > packed_extent; NPQ_ERR_NULL
+ * for a missing pointer the call needs (out when m * n > 0; x, packed, scale when k > 0 too);
+ * NPQ_ERR_NOMEM when the activation scratch cannot be allocated. Everything is checked before any
+ * memory is touched; m = 0 or n = 0 is a successful no-op, k = 0 writes cast(bias or +0).
  *
  * Summation order (every ISA level gives bit-identical results; the scalar version is written in
- * this order): the x row is cut into blocks of 64 columns (8 words), the last one zero-padded.
- * Column kk = 64 b + 8 i + t of block b goes to lane i (0..7) of one float32 accumulator per output
- * (+0 at the start); for b = 0, 1, ... and within a block t = 0..7, each lane does
- *     acc[i] = fma(w[kk], x[kk], acc[i])
- * (a single rounding), padding columns adding fma(+0, +0, acc[i]). Then the lanes are added as
- *     ((acc0 + acc4) + (acc2 + acc6)) + ((acc1 + acc5) + (acc3 + acc7)),
- * bias[j] is added to that once, and the result is cast to x's dtype. The order does not depend on
- * m, n, the thread count or the ISA, so a row's output does not depend on the batch it comes in.
+ * exactly this order, so it is the reference for the vector ones). K is cut into blocks of 64
+ * columns (8 words; the last block zero-padded). Within a block, column
+ *     e = 32 * (i >> 2) + 8 * (t & 3) + 2 * (i & 3) + (t >> 2)      (word e / 8, nibble e % 8)
+ * sits in slot (t, i), t = 0..7, i = 0..7 (the order in which the vector kernel's table lookups
+ * produce it: vector t, lane i). Each output has 8 float32 lane sums acc[i] = +0; per block and
+ * lane, for each half h = 0, 1 (slots t = 4h .. 4h + 3):
+ *     p = w[e(4h)] * x[e(4h)];  p = fma(w[e(t)], x[e(t)], p) for t = 4h+1 .. 4h+3;  acc[i] = acc[i] + p
+ * with padding columns as w = +0, x = +0 (w is masked, not x: 0 * inf never appears). Then
+ *     s = ((acc0 + acc4) + (acc2 + acc6)) + ((acc1 + acc5) + (acc3 + acc7)),
+ * s + bias[j] once, and the cast. The order does not depend on m, n, the thread count or the ISA:
+ * a row's output does not depend on the batch it comes in.
  *
- * The AVX2 kernel keeps the packed words in registers: 8 consecutive words of a row fill one
- * vector (lane i = word i of the block), and nibble t of every lane is brought to the top by a
- * shift, sign-extended by an arithmetic shift, converted, and dequantized with the lane's group
- * offset / scale (add, multiply: the reference's two float32 operations), rounded to x's dtype
- * when that is 16-bit, and multiplied into the accumulator with x's column 64 b + 8 i + t. The
- * activations are converted to float32 once per call into a scratch buffer already in that
- * (i, t)-transposed order, so every x load is one aligned vector. */
+ * AVX2 kernel: the 16 possible weights of a group (one per nibble value) are computed with the
+ * reference's float32 operations (add, multiply, round to x's dtype) into a table held as byte
+ * planes in registers (4 planes for float32 / float16 x: the bytes of the widened float32 weight;
+ * 2 for bfloat16 x: the bytes of its bfloat16 bits); each 128-bit half of a plane register serves
+ * 4 words, so a block uses at most 2 groups' tables, rebuilt only when its pair of groups changes.
+ * A block's 32 bytes of words are split into low and high nibbles and looked up with vpshufb, and
+ * the looked-up bytes are interleaved into float32 weight vectors: 2 shuffle instructions per 8
+ * weights for bfloat16, 3 for float32, in place of a convert, two float32 operations and (bf16,
+ * f16) a rounding per weight. Group sizes that are not a multiple of 32 columns and the last,
+ * partial block decode nibbles directly into the same slots (shift, convert, fma(nibble * 2^28,
+ * 2^-28, offset) == the reference's add, then multiply and round). The activations are widened to
+ * float32 once per call into a scratch buffer already in slot order, so every x load is one
+ * aligned vector. */
 #include <stdlib.h>
 
 #include "npq.h"
 
-#define GV_BLOCK 64          /* columns per block: 8 words */
-#define GV_MAXM 8            /* activation rows per pass over a weight row */
-#define GV_STACK_FLOATS 4096 /* activation scratch on the stack up to this size (16 KiB) */
-#define GV_GRAIN_BYTES (64 << 10) /* packed-weight bytes per thread, at least: 2 threads from 128 KiB */
-
-/* How a block's 8 words find their group's scale and offset. */
-enum {
-    GV_BCAST, /* 8 | group words: one group per block */
-    GV_G1,    /* 1 word per group: 8 groups per block */
-    GV_G2,    /* 2 words per group */
-    GV_G4,    /* 4 words per group (group_size 32) */
-    GV_SPAN,  /* more than 8 words per group, not a multiple of 8: at most one group edge per block */
-    GV_ANY,   /* 3, 5, 6 or 7 words per group */
-};
+#define GV_BLOCK 64               /* columns per block: 8 words */
+#define GV_MAXM 8                 /* activation rows per pass over a weight row */
+#define GV_STACK_FLOATS 4096      /* activation scratch on the stack up to this size (16 KiB) */
+/* Packed-weight bytes per thread, at least (2 threads from 128 KiB), claimed in quarters: the
+ * dynamic split, because on a shared machine a descheduled thread then holds up only its current
+ * piece (measured here: with the static split, 2 threads ran several times slower than 1 while
+ * another process kept the second core busy). */
+#define GV_GRAIN_BYTES (64 << 10)
 
 typedef struct {
-    const float *xs; /* activation scratch: (m, nb, 8 t, 8 i) float32 */
+    const float *xs;               /* activation scratch: (m, nb, 8 t, 8 i) float32 in slot order */
     int64_t m, k, nb, nfull, tail; /* tail: columns of the last, partial block (0: none) */
     const int32_t *packed;
     int64_t row_stride, groups, gw; /* gw: words per group */
     const float *scale, *offset, *bias;
     void *out;
     int64_t n;
-    int dt, mode;
+    int dt;
 } gv_job;
+
+/* Column (within its block) of slot (t, i). */
+static inline int gv_col(int t, int i) { return 32 * (i >> 2) + 8 * (t & 3) + 2 * (i & 3) + (t >> 2); }
 
 /* ---------------------------------------------------------------- shared helpers */
 
@@ -83,19 +92,21 @@ static inline float gv_load_x(const void *x, int dt, int64_t i) {
     return npq_bf16_to_f32(((const uint16_t *)x)[i]);
 }
 
-/* x rows -> float32 scratch, column kk of row r at ((r * nb + kk / 64) * 8 + kk % 8) * 8 + kk % 64 / 8. */
+/* x rows -> float32 scratch in slot order, padding columns +0. */
 static void gv_prepare_x(const void *x, int dt, int64_t m, int64_t xrs, int64_t k, int64_t nb, float *xs) {
     const size_t esz = dt == NPQ_F32 ? 4 : 2;
     for (int64_t r = 0; r < m; r++) {
         float *dst = xs + r * nb * GV_BLOCK;
         const char *src = (const char *)x + r * xrs * (int64_t)esz;
         if (k % GV_BLOCK) memset(dst + (nb - 1) * GV_BLOCK, 0, GV_BLOCK * sizeof(float));
-        for (int64_t kk = 0; kk < k; kk++)
-            dst[(kk & ~(int64_t)63) + (kk & 7) * 8 + ((kk >> 3) & 7)] = gv_load_x(src, dt, kk);
+        for (int64_t kk = 0; kk < k; kk++) {
+            const int e = (int)(kk & 63), t = 4 * (e & 1) + ((e >> 3) & 3), i = 4 * (e >> 5) + ((e >> 1) & 3);
+            dst[(kk - e) + 8 * t + i] = gv_load_x(src, dt, kk);
+        }
     }
 }
 
-/* The dequantized weight as the reference's tile holds it, widened back to float32. */
+/* The weight as the reference's tile holds it, widened back to float32. */
 static inline float gv_round(float w, int dt) {
     if (dt == NPQ_F16) return npq_f16_to_f32(npq_f32_to_f16(w));
     if (dt == NPQ_BF16) return npq_bf16_to_f32(npq_f32_to_bf16(w));
@@ -115,7 +126,7 @@ static inline void gv_store(const gv_job *J, int64_t r, int64_t j, const float a
         ((uint16_t *)J->out)[o] = npq_f32_to_bf16(s);
 }
 
-/* ---------------------------------------------------------------- scalar */
+/* ---------------------------------------------------------------- scalar (the order's definition) */
 
 static void gv_rows_scalar(const gv_job *J, int64_t j0, int64_t j1) {
     const int64_t gsize = 8 * J->gw;
@@ -128,17 +139,23 @@ static void gv_rows_scalar(const gv_job *J, int64_t j0, int64_t j1) {
             for (int64_t r = 0; r < mc; r++)
                 for (int i = 0; i < 8; i++) acc[r][i] = 0.0f;
             for (int64_t b = 0; b < J->nb; b++) {
-                for (int t = 0; t < 8; t++) {
-                    for (int i = 0; i < 8; i++) {
-                        const int64_t kk = b * GV_BLOCK + 8 * i + t;
-                        float w = 0.0f;
-                        if (kk < J->k) {
-                            const int32_t nib = (int32_t)(((uint32_t)wr[kk >> 3] >> (4 * (kk & 7))) & 0xFu);
-                            const int64_t g = kk / gsize;
-                            w = gv_round(((float)((nib ^ 8) - 8) + (o ? o[g] : 0.0f)) * s[g], J->dt);
+                for (int i = 0; i < 8; i++) {
+                    for (int h = 0; h < 2; h++) {
+                        float p[GV_MAXM];
+                        for (int t = 4 * h; t < 4 * h + 4; t++) {
+                            const int64_t kk = b * GV_BLOCK + gv_col(t, i);
+                            float w = 0.0f;
+                            if (kk < J->k) {
+                                const int32_t nib = (int32_t)(((uint32_t)wr[kk >> 3] >> (4 * (kk & 7))) & 0xFu);
+                                const int64_t g = kk / gsize;
+                                w = gv_round(((float)((nib ^ 8) - 8) + (o ? o[g] : 0.0f)) * s[g], J->dt);
+                            }
+                            for (int64_t r = 0; r < mc; r++) {
+                                const float xv = J->xs[((r0 + r) * J->nb + b) * GV_BLOCK + 8 * t + i];
+                                p[r] = t == 4 * h ? w * xv : __builtin_fmaf(w, xv, p[r]);
+                            }
                         }
-                        for (int64_t r = 0; r < mc; r++)
-                            acc[r][i] = __builtin_fmaf(w, J->xs[((r0 + r) * J->nb + b) * GV_BLOCK + t * 8 + i], acc[r][i]);
+                        for (int64_t r = 0; r < mc; r++) acc[r][i] += p[r];
                     }
                 }
             }
@@ -152,54 +169,8 @@ static void gv_rows_scalar(const gv_job *J, int64_t j0, int64_t j1) {
 
 #define GV_INLINE static inline __attribute__((always_inline))
 
-/* Lane i (< 8) of a block starting at word w0: s[group of word w0 + i], any mode. g / left: the
- * group of word w0 and the words left in it from w0. `last`: lanes past it repeat it (tail block). */
-static void gv_fill_lanes(const float *s, int64_t g, int64_t left, int64_t gw, int last, float *dst) {
-    for (int i = 0; i < 8; i++) {
-        dst[i] = s[g];
-        if (i < last && --left == 0) {
-            g++;
-            left = gw;
-        }
-    }
-}
-
-/* The 8 per-lane values of s for the block at word w0 (a full block: every word exists). */
-NPQ_TARGET_AVX2 GV_INLINE __m256 gv_lanes_avx2(const float *s, int mode, int64_t w0, int64_t g, int64_t left,
-                                               int64_t gw) {
-    switch (mode) {
-    case GV_BCAST: return _mm256_broadcast_ss(s + g);
-    case GV_G1: return _mm256_loadu_ps(s + w0);
-    case GV_G2: /* [a b c d | a b c d] -> [a a b b | c c d d] */
-        return _mm256_permutevar_ps(_mm256_broadcast_ps((const __m128 *)(s + (w0 >> 1))),
-                                    _mm256_setr_epi32(0, 0, 1, 1, 2, 2, 3, 3));
-    case GV_G4: { /* [a b a b | a b a b] -> [a a a a | b b b b] */
-        int64_t ab;
-        memcpy(&ab, s + (w0 >> 2), 8);
-        return _mm256_permutevar_ps(_mm256_castsi256_ps(_mm256_set1_epi64x(ab)),
-                                    _mm256_setr_epi32(0, 0, 0, 0, 1, 1, 1, 1));
-    }
-    case GV_SPAN:
-        if (left >= 8) return _mm256_broadcast_ss(s + g);
-        return _mm256_blendv_ps(_mm256_broadcast_ss(s + g), _mm256_broadcast_ss(s + g + 1),
-                                _mm256_castsi256_ps(_mm256_cmpgt_epi32(_mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7),
-                                                                       _mm256_set1_epi32((int)left - 1))));
-    default: {
-        float t[8];
-        gv_fill_lanes(s, g, left, gw, 8, t);
-        return _mm256_loadu_ps(t);
-    }
-    }
-}
-
-/* Nibble t of every lane as float32, exactly. */
-NPQ_TARGET_AVX2 GV_INLINE __m256 gv_nibble_avx2(__m256i v, const int t) {
-    __m256i top = t == 7 ? v : _mm256_slli_epi32(v, 28 - 4 * t);
-    return _mm256_cvtepi32_ps(_mm256_srai_epi32(top, 28));
-}
-
-/* w as the reference's tile holds it (rounded to x's dtype), widened to float32. NaN stays NaN
- * (its payload does not matter: a NaN product makes the output NaN, cast with npq.h's rules). */
+/* Widened weights of one dtype, as float32 vectors: NaN stays NaN (its payload does not matter: a
+ * NaN product makes the output NaN, cast with npq.h's rules). */
 NPQ_TARGET_AVX2 GV_INLINE __m256 gv_round_avx2(__m256 w, const int dt) {
     if (dt == NPQ_F16) return _mm256_cvtph_ps(_mm256_cvtps_ph(w, _MM_FROUND_TO_NEAREST_INT));
     if (dt == NPQ_BF16) {
@@ -212,164 +183,229 @@ NPQ_TARGET_AVX2 GV_INLINE __m256 gv_round_avx2(__m256 w, const int dt) {
     return w;
 }
 
-/* Sums the lanes in the header's order, adds the bias, casts, stores. */
-NPQ_TARGET_AVX2 GV_INLINE void gv_store_avx2(const gv_job *J, int64_t r, int64_t j, __m256 acc) {
-    const __m128 a = _mm_add_ps(_mm256_castps256_ps128(acc), _mm256_extractf128_ps(acc, 1)); /* i, i + 4 */
-    const __m128 b = _mm_add_ps(a, _mm_movehl_ps(a, a));                                    /* (0+4)+(2+6), (1+5)+(3+7) */
-    float s = _mm_cvtss_f32(_mm_add_ss(b, _mm_movehdup_ps(b)));
-    if (J->bias) s += J->bias[j];
-    const int64_t o = r * J->n + j;
-    if (J->dt == NPQ_F32)
-        ((float *)J->out)[o] = s;
-    else if (J->dt == NPQ_F16)
-        ((uint16_t *)J->out)[o] = npq_f32_to_f16(s);
-    else
-        ((uint16_t *)J->out)[o] = npq_f32_to_bf16(s);
+/* Tables for one block: lane half 0 (words 0-3) from group A, half 1 (words 4-7) from group B.
+ * Entry u (byte u of each plane, u = unsigned nibble) is the weight of nibble value (u ^ 8) - 8:
+ * planes 0..3 the bytes of its float32 value (f32, f16), or TL / TH = planes 2, 3 (bf16: the
+ * bfloat16 bits, low and high byte). */
+NPQ_TARGET_AVX2 GV_INLINE void gv_tables_avx2(float sA, float oA, float sB, float oB, const int dt, __m256i T[4]) {
+    const __m256 sv = _mm256_set_m128(_mm_set1_ps(sB), _mm_set1_ps(sA));
+    const __m256 ov = _mm256_set_m128(_mm_set1_ps(oB), _mm_set1_ps(oA));
+    __m256i P[4];
+    for (int q = 0; q < 4; q++) {
+        /* values of u = 4q .. 4q + 3 in both halves */
+        const float c0 = (float)(((4 * q) ^ 8) - 8);
+        const __m256 c = _mm256_add_ps(_mm256_set1_ps(c0), _mm256_setr_ps(0, 1, 2, 3, 0, 1, 2, 3));
+        const __m256 w = gv_round_avx2(_mm256_mul_ps(_mm256_add_ps(c, ov), sv), dt);
+        /* bytes of the 4 values of each half by byte position: dword p = byte p of values 0..3 */
+        const __m256i bytes = dt == NPQ_BF16 ? _mm256_setr_epi8(2, 6, 10, 14, 3, 7, 11, 15, -1, -1, -1, -1, -1, -1, -1,
+                                                                -1, 2, 6, 10, 14, 3, 7, 11, 15, -1, -1, -1, -1, -1, -1,
+                                                                -1, -1)
+                                             : _mm256_setr_epi8(0, 4, 8, 12, 1, 5, 9, 13, 2, 6, 10, 14, 3, 7, 11, 15, 0,
+                                                                4, 8, 12, 1, 5, 9, 13, 2, 6, 10, 14, 3, 7, 11, 15);
+        P[q] = _mm256_shuffle_epi8(_mm256_castps_si256(w), bytes);
+    }
+    const __m256i x0 = _mm256_unpacklo_epi32(P[0], P[1]), y0 = _mm256_unpacklo_epi32(P[2], P[3]);
+    T[0] = _mm256_unpacklo_epi64(x0, y0); /* bf16: low bytes (TL) */
+    T[1] = _mm256_unpackhi_epi64(x0, y0); /* bf16: high bytes (TH) */
+    if (dt != NPQ_BF16) {
+        const __m256i x1 = _mm256_unpackhi_epi32(P[0], P[1]), y1 = _mm256_unpackhi_epi32(P[2], P[3]);
+        T[2] = _mm256_unpacklo_epi64(x1, y1);
+        T[3] = _mm256_unpackhi_epi64(x1, y1);
+    }
 }
 
-/* Weight rows j .. j + R - 1 times activation rows r0 .. r0 + M - 1. R, M, dt and mode are
- * constants in each instantiation. */
-NPQ_TARGET_AVX2 GV_INLINE void gv_body_avx2(const gv_job *J, int64_t j, int64_t r0, const int R, const int M,
-                                            const int dt, const int mode) {
-    const int32_t *wr[2];
-    const float *sr[2], *orow[2];
-    for (int q = 0; q < R; q++) {
-        wr[q] = J->packed + (j + q) * J->row_stride;
-        sr[q] = J->scale + (j + q) * J->groups;
-        orow[q] = J->offset ? J->offset + (j + q) * J->groups : NULL;
+/* Weights of slots t = 4h .. 4h + 3 (W[0..3]) from the nibble indices of half h (idx: byte p of lane
+ * half L = nibble h of byte p of words 4L .. 4L + 3). */
+NPQ_TARGET_AVX2 GV_INLINE void gv_lookup_avx2(__m256i idx, const __m256i T[4], const int dt, __m256 W[4]) {
+    if (dt == NPQ_BF16) {
+        const __m256i lo = _mm256_shuffle_epi8(T[0], idx), hi = _mm256_shuffle_epi8(T[1], idx);
+        const __m256i u0 = _mm256_unpacklo_epi8(lo, hi), u1 = _mm256_unpackhi_epi8(lo, hi), z = _mm256_setzero_si256();
+        W[0] = _mm256_castsi256_ps(_mm256_unpacklo_epi16(z, u0));
+        W[1] = _mm256_castsi256_ps(_mm256_unpackhi_epi16(z, u0));
+        W[2] = _mm256_castsi256_ps(_mm256_unpacklo_epi16(z, u1));
+        W[3] = _mm256_castsi256_ps(_mm256_unpackhi_epi16(z, u1));
+    } else {
+        const __m256i b0 = _mm256_shuffle_epi8(T[0], idx), b1 = _mm256_shuffle_epi8(T[1], idx);
+        const __m256i b2 = _mm256_shuffle_epi8(T[2], idx), b3 = _mm256_shuffle_epi8(T[3], idx);
+        const __m256i l01 = _mm256_unpacklo_epi8(b0, b1), h01 = _mm256_unpackhi_epi8(b0, b1);
+        const __m256i l23 = _mm256_unpacklo_epi8(b2, b3), h23 = _mm256_unpackhi_epi8(b2, b3);
+        W[0] = _mm256_castsi256_ps(_mm256_unpacklo_epi16(l01, l23));
+        W[1] = _mm256_castsi256_ps(_mm256_unpackhi_epi16(l01, l23));
+        W[2] = _mm256_castsi256_ps(_mm256_unpacklo_epi16(h01, h23));
+        W[3] = _mm256_castsi256_ps(_mm256_unpackhi_epi16(h01, h23));
     }
+}
+
+/* Direct decode of slots t = 4h .. 4h + 3 (the fallback): slot (t, i) is nibble 2 (i & 3) + h of
+ * word 4 (i >> 2) + (t & 3). sw / ow: scale and offset of each of the block's 8 words, one lane per
+ * word (lane half L holds words 4L .. 4L + 3, so an in-lane broadcast picks words c and 4 + c). */
+NPQ_TARGET_AVX2 GV_INLINE void gv_direct_avx2(__m256i v, const int h, __m256 sw, __m256 ow, const int dt, __m256 W[4]) {
+    const __m256i shift = _mm256_sub_epi32(_mm256_setr_epi32(28, 20, 12, 4, 28, 20, 12, 4), _mm256_set1_epi32(4 * h));
+    const __m256i top = _mm256_set1_epi32((int)0xF0000000u);
+    const __m256 unit = _mm256_set1_ps(0x1p-28f);
+#define GV_DIRECT(c)                                                                                                 \
+    do {                                                                                                             \
+        const __m256i word = _mm256_shuffle_epi32(v, (c) * 0x55); /* word c (half 0), 4 + c (half 1) */             \
+        const __m256 nib = _mm256_cvtepi32_ps(_mm256_and_si256(_mm256_sllv_epi32(word, shift), top)); /* * 2^28 */ \
+        const __m256 sv = _mm256_permute_ps(sw, (c) * 0x55), ov = _mm256_permute_ps(ow, (c) * 0x55);               \
+        W[c] = gv_round_avx2(_mm256_mul_ps(_mm256_fmadd_ps(nib, unit, ov), sv), dt); /* fl(nib + off) * s */        \
+    } while (0)
+    GV_DIRECT(0);
+    GV_DIRECT(1);
+    GV_DIRECT(2);
+    GV_DIRECT(3);
+#undef GV_DIRECT
+}
+
+/* Lanes i of s for the 8 words from a word with group g and `left` words left in it; words past
+ * `last` repeat word `last` (tail block: they do not exist). */
+static inline void gv_fill_words(const float *s, int64_t g, int64_t left, int64_t gw, int last, float *dst) {
+    for (int i = 0; i < 8; i++) {
+        dst[i] = s ? s[g] : 0.0f;
+        if (i < last && --left == 0) {
+            g++;
+            left = gw;
+        }
+    }
+}
+
+/* One weight row j times activation rows r0 .. r0 + M - 1 (M a constant 1..4, or 0: J->m - r0 up
+ * to GV_MAXM at run time), x's dtype dt a constant. */
+NPQ_TARGET_AVX2 GV_INLINE void gv_row_avx2(const gv_job *J, int64_t j, int64_t r0, const int M, const int dt) {
+    const int mc = M ? M : (int)(J->m - r0 < GV_MAXM ? J->m - r0 : GV_MAXM);
+    const int32_t *wr = J->packed + j * J->row_stride;
+    const float *sr = J->scale + j * J->groups, *orow = J->offset ? J->offset + j * J->groups : NULL;
     const int64_t xstride = J->nb * GV_BLOCK, gw = J->gw;
     const float *xb = J->xs + r0 * xstride;
-    __m256 acc[2][GV_MAXM];
-    for (int q = 0; q < R; q++)
-        for (int r = 0; r < M; r++) acc[q][r] = _mm256_setzero_ps();
-    int64_t g = 0, left = gw; /* group of the block's first word, words left in it */
+    __m256 acc[GV_MAXM];
+    for (int r = 0; r < GV_MAXM; r++) acc[r] = _mm256_setzero_ps();
 
-#define GV_STEP(t)                                                                                   \
-    do {                                                                                             \
-        __m256 w_[2];                                                                                \
-        for (int q = 0; q < R; q++)                                                                  \
-            w_[q] = gv_round_avx2(_mm256_mul_ps(_mm256_add_ps(gv_nibble_avx2(v[q], t), ov[q]), sv[q]), dt); \
-        if (masked)                                                                                  \
-            for (int q = 0; q < R; q++)                                                              \
-                w_[q] = _mm256_and_ps(w_[q], _mm256_castsi256_ps(_mm256_cmpgt_epi32(lim, _mm256_set1_epi32(t)))); \
-        for (int r = 0; r < M; r++) {                                                                \
-            const __m256 xv = _mm256_load_ps(xb + r * xstride + (t) * 8);                            \
-            for (int q = 0; q < R; q++) acc[q][r] = _mm256_fmadd_ps(w_[q], xv, acc[q][r]);            \
-        }                                                                                            \
-    } while (0)
-#define GV_BLOCK_BODY                                                                                \
-    do {                                                                                             \
-        GV_STEP(0);                                                                                  \
-        GV_STEP(1);                                                                                  \
-        GV_STEP(2);                                                                                  \
-        GV_STEP(3);                                                                                  \
-        GV_STEP(4);                                                                                  \
-        GV_STEP(5);                                                                                  \
-        GV_STEP(6);                                                                                  \
-        GV_STEP(7);                                                                                  \
+/* acc[r] += ((w0 x0 fma w1 x1) fma w2 x2) fma w3 x3 over the slots of half h */
+#define GV_HALF(h)                                                                                  \
+    do {                                                                                            \
+        for (int r = 0; r < mc; r++) {                                                              \
+            const float *xr = xb + r * xstride + 32 * (h);                                          \
+            __m256 p = _mm256_mul_ps(W[0], _mm256_load_ps(xr));                                     \
+            p = _mm256_fmadd_ps(W[1], _mm256_load_ps(xr + 8), p);                                   \
+            p = _mm256_fmadd_ps(W[2], _mm256_load_ps(xr + 16), p);                                  \
+            p = _mm256_fmadd_ps(W[3], _mm256_load_ps(xr + 24), p);                                  \
+            acc[r] = _mm256_add_ps(acc[r], p);                                                      \
+        }                                                                                           \
     } while (0)
 
-    for (int64_t b = 0; b < J->nfull; b++, xb += GV_BLOCK) {
-        const int masked = 0;
-        const __m256i lim = _mm256_setzero_si256();
-        (void)lim;
-        __m256i v[2];
-        __m256 sv[2], ov[2];
-        for (int q = 0; q < R; q++) {
-            v[q] = _mm256_loadu_si256((const __m256i *)(wr[q] + 8 * b));
-            sv[q] = gv_lanes_avx2(sr[q], mode, 8 * b, g, left, gw);
-            ov[q] = orow[q] ? gv_lanes_avx2(orow[q], mode, 8 * b, g, left, gw) : _mm256_setzero_ps();
+    int64_t b = 0;
+    if (gw % 4 == 0) {
+        /* Tables: groups are whole quarters (4 words) of blocks. gq: group of the next quarter,
+         * lq: quarters left in it. The tables are rebuilt when a block's pair of groups changes. */
+        const int64_t gw4 = gw / 4;
+        int64_t gq = 0, lq = gw4, ta = -1, tb = -1;
+        __m256i T[4] = {_mm256_setzero_si256(), _mm256_setzero_si256(), _mm256_setzero_si256(),
+                        _mm256_setzero_si256()};
+        const __m256i low = _mm256_set1_epi8(0x0F);
+        for (; b < J->nfull; b++, xb += GV_BLOCK) {
+            const int64_t ga = gq;
+            if (--lq == 0) {
+                gq++;
+                lq = gw4;
+            }
+            const int64_t gb = gq;
+            if (--lq == 0) {
+                gq++;
+                lq = gw4;
+            }
+            if (ga != ta || gb != tb) {
+                gv_tables_avx2(sr[ga], orow ? orow[ga] : 0.0f, sr[gb], orow ? orow[gb] : 0.0f, dt, T);
+                ta = ga;
+                tb = gb;
+            }
+            const __m256i v = _mm256_loadu_si256((const __m256i *)(wr + 8 * b));
+            __m256 W[4];
+            gv_lookup_avx2(_mm256_and_si256(v, low), T, dt, W);
+            GV_HALF(0);
+            gv_lookup_avx2(_mm256_and_si256(_mm256_srli_epi16(v, 4), low), T, dt, W);
+            GV_HALF(1);
         }
-        GV_BLOCK_BODY;
-        if (mode == GV_BCAST || mode == GV_SPAN || mode == GV_ANY) {
+    } else {
+        /* Direct decode; g: group of the block's first word, left: words left in it. */
+        int64_t g = 0, left = gw;
+        for (; b < J->nfull; b++, xb += GV_BLOCK) {
+            float sw[8], ow[8];
+            gv_fill_words(sr, g, left, gw, 8, sw);
+            gv_fill_words(orow, g, left, gw, 8, ow);
             left -= 8;
             while (left <= 0) {
                 g++;
                 left += gw;
             }
+            const __m256i v = _mm256_loadu_si256((const __m256i *)(wr + 8 * b));
+            const __m256 swv = _mm256_loadu_ps(sw), owv = _mm256_loadu_ps(ow);
+            __m256 W[4];
+            gv_direct_avx2(v, 0, swv, owv, dt, W);
+            GV_HALF(0);
+            gv_direct_avx2(v, 1, swv, owv, dt, W);
+            GV_HALF(1);
         }
     }
     if (J->tail) {
-        /* Last block: words past the used ones are not loaded (masked load), their lanes and the
-         * padding columns of the last word get w = +0 (lim: valid columns of each lane). */
-        const int masked = 1;
+        /* Last block: only its nw used words are loaded (masked load), and slots past column
+         * `tail` get w = +0. */
         const int nw = (int)((J->tail + 7) >> 3);
-        const __m256i lane = _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7);
-        const __m256i lim = _mm256_min_epi32(
-            _mm256_max_epi32(_mm256_sub_epi32(_mm256_set1_epi32((int)J->tail), _mm256_slli_epi32(lane, 3)),
-                             _mm256_setzero_si256()),
-            _mm256_set1_epi32(8));
-        const __m256i wmask = _mm256_cmpgt_epi32(_mm256_set1_epi32(nw), lane);
         const int64_t w0 = 8 * J->nfull;
-        if (mode == GV_G1 || mode == GV_G2 || mode == GV_G4) { /* g / left were not tracked */
-            g = w0 / gw;
-            left = gw - w0 % gw;
+        float sw[8], ow[8];
+        gv_fill_words(sr, w0 / gw, gw - w0 % gw, gw, nw - 1, sw);
+        gv_fill_words(orow, w0 / gw, gw - w0 % gw, gw, nw - 1, ow);
+        const __m256i v =
+            _mm256_maskload_epi32(wr + w0, _mm256_cmpgt_epi32(_mm256_set1_epi32(nw), _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7)));
+        const __m256i tail = _mm256_set1_epi32((int)J->tail), col0 = _mm256_setr_epi32(0, 2, 4, 6, 32, 34, 36, 38);
+        const __m256 swv = _mm256_loadu_ps(sw), owv = _mm256_loadu_ps(ow);
+        for (int h = 0; h < 2; h++) {
+            __m256 W[4];
+            if (h == 0)
+                gv_direct_avx2(v, 0, swv, owv, dt, W);
+            else
+                gv_direct_avx2(v, 1, swv, owv, dt, W);
+            for (int c = 0; c < 4; c++) /* slot (4h + c, i) holds column col0[i] + 8c + h */
+                W[c] = _mm256_and_ps(W[c], _mm256_castsi256_ps(_mm256_cmpgt_epi32(
+                                               tail, _mm256_add_epi32(col0, _mm256_set1_epi32(8 * c + h)))));
+            if (h == 0)
+                GV_HALF(0);
+            else
+                GV_HALF(1);
         }
-        __m256i v[2];
-        __m256 sv[2], ov[2];
-        for (int q = 0; q < R; q++) {
-            float t8[8];
-            v[q] = _mm256_maskload_epi32(wr[q] + w0, wmask);
-            gv_fill_lanes(sr[q], g, left, gw, nw - 1, t8);
-            sv[q] = _mm256_loadu_ps(t8);
-            if (orow[q]) {
-                gv_fill_lanes(orow[q], g, left, gw, nw - 1, t8);
-                ov[q] = _mm256_loadu_ps(t8);
-            } else {
-                ov[q] = _mm256_setzero_ps();
-            }
-        }
-        GV_BLOCK_BODY;
     }
-#undef GV_BLOCK_BODY
-#undef GV_STEP
-    for (int q = 0; q < R; q++)
-        for (int r = 0; r < M; r++) gv_store_avx2(J, r0 + r, j + q, acc[q][r]);
+#undef GV_HALF
+    for (int r = 0; r < mc; r++) {
+        float a[8];
+        _mm256_storeu_ps(a, acc[r]);
+        gv_store(J, r0 + r, j, a);
+    }
 }
 
-/* One instantiation per (rows at once, activation rows, dtype); mode is a run-time switch
- * inside (one predictable branch per block). */
-#define GV_INST(R, M)                                                                                            \
-    NPQ_TARGET_AVX2 static void gv_r##R##_m##M##_avx2(const gv_job *J, int64_t j, int64_t r0) {                \
-        switch (J->dt * 8 + J->mode) {                                                                           \
-        case NPQ_F32 * 8 + GV_BCAST: gv_body_avx2(J, j, r0, R, M, NPQ_F32, GV_BCAST); break;                     \
-        case NPQ_F32 * 8 + GV_G4: gv_body_avx2(J, j, r0, R, M, NPQ_F32, GV_G4); break;                           \
-        case NPQ_F16 * 8 + GV_BCAST: gv_body_avx2(J, j, r0, R, M, NPQ_F16, GV_BCAST); break;                     \
-        case NPQ_F16 * 8 + GV_G4: gv_body_avx2(J, j, r0, R, M, NPQ_F16, GV_G4); break;                           \
-        case NPQ_BF16 * 8 + GV_BCAST: gv_body_avx2(J, j, r0, R, M, NPQ_BF16, GV_BCAST); break;                   \
-        case NPQ_BF16 * 8 + GV_G4: gv_body_avx2(J, j, r0, R, M, NPQ_BF16, GV_G4); break;                         \
-        default:                                                                                                 \
-            if (J->dt == NPQ_F32) gv_body_avx2(J, j, r0, R, M, NPQ_F32, J->mode);                                \
-            else if (J->dt == NPQ_F16) gv_body_avx2(J, j, r0, R, M, NPQ_F16, J->mode);                           \
-            else gv_body_avx2(J, j, r0, R, M, NPQ_BF16, J->mode);                                                \
-        }                                                                                                        \
+#define GV_INST(M)                                                                                  \
+    NPQ_TARGET_AVX2 static void gv_row_m##M##_avx2(const gv_job *J, int64_t j, int64_t r0) {       \
+        if (J->dt == NPQ_F32)                                                                       \
+            gv_row_avx2(J, j, r0, M, NPQ_F32);                                                      \
+        else if (J->dt == NPQ_F16)                                                                  \
+            gv_row_avx2(J, j, r0, M, NPQ_F16);                                                      \
+        else                                                                                        \
+            gv_row_avx2(J, j, r0, M, NPQ_BF16);                                                     \
     }
-GV_INST(2, 1)
-GV_INST(2, 2)
-GV_INST(1, 1)
-GV_INST(1, 2)
-GV_INST(1, 3)
-GV_INST(1, 4)
-GV_INST(1, 5)
-GV_INST(1, 6)
-GV_INST(1, 7)
-GV_INST(1, 8)
+GV_INST(0)
+GV_INST(1)
+GV_INST(2)
+GV_INST(3)
+GV_INST(4)
 #undef GV_INST
 
 typedef void (*gv_kernel)(const gv_job *J, int64_t j, int64_t r0);
-static const gv_kernel gv_k1_avx2[GV_MAXM + 1] = {NULL, gv_r1_m1_avx2, gv_r1_m2_avx2, gv_r1_m3_avx2, gv_r1_m4_avx2,
-                                                  gv_r1_m5_avx2, gv_r1_m6_avx2, gv_r1_m7_avx2, gv_r1_m8_avx2};
-static const gv_kernel gv_k2_avx2[3] = {NULL, gv_r2_m1_avx2, gv_r2_m2_avx2};
+static const gv_kernel gv_kernels_avx2[GV_MAXM + 1] = {NULL,           gv_row_m1_avx2, gv_row_m2_avx2,
+                                                       gv_row_m3_avx2, gv_row_m4_avx2, gv_row_m0_avx2,
+                                                       gv_row_m0_avx2, gv_row_m0_avx2, gv_row_m0_avx2};
 
 static void gv_rows_avx2(const gv_job *J, int64_t j0, int64_t j1) {
-    for (int64_t r0 = 0; r0 < J->m; r0 += GV_MAXM) {
-        const int64_t mc = J->m - r0 < GV_MAXM ? J->m - r0 : GV_MAXM;
-        int64_t j = j0;
-        if (mc <= 2)
-            for (; j + 2 <= j1; j += 2) gv_k2_avx2[mc](J, j, r0);
-        for (; j < j1; j++) gv_k1_avx2[mc](J, j, r0);
-    }
+    for (int64_t j = j0; j < j1; j++)
+        for (int64_t r0 = 0; r0 < J->m; r0 += GV_MAXM)
+            gv_kernels_avx2[J->m - r0 < GV_MAXM ? J->m - r0 : GV_MAXM](J, j, r0);
 }
 #endif /* NPQ_X86 */
 
@@ -394,10 +430,12 @@ NPQ_API int npq_gemv_int4(const void *x, int x_dtype, int64_t m, int64_t x_row_s
         return NPQ_ERR_ARG;
     if (groups <= 0 || words % groups != 0) return NPQ_ERR_ARG;
     if (words > INT64_MAX / 8 || k > 8 * words) return NPQ_ERR_ARG;
-    int64_t outputs, last;
+    int64_t outputs, last, scratch, t;
     if (__builtin_mul_overflow(m, n, &outputs)) return NPQ_ERR_ARG;
+    if (k > INT64_MAX - GV_BLOCK || __builtin_mul_overflow(n, groups, &t)) return NPQ_ERR_ARG; /* scale indices */
+    if (m > 0 && (__builtin_mul_overflow(m - 1, x_row_stride, &t) || __builtin_add_overflow(t, k, &t)))
+        return NPQ_ERR_ARG; /* x offsets */
     const int64_t nb = (k + GV_BLOCK - 1) / GV_BLOCK;
-    int64_t scratch; /* floats */
     if (__builtin_mul_overflow(m, nb * GV_BLOCK, &scratch) || scratch > INT64_MAX / 8) return NPQ_ERR_ARG;
     if (n > 0 && words > 0) {
         if (__builtin_mul_overflow(n - 1, row_stride, &last) || __builtin_add_overflow(last, words, &last) ||
@@ -446,19 +484,14 @@ NPQ_API int npq_gemv_int4(const void *x, int x_dtype, int64_t m, int64_t x_row_s
     J.out = out;
     J.n = n;
     J.dt = x_dtype;
-    J.mode = J.gw % 8 == 0 ? GV_BCAST
-             : J.gw == 1   ? GV_G1
-             : J.gw == 2   ? GV_G2
-             : J.gw == 4   ? GV_G4
-             : J.gw > 8    ? GV_SPAN
-                           : GV_ANY;
 
     gv_ctx c = {&J, gv_rows_scalar};
 #if NPQ_X86
     if (npq_isa() >= NPQ_ISA_AVX2) c.rows = gv_rows_avx2;
 #endif
     const int64_t row_bytes = 4 * ((k + 7) / 8);
-    npq_parallel_for(n, (GV_GRAIN_BYTES + row_bytes - 1) / row_bytes, nthreads, gv_range, &c);
+    const int64_t grain = (GV_GRAIN_BYTES + row_bytes - 1) / row_bytes;
+    npq_parallel_for_dynamic(n, grain, (grain + 3) / 4, nthreads, gv_range, &c);
     if (xs != stack_xs) free(xs);
     return NPQ_OK;
 }

@@ -162,6 +162,15 @@ NPQ_API int npq_pack_int4(const void *values, int dtype, int64_t extent, int nd,
                           const int64_t *lead_strides, int64_t inner, int64_t inner_stride, int32_t *out, int64_t *lo,
                           int64_t *hi, int nthreads);
 
+/* gemv_int4.c: fused int4 weight-only GEMV (w4a16 decode), never writing a float weight tile:
+ * out[r, j] = cast(sum_kk x[r, kk] * w[j, kk] (+ bias[j])), w[j, kk] = cast((nibble + offset[j, g]) *
+ * scale[j, g]) rounded to x's dtype as a dequantized tile would be; float32 sums in the fixed order
+ * the file documents (the same for every ISA, thread count and m). */
+NPQ_API int npq_gemv_int4(const void *x, int x_dtype, int64_t m, int64_t x_row_stride, int64_t k,
+                          const int32_t *packed, int64_t packed_extent, int64_t n, int64_t words,
+                          int64_t row_stride, const float *scale, const float *offset, int64_t groups,
+                          const float *bias, void *out, int nthreads);
+
 /* runtime.c: float32 -> float32 / float16 / bfloat16 exactly as torch's tensor casts (small vectors,
  * e.g. a layer's smooth scales in its activations' dtype). */
 NPQ_API int npq_cast_f32(const float *in, int64_t n, int dtype, void *out);

@@ -780,8 +780,19 @@ Tensor linear_w4a16(Tensor x, Tensor weight, Tensor weight_scale, Tensor weight_
     Tensor x2 = torch::stable::contiguous(x);
     x2 = torch::stable::view(x2, {m, k});
     Tensor out = new_empty({m, n}, dt);
-    if (out.numel() > 0) {
-        if (tile_rows < 1) fail(op, "tile_rows must be positive, but got ", tile_rows);
+    if (tile_rows < 1) fail(op, "tile_rows must be positive, but got ", tile_rows);
+    if (out.numel() > 0 && m <= GEMV_MAX_M && (words <= 1 || weight.stride(1) == 1)) {
+        // decode: the fused int4 GEMV, no float tile at all
+        if (!weight_scale.is_contiguous() || !weight_offset.is_contiguous())
+            fail(op, "weight_scale and weight_offset must be contiguous");
+        std::optional<Tensor> b32;
+        if (bias) b32 = as_f32(*bias);
+        int rc = npq_gemv_int4(x2.data_ptr(), npq_dtype_of(dt), m, k, k, (const int32_t *)weight.data_ptr(),
+                               extent_of(weight), n, words, weight.stride(0), (const float *)weight_scale.data_ptr(),
+                               (const float *)weight_offset.data_ptr(), weight_scale.size(1),
+                               b32 ? (const float *)b32->data_ptr() : nullptr, out.data_ptr(), threads());
+        check_status(rc, op);
+    } else if (out.numel() > 0) {
         tile_rows = std::min(tile_rows, n);
         const size_t es = dt == ST::Float ? 4 : 2;
         // one tile buffer per thread, shared by every w4a16 layer: the matmul then reads the tile back

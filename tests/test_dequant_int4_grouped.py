@@ -342,11 +342,21 @@ def _layer(in_features: int, out_features: int, tile_rows: int, dtype: torch.dty
     return layer
 
 
+GEMV_MAX_ROWS = 8  # up to this many rows the operator runs the fused int4 GEMV (csrc/gemv_int4.c)
+
+
 def _forward_pair(layer: W4A16Linear, x: torch.Tensor) -> torch.Tensor:
-    """The layer's native forward, checked bit for bit against the same forward on the reference."""
+    """The layer's native forward against the same forward on the reference: bit for bit from 9
+    rows on (the same tiles and F.linear); up to 8 rows the fused GEMV sums in its own order, so
+    within float32 rounding of the sum (and one rounding of the output dtype)."""
     out = layer(x)
     with _native.force_reference():
-        assert_same_bits(out, layer(x))
+        want = layer(x)
+    if x.numel() // max(x.shape[-1], 1) <= GEMV_MAX_ROWS:
+        tol = {"rtol": 1e-5, "atol": 1e-5} if x.dtype == torch.float32 else {"rtol": 1e-2, "atol": 1e-2}
+        torch.testing.assert_close(out, want, **tol)
+    else:
+        assert_same_bits(out, want)
     return out
 
 
@@ -363,7 +373,7 @@ def test_layer_native_equals_reference(isa, dtype):
         assert out.is_contiguous()  # like F.linear's (a transposed result slows what follows)
         assert _forward_pair(layer, x[:1]).is_contiguous()
         assert _forward_pair(layer, x.reshape(5, 1, 72)).shape == (5, 1, 11)
-        assert_same_bits(_forward_pair(layer, torch.cat([x, x], 1)[:, :72]), out)  # rows with a stride
+        torch.testing.assert_close(_forward_pair(layer, torch.cat([x, x], 1)[:, :72]), out, rtol=0, atol=0)
         with torch.inference_mode():  # the shared tile buffer serves both modes
             assert_same_bits(layer(x), out)
     no_bias = W4A16Linear.from_linear(torch.nn.Linear(40, 9, bias=False), group_size=16).to(dtype)
@@ -417,7 +427,7 @@ def test_layers_share_one_tile_buffer_per_thread():
     # Layers of different tile sizes take turns on each thread's tile buffer (grown, then reused
     # smaller); concurrent forwards on several threads each have their own buffer.
     a, b = _layer(64, 40, tile_rows=16), _layer(96, 9, tile_rows=9)
-    xa, xb = torch.randn(3, 64), torch.randn(3, 96)
+    xa, xb = torch.randn(12, 64), torch.randn(12, 96)  # more than 8 rows: the tiled path
     with _native.force_reference():
         expected_a, expected_b = a(xa), b(xb)
     assert_same_bits(a(xa), expected_a)
