@@ -18,6 +18,7 @@
  *     beside the panels (VNNI correction, asymmetric epilogue).
  *   packed activations (per call): int16 rows (AVX2, scalar) or a ^ 0x80 bytes (VNNI), each row
  *     K rounded up to a multiple of 4 (padding 0 / 0x80, which meets zero weights).
+ *   natural weights (args.wn, decode-sized M): read in place, not packed; see the GEMV section.
  *
  * Blocking: a task is (batch, block of MC rows, group of NG panels); it walks K in blocks of
  * KC, keeping a small int32 tile buffer; after the last K block each micro-tile goes through
@@ -674,14 +675,15 @@ static void gemm_range(void *vctx, int64_t t_begin, int64_t t_end) {
  * is widened in registers (vpmovsxbw) and multiplied with vpmaddwd, exact as in the GEMM. Column
  * sums (row_offset only) come from the same widened weights, added in int16 lanes.
  *
- * A task is (batch, block of nb columns). It walks M 8 rows at a time (the block's weights are
- * still in cache for later row groups), fills an int32 tile and hands it to tile_epilogue: the
- * results are bit-identical to the packed GEMM's. There is no AVX-512 kernel: for M <= 2 AVX2
- * already outruns DRAM, and AVX-512 machines run the AVX2 one. */
+ * A task of the dynamic parallel loop is a run of columns of one output batch, done in blocks
+ * of 64: each block walks M 8 rows at a time (its weights still in cache for later row groups),
+ * fills an int32 tile and hands it to tile_epilogue, so results are bit-identical to the packed
+ * GEMM's. For M = 1 the AVX2 kernel reads faster than DRAM delivers; larger M is bound by
+ * vpmaddwd (M per 16 weight bytes). There is no AVX-512 kernel: AVX-512 machines run this one. */
 
 #define GV_ROWS 8       /* activation rows per pass over a weight block */
 #define GV_MAXNC 4      /* columns per micro-tile */
-#define GV_MAXNB 64     /* columns per task */
+#define GV_MAXNB 64     /* columns per epilogue block */
 #define GV_PF_AHEAD 1024 /* bytes prefetched beyond the next micro-tile */
 #define GV_STACK_ELEMS 8192 /* widened activations up to 16 KiB live on the stack */
 
@@ -878,27 +880,34 @@ static void gemv_tile(const gemv_ctx *x, int mr, int nc, const int16_t *const *a
     gv_tile_scalar(mr, nc, g->k, a, w, g->wn_sn, g->wn_sk, out, ldo, cs);
 }
 
+/* Columns [n0, n0 + cols) of output batch b, cols <= GV_MAXNB: all M rows, then the epilogue. */
+static void gemv_block(const gemv_ctx *x, int64_t b, int64_t n0, int cols) {
+    const npq_gemm_args *g = x->g;
+    int32_t tile[GV_ROWS * GV_MAXNB], colsum[GV_MAXNB];
+    const int8_t *wb = g->wn + g->w_bidx[b] * g->wn_bstride + n0 * g->wn_sn;
+    const int16_t *ab = x->abuf + g->a_bidx[b] * g->m * x->lda;
+    for (int64_t r0 = 0; r0 < g->m; r0 += GV_ROWS) {
+        int mr = (int)(g->m - r0 < GV_ROWS ? g->m - r0 : GV_ROWS);
+        int want_cs = g->row_offset && r0 == 0; /* column sums with the first row group */
+        const int16_t *arow[GV_ROWS];
+        for (int r = 0; r < mr; r++) arow[r] = ab + (r0 + r) * x->lda;
+        int nc = gv_nc(mr);
+        for (int j = 0; j < cols; j += nc) {
+            if (cols - j < nc) nc = 1;
+            gemv_tile(x, mr, nc, arow, wb + j * g->wn_sn, tile + j, GV_MAXNB, want_cs ? colsum + j : NULL);
+        }
+        tile_epilogue(g, x->isa, b, r0, mr, n0, cols, tile, GV_MAXNB, g->row_offset ? colsum : NULL);
+    }
+}
+
+/* Tasks [t_begin, t_end): task t is columns [n0, n0 + nb) of output batch t / nblocks. */
 static void gemv_range(void *vctx, int64_t t_begin, int64_t t_end) {
     const gemv_ctx *x = (const gemv_ctx *)vctx;
     const npq_gemm_args *g = x->g;
-    int32_t tile[GV_ROWS * GV_MAXNB], colsum[GV_MAXNB];
     for (int64_t t = t_begin; t < t_end; t++) {
         int64_t b = t / x->nblocks, n0 = t % x->nblocks * x->nb;
-        int cols = (int)(g->n - n0 < x->nb ? g->n - n0 : x->nb);
-        const int8_t *wb = g->wn + g->w_bidx[b] * g->wn_bstride + n0 * g->wn_sn;
-        const int16_t *ab = x->abuf + g->a_bidx[b] * g->m * x->lda;
-        for (int64_t r0 = 0; r0 < g->m; r0 += GV_ROWS) {
-            int mr = (int)(g->m - r0 < GV_ROWS ? g->m - r0 : GV_ROWS);
-            int want_cs = g->row_offset && r0 == 0; /* column sums with the first row group */
-            const int16_t *arow[GV_ROWS];
-            for (int r = 0; r < mr; r++) arow[r] = ab + (r0 + r) * x->lda;
-            int nc = gv_nc(mr), j = 0;
-            for (; j < cols; j += nc) {
-                if (cols - j < nc) nc = 1;
-                gemv_tile(x, mr, nc, arow, wb + j * g->wn_sn, tile + j, x->nb, want_cs ? colsum + j : NULL);
-            }
-            tile_epilogue(g, x->isa, b, r0, mr, n0, cols, tile, x->nb, g->row_offset ? colsum : NULL);
-        }
+        int64_t n1 = g->n - n0 < x->nb ? g->n : n0 + x->nb;
+        for (; n0 < n1; n0 += GV_MAXNB) gemv_block(x, b, n0, (int)(n1 - n0 < GV_MAXNB ? n1 - n0 : GV_MAXNB));
     }
 }
 
@@ -909,15 +918,18 @@ static int gemv_natural(const npq_gemm_args *g, int nthreads) {
     x.g = g;
     x.isa = npq_isa();
     x.lda = ceil_div(g->k, 16) * 16; /* 32-byte aligned rows for the SIMD loads */
-    /* ~128 KiB of weights per task, a multiple of 8 columns for the vector epilogue */
-    int64_t nb = ((int64_t)1 << 17) / (g->k > 0 ? g->k : 1) / 8 * 8;
-    x.nb = nb < 8 ? 8 : nb > GV_MAXNB ? GV_MAXNB : nb;
-    x.nblocks = ceil_div(g->n, x.nb);
-
     /* one thread for small jobs: waking the other costs about as much as streaming 64 KiB */
-    int64_t wbytes = g->batch * g->n * g->k * ceil_div(g->m, GV_ROWS);
-    if (wbytes < ((int64_t)1 << 16)) nthreads = 1;
+    int64_t wbytes = g->batch * g->n * g->k;
+    if (wbytes * ceil_div(g->m, GV_ROWS) < ((int64_t)1 << 16)) nthreads = 1;
     if (nthreads < 1) nthreads = 1;
+    /* Tasks of ~1/8 of a thread's share, within [32, 512] KiB: small enough to balance the threads
+     * (and a descheduled one), large enough that each thread streams long runs. A task is a whole
+     * number of epilogue blocks when large, else a multiple of 8 columns (the epilogue's width). */
+    int64_t task = wbytes / (8 * nthreads);
+    task = task < ((int64_t)32 << 10) ? (int64_t)32 << 10 : task > ((int64_t)512 << 10) ? (int64_t)512 << 10 : task;
+    int64_t nb = task / (g->k > 0 ? g->k : 1);
+    x.nb = nb >= GV_MAXNB ? nb / GV_MAXNB * GV_MAXNB : nb >= 8 ? nb / 8 * 8 : 8;
+    x.nblocks = ceil_div(g->n, x.nb);
 
     /* widened activations: on the stack when small (decode), saving a malloc per call */
     _Alignas(64) int16_t stack_buf[GV_STACK_ELEMS];
@@ -938,7 +950,8 @@ static int gemv_natural(const npq_gemm_args *g, int nthreads) {
     return GEMM_OK;
 }
 
-/* Runs the GEMM (or, with g->wn, the natural-layout GEMV) + epilogue. Returns 0 or a negative GEMM_E* code (nothing written on error). */
+/* Runs the GEMM (or, with g->wn, the natural-layout GEMV) + epilogue. Returns 0 or a negative
+ * GEMM_E* code (nothing written on error). */
 NPQ_API int npq_gemm_s8(const npq_gemm_args *g, int nthreads) {
     if (!g) return GEMM_ENULL;
     if (g->batch < 0 || g->m < 0 || g->n < 0 || g->k < 0 || g->a_nbatch < 0 || g->w_nbatch < 0)
