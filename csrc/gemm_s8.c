@@ -745,7 +745,8 @@ NPQ_TARGET_AVX2 static inline __attribute__((always_inline)) void gv_hsum_x(cons
 NPQ_TARGET_AVX2 static inline __attribute__((always_inline)) void gv_hsum_y(const int NC, const __m256i *v,
                                                                             uint32_t *s) {
     __m128i h[GV_MAXNC];
-    for (int c = 0; c < NC; c++) h[c] = _mm_add_epi32(_mm256_castsi256_si128(v[c]), _mm256_extracti128_si256(v[c], 1));
+    for (int c = 0; c < NC; c++)
+        h[c] = _mm_add_epi32(_mm256_castsi256_si128(v[c]), _mm256_extracti128_si256(v[c], 1));
     gv_hsum_x(NC, h, s);
 }
 
@@ -779,8 +780,10 @@ NPQ_TARGET_AVX2 static inline __attribute__((always_inline)) void gv_tile_x_t(
                 __m128i wv = _mm_cvtepi8_epi16(_mm_loadl_epi64((const __m128i *)(w + c * sn + kk)));
                 if (CS) csum[c] = _mm_add_epi16(csum[c], wv);
 #pragma GCC unroll 16
-                for (int r = 0; r < MR; r++)
-                    acc[r][c] = _mm_add_epi32(acc[r][c], _mm_madd_epi16(wv, _mm_load_si128((const __m128i *)(a[r] + kk))));
+                for (int r = 0; r < MR; r++) {
+                    __m128i av = _mm_load_si128((const __m128i *)(a[r] + kk));
+                    acc[r][c] = _mm_add_epi32(acc[r][c], _mm_madd_epi16(wv, av));
+                }
             }
         }
         if (CS) {
@@ -818,8 +821,10 @@ NPQ_TARGET_AVX2 static inline __attribute__((always_inline)) void gv_tile_y_t(
                 __m256i wv = _mm256_cvtepi8_epi16(_mm_loadu_si128((const __m128i *)(w + c * sn + kk)));
                 if (CS) csum[c] = _mm256_add_epi16(csum[c], wv);
 #pragma GCC unroll 16
-                for (int r = 0; r < MR; r++)
-                    acc[r][c] = _mm256_add_epi32(acc[r][c], _mm256_madd_epi16(wv, _mm256_load_si256((const __m256i *)(a[r] + kk))));
+                for (int r = 0; r < MR; r++) {
+                    __m256i av = _mm256_load_si256((const __m256i *)(a[r] + kk));
+                    acc[r][c] = _mm256_add_epi32(acc[r][c], _mm256_madd_epi16(wv, av));
+                }
             }
         }
         if (CS) {
@@ -922,11 +927,12 @@ static int gemv_natural(const npq_gemm_args *g, int nthreads) {
     int64_t wbytes = g->batch * g->n * g->k;
     if (wbytes * ceil_div(g->m, GV_ROWS) < ((int64_t)1 << 16)) nthreads = 1;
     if (nthreads < 1) nthreads = 1;
-    /* Tasks of ~1/8 of a thread's share, within [32, 512] KiB: small enough to balance the threads
-     * (and a descheduled one), large enough that each thread streams long runs. A task is a whole
-     * number of epilogue blocks when large, else a multiple of 8 columns (the epilogue's width). */
-    int64_t task = wbytes / (8 * nthreads);
-    task = task < ((int64_t)32 << 10) ? (int64_t)32 << 10 : task > ((int64_t)512 << 10) ? (int64_t)512 << 10 : task;
+    /* Tasks of ~1/8 of a thread's share, within [32 KiB / min(m, 8), 512 KiB]: small enough to
+     * balance the threads (and a descheduled one), large enough that each thread streams long runs
+     * (smaller for larger m, whose bytes cost more compute). A task is a whole number of epilogue
+     * blocks when large, else a multiple of 8 columns (the epilogue's width). */
+    int64_t task = wbytes / (8 * nthreads), task_min = ((int64_t)32 << 10) / (g->m < GV_ROWS ? g->m : GV_ROWS);
+    task = task < task_min ? task_min : task > ((int64_t)512 << 10) ? (int64_t)512 << 10 : task;
     int64_t nb = task / (g->k > 0 ? g->k : 1);
     x.nb = nb >= GV_MAXNB ? nb / GV_MAXNB * GV_MAXNB : nb >= 8 ? nb / 8 * 8 : 8;
     x.nblocks = ceil_div(g->n, x.nb);

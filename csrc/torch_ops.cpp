@@ -679,7 +679,7 @@ Tensor layer_gemm(const char *op, const Tensor &x, const QuantRows &r, const Ten
     g.w_nbatch = 1;
     std::optional<Tensor> packed, colsum;
     static const int8_t no_weights = 0;  // k == 0: nothing is read, but the kernel wants a pointer
-    if (r.k == 0 || r.m <= GEMV_MAX_M) {
+    if (r.k == 0 || (r.m <= GEMV_MAX_M && (w.sr == 1 || r.k == 1))) {  // row-major weight: read in place
         g.wn = r.k ? w.p : &no_weights, g.wn_sn = w.sc, g.wn_sk = w.sr;
     } else {
         const int64_t per = npq_gemm_packed_bytes(r.k, n), panels = npq_gemm_panels(n);
