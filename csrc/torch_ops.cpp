@@ -715,32 +715,31 @@ LayerParams layer_params(const char *op, const Tensor &weight_scale, const std::
     return p;
 }
 
-// w8a8: x quantized per row, asymmetric; out = (acc - offset * colsum(W)) * w_scale * x_scale (+ bias).
-Tensor linear_w8a8(Tensor x, Tensor weight, Tensor weight_scale, std::optional<Tensor> smooth_scales,
-                   std::optional<Tensor> bias) {
-    const char *op = "linear_w8a8";
-    QuantRows r = quantize_rows(op, x, smooth_scales, true);
-    check_linear_weight(weight, r.k, op);
-    LayerParams p = layer_params(op, weight_scale, bias, weight.size(0));
-    RawEpilogue e;
-    e.scale = (const float *)p.scale.data_ptr(), e.scale_nstride = p.scale.numel() > 1 ? 1 : 0;
-    e.pertoken = r.scale, e.row_offset = r.offset;
-    if (p.bias) e.add = (const float *)p.bias->data_ptr(), e.add_nstride = 1;
-    return layer_gemm(op, x, r, weight, e, x.scalar_type());
-}
-
-// w8a8-sym: x quantized per row, symmetric; out = acc * w_scale * x_scale (+ bias), one cast.
-Tensor linear_w8a8_sym(Tensor x, Tensor weight, Tensor weight_scale, std::optional<Tensor> smooth_scales,
-                       std::optional<Tensor> bias) {
-    const char *op = "linear_w8a8_sym";
-    QuantRows r = quantize_rows(op, x, smooth_scales, false);
+// x quantized per row (asymmetric: with a zero point), then one exact GEMV/GEMM and its epilogue:
+//   w8a8:     out = (acc - offset * colsum(W)) * w_scale * x_scale (+ bias)
+//   w8a8-sym: out = acc * w_scale * x_scale (+ bias)
+// in float32, one cast to x's dtype.
+Tensor linear_int8(const char *op, bool asymmetric, Tensor &x, const Tensor &weight, const Tensor &weight_scale,
+                   const std::optional<Tensor> &smooth_scales, const std::optional<Tensor> &bias) {
+    QuantRows r = quantize_rows(op, x, smooth_scales, asymmetric);
     check_linear_weight(weight, r.k, op);
     LayerParams p = layer_params(op, weight_scale, bias, weight.size(0));
     RawEpilogue e;
     e.scale = (const float *)p.scale.data_ptr(), e.scale_nstride = p.scale.numel() > 1 ? 1 : 0;
     e.pertoken = r.scale;
+    if (asymmetric) e.row_offset = r.offset;
     if (p.bias) e.add = (const float *)p.bias->data_ptr(), e.add_nstride = 1;
     return layer_gemm(op, x, r, weight, e, x.scalar_type());
+}
+
+Tensor linear_w8a8(Tensor x, Tensor weight, Tensor weight_scale, std::optional<Tensor> smooth_scales,
+                   std::optional<Tensor> bias) {
+    return linear_int8("linear_w8a8", true, x, weight, weight_scale, smooth_scales, bias);
+}
+
+Tensor linear_w8a8_sym(Tensor x, Tensor weight, Tensor weight_scale, std::optional<Tensor> smooth_scales,
+                       std::optional<Tensor> bias) {
+    return linear_int8("linear_w8a8_sym", false, x, weight, weight_scale, smooth_scales, bias);
 }
 
 // torch.ops.aten.linear.out(x, weight, bias, out=out): x @ weight.T (+ bias), as F.linear computes it.
