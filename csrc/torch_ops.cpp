@@ -456,11 +456,11 @@ struct Epilogue {
 
 const void *ptr_or_null(const std::optional<Tensor> &t) { return t ? t->data_ptr() : nullptr; }
 
-// out (B, m, n) = epilogue(a @ w), a (B, m, k), w (B, k, n); B of a and w equal (either may broadcast).
-Tensor gemm(const char *op, const Mat &a, const Mat &w, ST out_dtype, const Epilogue &e) {
+// Runs epilogue(a @ w) into out, a (B, m, k), w (B, k, n) (B of a and w equal; either may broadcast).
+// g carries the caller's epilogue fields and out_kind; the operands are filled in here: up to
+// GEMV_MAX_M rows a row-major weight is read in place, larger inputs pack it for this call.
+void run_gemm(const char *op, const Mat &a, const Mat &w, npq_gemm_args &g, void *out) {
     const int64_t batch = a.b, m = a.r, k = a.c, n = w.c;
-    Tensor out = new_empty({batch, m, n}, out_dtype);
-    if (out.numel() == 0) return out;
     const bool a_shared = batch == 1 || a.sb == 0, w_shared = batch == 1 || w.sb == 0;
     std::vector<int64_t> a_boff(a_shared ? 1 : (size_t)batch), a_bidx((size_t)batch), w_bidx((size_t)batch);
     for (int64_t b = 0; b < batch; b++) {
@@ -468,8 +468,6 @@ Tensor gemm(const char *op, const Mat &a, const Mat &w, ST out_dtype, const Epil
         a_bidx[(size_t)b] = a_shared ? 0 : b;
         w_bidx[(size_t)b] = w_shared ? 0 : b;
     }
-    npq_gemm_args g;
-    memset(&g, 0, sizeof g);
     g.batch = batch, g.m = m, g.n = n, g.k = k;
     g.a = a.p, g.a_sm = a.sr, g.a_sk = a.sc;
     g.a_nbatch = (int64_t)a_boff.size(), g.a_boff = a_boff.data(), g.a_bidx = a_bidx.data();
@@ -491,14 +489,23 @@ Tensor gemm(const char *op, const Mat &a, const Mat &w, ST out_dtype, const Epil
         }
         g.w = (const uint8_t *)packed->data_ptr(), g.w_nbatch = wb, g.colsum = (const int32_t *)colsum->data_ptr();
     }
+    g.out = out;
+    check_status(npq_gemm_s8(&g, threads()), op);
+}
+
+// out (B, m, n) = epilogue(a @ w) with the epilogue's operands given as tensors.
+Tensor gemm(const char *op, const Mat &a, const Mat &w, ST out_dtype, const Epilogue &e) {
+    Tensor out = new_empty({a.b, a.r, w.c}, out_dtype);
+    if (out.numel() == 0) return out;
+    npq_gemm_args g;
+    memset(&g, 0, sizeof g);
     g.out_kind = npq_dtype_of(out_dtype);
     g.bias_i32 = (const int32_t *)ptr_or_null(e.bias_i32), g.bias_i32_bstride = e.bias_i32_bstride;
     g.scale = (const float *)ptr_or_null(e.scale), g.scale_nstride = e.scale && e.scale->numel() > 1 ? 1 : 0;
     g.pertoken = (const float *)ptr_or_null(e.pertoken);
     g.row_offset = (const float *)ptr_or_null(e.row_offset);
     g.add = (const float *)ptr_or_null(e.add), g.add_nstride = e.add_nstride, g.add_bstride = e.add_bstride;
-    g.out = out.data_ptr();
-    check_status(npq_gemm_s8(&g, threads()), op);
+    run_gemm(op, a, w, g, out.data_ptr());
     return out;
 }
 
@@ -663,39 +670,18 @@ struct RawEpilogue {
     int64_t scale_nstride = 0, add_nstride = 0;
 };
 
-// out (..., n) = epilogue(q @ weight.T) for a layer: one exact GEMV (m <= GEMV_MAX_M) or packed GEMM.
+// out (..., n) = epilogue(q @ weight.T) for a layer, q the quantized rows in scratch.
 Tensor layer_gemm(const char *op, const Tensor &x, const QuantRows &r, const Tensor &weight, const RawEpilogue &e,
                   ST out_dtype) {
-    std::vector<int64_t> shape = linear_out_shape(x, weight.size(0));
-    Tensor out = new_empty(shape, out_dtype);
-    const int64_t n = weight.size(0);
+    Tensor out = new_empty(linear_out_shape(x, weight.size(0)), out_dtype);
     if (out.numel() == 0) return out;
-    const Mat w = weight_t(weight);
-    int64_t zero = 0;
     npq_gemm_args g;
     memset(&g, 0, sizeof g);
-    g.batch = 1, g.m = r.m, g.n = n, g.k = r.k;
-    g.a = r.q, g.a_sm = r.k, g.a_sk = 1, g.a_nbatch = 1, g.a_boff = &zero, g.a_bidx = &zero, g.w_bidx = &zero;
-    g.w_nbatch = 1;
-    std::optional<Tensor> packed, colsum;
-    static const int8_t no_weights = 0;  // k == 0: nothing is read, but the kernel wants a pointer
-    if (r.k == 0 || (r.m <= GEMV_MAX_M && (w.sr == 1 || r.k == 1))) {  // row-major weight: read in place
-        g.wn = r.k ? w.p : &no_weights, g.wn_sn = w.sc, g.wn_sk = w.sr;
-    } else {
-        const int64_t per = npq_gemm_packed_bytes(r.k, n), panels = npq_gemm_panels(n);
-        packed = new_empty({per}, ST::Byte);
-        colsum = new_empty({panels * 16}, ST::Int);
-        check_status(npq_gemm_pack_b(r.k ? w.p : nullptr, r.k, n, w.sr, w.sc, (uint8_t *)packed->data_ptr(),
-                                     (int32_t *)colsum->data_ptr(), threads()),
-                     op);
-        g.w = (const uint8_t *)packed->data_ptr(), g.colsum = (const int32_t *)colsum->data_ptr();
-    }
     g.out_kind = npq_dtype_of(out_dtype);
     g.scale = e.scale, g.scale_nstride = e.scale_nstride;
     g.pertoken = e.pertoken, g.row_offset = e.row_offset;
     g.add = e.add, g.add_nstride = e.add_nstride;
-    g.out = out.data_ptr();
-    check_status(npq_gemm_s8(&g, threads()), op);
+    run_gemm(op, Mat{r.q, 1, r.m, r.k, 0, r.k, 1}, weight_t(weight), g, out.data_ptr());
     return out;
 }
 
