@@ -15,6 +15,7 @@ from .ops.int4 import npu_convert_weight_to_int4pack, pack_int4, unpack_int4
 from .ops.quant_matmul import npu_quant_matmul, npu_trans_quant_param
 from .ops.quant_matmul.asymmetric import quant_matmul_asymmetric
 from .ops.quantize import npu_quantize
+from .ops.weight_quant_matmul import npu_weight_quant_batchmatmul
 from .quantize import load_quantized, quantize_model, save_quantized
 
 __all__ = [
@@ -22,6 +23,7 @@ __all__ = [
     "save_quantized",
     "load_quantized",
     "npu_quant_matmul",
+    "npu_weight_quant_batchmatmul",
     "quant_matmul_asymmetric",
     "npu_trans_quant_param",
     "npu_quantize",
