@@ -16,7 +16,7 @@ import torch
 from ... import _native
 from ..._args import check, optional_tensors, tensors, to_dtype
 from .. import int4
-from . import reference
+from . import a8w4, reference
 
 __all__ = ["npu_quant_matmul", "npu_trans_quant_param", "validate", "output_shape"]
 
@@ -386,6 +386,8 @@ def npu_quant_matmul(
     if not isinstance(out, torch.dtype):
         out = to_dtype(output_dtype, f"Not supportted output dtype is {output_dtype}")
     groups = None if group_sizes is None else [int(g) for g in group_sizes]
+    if x1.dtype == torch.int8 and x2.dtype == torch.int32:  # A8W4: int4 weight, split activations (.a8w4)
+        return a8w4.npu_quant_matmul_a8w4(x1, x2, scale, offset, pertoken_scale, bias, out, groups)
     plan = validate(x1, x2, scale, offset, pertoken_scale, bias, out, groups)
     return _compute(*_normalise(x1, x2, scale, offset, pertoken_scale, bias, plan)).view(plan.shape)
 
