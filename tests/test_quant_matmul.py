@@ -623,9 +623,9 @@ I8_2x3, I8_3x2 = X1, X2
 CASES = [
     # dtypes
     (
-        lambda: (I8_2x3, I8_3x2.int(), _s()),
+        lambda: (I8_2x3.int(), I8_3x2, _s()),  # (int8 x1 with int32 x2 is A8W4: test_quant_matmul_a8w4.py)
         {},
-        "x1's type and x2's type should be same, but x1.dtype is torch.int8 and x2.dtype is torch.int32",
+        "x1's type and x2's type should be same, but x1.dtype is torch.int32 and x2.dtype is torch.int8",
     ),
     (
         lambda: (I8_2x3.half(), I8_3x2.half(), _s()),
