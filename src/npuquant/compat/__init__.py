@@ -2,9 +2,16 @@
 
 ``install()`` (opt-in) makes these importable and maps the NPU onto the CPU:
 
-* ``torch_npu`` with the quantization ops of SPEC Part I (served by npuquant), ``torch_npu.npu``
-  helpers (set_device, synchronize, is_available, set_compile_mode, ...), an identity
-  ``npu_format_cast``, and ``torch_npu.contrib.module.{LinearA8W8Quant, LinearQuant}``;
+* ``torch_npu`` with the quantization ops npuquant serves (``torch_npu.OP_SCHEMAS``), also as
+  ``torch.ops.npu.<op>`` with torch_npu's schemas; ``torch_npu.npu`` helpers (set_device,
+  synchronize, is_available, set_compile_mode, ...); ``npu_format_cast`` / ``get_npu_format`` /
+  ``torch_npu.Format`` (the format is recorded, the values never change);
+  ``torch_npu.testing.testcase`` / ``common_utils`` (Ascend's op-test harness: ``TestCase.assertRtolEqual``,
+  ``SupportedDevices``, ``create_common_tensor``, ``run_tests``); and
+  ``torch_npu.contrib.module.{LinearA8W8Quant, LinearQuant}``;
+* an emulated SoC: ``torch.npu.get_device_name()`` reports ``install(soc=...)``, else
+  ``$NPUQUANT_SOC``, else ``Ascend910B4`` (Atlas A2), so tests gated on a product line run that
+  line's cases;
 * ``torchair`` with ``CompilerConfig`` and ``get_npu_backend(compiler_config=...)``, a
   ``torch.compile`` backend that runs on the CPU;
 * ``pypto`` as an alias of ``npuquant.pypto`` (only if no real pypto is importable);
@@ -20,6 +27,8 @@
   ``rename_privateuse1=False`` or use a separate process, as ``npuquant run`` does).
 * Because torch requires a device module for a named backend, ``torch.npu`` stays registered as an
   inert module: ``is_available()`` is False and ``device_count()`` is 0, as on a machine without NPUs.
+* ``torch.ops.npu.<op>`` definitions (``torch.library`` cannot remove an operator): they stay, inert,
+  raising RuntimeError when called ("... only while npuquant.compat is installed").
 
 Other notes: the device redirection is a ``TorchFunctionMode``, which PyTorch keeps per thread, so
 it applies in the thread that called ``install()``; ``torch.npu.is_available()`` is True while
@@ -42,7 +51,8 @@ from collections.abc import Iterator
 
 import torch
 
-from . import _device
+from . import _device, _ops
+from .shims.torch_npu import npu as _npu
 
 __all__ = ["CompatError", "install", "uninstall", "is_installed", "installed", "EMULATED_MODULES"]
 
@@ -130,22 +140,29 @@ def _patch(owner: object, name: str, value: object, state: _InstallState) -> Non
     setattr(owner, name, value)
 
 
-def install(*, rename_privateuse1: bool = True) -> None:
+def install(*, rename_privateuse1: bool = True, soc: str | None = None) -> None:
     """Make torch_npu / torchair importable and map ``npu`` devices to the CPU (idempotent).
 
     Args:
         rename_privateuse1: rename PyTorch's PrivateUse1 backend to ``npu`` so that
             ``torch.device('npu:4')`` parses. This cannot be undone within the process (see the
             module docstring); with False, ``'npu'`` strings in ``device=`` and ``.to()`` still work.
+        soc: the Ascend SoC name ``torch.npu.get_device_name()`` reports (e.g. ``"Ascend910B4"``,
+            ``"Ascend310P3"``, ``"Ascend950PR"``); default ``$NPUQUANT_SOC``, else ``"Ascend910B4"``.
+            Given while already installed, it switches the emulated SoC.
 
     Raises:
         CompatError: a real torch_npu is importable (use it instead), or PrivateUse1 already
             belongs to another backend called ``npu``.
+        ValueError: ``soc`` (or ``$NPUQUANT_SOC``) is not an Ascend SoC name.
     """
     global _state
     with _lock:
         if _state is not None:
+            if soc is not None:
+                _npu._set_soc(_npu.resolve_soc(soc))
             return
+        soc_name = _npu.resolve_soc(soc)
         real = _module_importable("torch_npu")
         if real is not None:
             raise CompatError(
@@ -176,6 +193,8 @@ def install(*, rename_privateuse1: bool = True) -> None:
                     stacklevel=2,
                 )
             _device.activate(state, _patch)
+            _npu._set_soc(soc_name)
+            _ops.register()
             state.finder = _AliasFinder(aliases)
             sys.meta_path.insert(0, state.finder)
         except BaseException:
@@ -194,6 +213,8 @@ def _undo(state: _InstallState) -> None:
                 target = sys.modules.get(state.finder._target(name))
                 if module is target or target is None:
                     del sys.modules[name]
+    _ops.deactivate()
+    _npu._set_soc(_npu.DEFAULT_SOC)
     _device.deactivate(state)
     for owner, name, previous in reversed(state.saved_attrs):
         if previous is _MISSING:
@@ -220,7 +241,7 @@ def is_installed() -> bool:
 
 
 @contextlib.contextmanager
-def installed(**options: bool) -> Iterator[types.ModuleType]:
+def installed(**options: object) -> Iterator[types.ModuleType]:
     """``with npuquant.compat.installed(): ...`` installs for the block (if not already) and yields ``torch_npu``."""
     was_installed = is_installed()
     install(**options)

@@ -21,7 +21,8 @@ USAGE = """usage: npuquant run [--save FILE] SCRIPT [ARGS...]
        npuquant run [--save FILE] -m MODULE [ARGS...]
 
 Run a script written for torch_npu / torchair unmodified: npuquant.compat is installed first, so
-`import torch_npu` works and 'npu' devices are the CPU. Options (before SCRIPT):
+`import torch_npu` works and 'npu' devices are the CPU. The emulated SoC is $NPUQUANT_SOC
+(default Ascend910B4). Ascend's op tests run with `npuquant run -m pytest FILE`. Options (before SCRIPT):
   -m MODULE    run a module, like python -m
   --save FILE  when the script ends, torch.save its top-level tensors (dict name -> tensor) to FILE
   -h, --help   show this help"""
@@ -105,7 +106,7 @@ def main(argv: list[str] | None = None) -> int:
 
     try:
         install()
-    except CompatError as exc:
+    except (CompatError, ValueError) as exc:  # ValueError: a bad $NPUQUANT_SOC
         print(f"npuquant run: {exc}", file=sys.stderr)
         return 2
 

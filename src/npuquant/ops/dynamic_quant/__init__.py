@@ -11,12 +11,16 @@ import torch
 
 from ... import _native
 from ..._args import check, optional_tensors, tensors, to_dtype
+from .. import int4 as int4_ops
 from . import reference
 
 __all__ = ["npu_dynamic_quant_asymmetric", "npu_dynamic_quant", "dynamic_quant", "quantize_weight_int8"]
 
 X_DTYPES = (torch.float16, torch.bfloat16, torch.float32)
 MAX_GROUPS = 1024
+#: quant_mode values: one scale per token (row of the last axis, the default), per channel
+#: (column of the last two axes: max/min over dim -2), or one for the whole tensor.
+QUANT_MODES = ("pertoken", "perchannel", "pertensor")
 # torch_npu's seed-era texts (SPEC §3.2): the asymmetric one really says "when int4 quantization".
 _DST_TYPE_MESSAGE = {
     True: "dtype must be torch.int8 for int8 or torch.quint4x2 for int4 when int4 quantization",
@@ -147,17 +151,84 @@ def dynamic_quant(
     return y, scale, offset if asymmetric else None
 
 
+def _check_mode(quant_mode: str, dst_type_max: float, group_index: torch.Tensor | None) -> None:
+    if quant_mode not in QUANT_MODES:
+        raise RuntimeError(f"quant_mode must be 'pertoken', 'perchannel' or 'pertensor', but got {quant_mode!r}")
+    if dst_type_max != 0.0:
+        raise RuntimeError(
+            "Can't support attr dst_type_max, please check CANN version. (dst_type_max is for the float8 / "
+            f"hifloat8 outputs of Ascend 950; int8 and int4 always use their full range), but got {dst_type_max}"
+        )
+    check(
+        quant_mode == "pertoken" or group_index is None,
+        f"group_index is only supported when quant_mode is pertoken, but quant_mode is {quant_mode}",
+    )
+
+
+def _run_perchannel(x, smooth_scales, dst_type, asymmetric):
+    """quant_mode="perchannel": per-token quantization of the transpose of the last two axes.
+
+    Smooth scales ``(x.shape[-2],)`` multiply rows; scale/offset have shape ``x.shape[:-2] + (H,)``.
+    int4 results are quantized on the transpose, padded along S by repeating its last element
+    (which changes no max, min or value), then repacked along H.
+    """
+    int4_out = validate(x, None, None, dst_type, asymmetric)
+    if smooth_scales is not None:
+        check(
+            smooth_scales.dim() == 1 and smooth_scales.shape[0] == x.shape[-2],
+            f"When quant_mode is perchannel, smooth_scales must have shape [{x.shape[-2]}] (x.shape[-2]), "
+            f"but it is {list(smooth_scales.shape)}",
+        )
+        check(
+            smooth_scales.dtype == x.dtype,
+            f"smooth_scales dtype must be the same as x dtype, but smooth_scales is {smooth_scales.dtype} "
+            f"and x is {x.dtype}",
+        )
+    xt = x.transpose(-1, -2)
+    if not int4_out:
+        y, scale, offset = _dynamic_quant(xt, smooth_scales, None, asymmetric, False)
+        return y.transpose(-1, -2).contiguous(), scale, offset
+    rows = xt.shape[-1]
+    pad = -rows % 8
+    if pad:
+        xt = torch.cat([xt, xt[..., -1:].expand(*xt.shape[:-1], pad)], dim=-1)
+        if smooth_scales is not None:
+            smooth_scales = torch.cat([smooth_scales, smooth_scales[-1:].expand(pad)])
+    y, scale, offset = _dynamic_quant(xt, smooth_scales, None, asymmetric, True)
+    values = int4_ops.unpack_int4(y)[..., :rows].transpose(-1, -2)
+    return int4_ops.pack_int4(values.contiguous()), scale, offset
+
+
+def _run_pertensor(x, smooth_scales, dst_type, asymmetric):
+    """quant_mode="pertensor": one scale (and offset) of shape ``(1,)`` for the whole tensor.
+
+    Smoothing (``(H,)``) is applied first in float32, exactly as the per-token operator does it.
+    """
+    int4_out = validate(x, smooth_scales, None, dst_type, asymmetric)
+    if smooth_scales is not None:
+        x = x.to(torch.float32) * smooth_scales.to(torch.float32)
+    y, scale, offset = _dynamic_quant(x.reshape(1, -1), None, None, asymmetric, int4_out)
+    return y.reshape(output_shapes(x, int4_out)[0]), scale, offset
+
+
 def _run(
     x: torch.Tensor,
     smooth_scales: torch.Tensor | None,
     group_index: torch.Tensor | None,
     dst_type: torch.dtype | None,
     asymmetric: bool,
+    quant_mode: str = "pertoken",
+    dst_type_max: float = 0.0,
 ) -> tuple[torch.Tensor, ...]:
     """Body of both public ops: every check, then the operator; ``(y, scale, offset)`` or ``(y, scale)``."""
     op = "npu_dynamic_quant_asymmetric" if asymmetric else "npu_dynamic_quant"
     tensors(op, x=x)
     optional_tensors(op, smooth_scales=smooth_scales, group_index=group_index)
+    _check_mode(quant_mode, dst_type_max, group_index)
+    if quant_mode != "pertoken":
+        run = _run_perchannel if quant_mode == "perchannel" else _run_pertensor
+        y, scale, offset = run(x, smooth_scales, dst_type, asymmetric)
+        return (y, scale, offset) if asymmetric else (y, scale)
     int4_out = validate(x, smooth_scales, group_index, dst_type, asymmetric)
     if group_index is not None and not torch.compiler.is_compiling():
         check_group_values(group_index, _rows(x))  # data-dependent: eager only (the kernel checks it too)
@@ -171,6 +242,8 @@ def npu_dynamic_quant_asymmetric(
     smooth_scales: torch.Tensor | None = None,
     group_index: torch.Tensor | None = None,
     dst_type: torch.dtype | int | None = None,
+    quant_mode: str = "pertoken",
+    dst_type_max: float = 0.0,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """torch_npu.npu_dynamic_quant_asymmetric: per-token asymmetric quantization of x's last axis.
 
@@ -185,15 +258,21 @@ def npu_dynamic_quant_asymmetric(
             dims); row r uses ``smooth_scales[i]`` for the first i with ``group_index[i] > r``.
         dst_type: None / ``torch.int8`` (int8 y of x's shape) or ``torch.quint4x2`` (int32 y with 8
             int4 per word, last dim of x a multiple of 8); torch_npu integer codes accepted.
+        quant_mode: ``"pertoken"`` (default); ``"perchannel"``: per column of the last two axes
+            (max/min over dim -2, smooth_scales ``[x.shape[-2]]`` multiplying rows, scale/offset
+            of shape ``x.shape[:-2] + [x.shape[-1]]``, y as for pertoken); ``"pertensor"``: one
+            scale/offset of shape ``[1]``. (torch_npu serves the last two on Ascend 950 only;
+            group_index needs pertoken.)
+        dst_type_max: 0.0 only (a float8 / hifloat8 output setting of Ascend 950).
 
     Returns:
-        ``(y, scale, offset)``; scale and offset float32 of shape ``x.shape[:-1]``.
+        ``(y, scale, offset)``; scale and offset float32 of shape ``x.shape[:-1]`` (pertoken).
 
     Raises:
         RuntimeError: containing torch_npu's message for every rule of SPEC §3.2 / §3.6.
     """
     dst = to_dtype(dst_type, _DST_TYPE_MESSAGE[True])
-    return _run(x, smooth_scales, group_index, dst, True)  # type: ignore[return-value]
+    return _run(x, smooth_scales, group_index, dst, True, quant_mode, dst_type_max)  # type: ignore[return-value]
 
 
 def npu_dynamic_quant(
@@ -202,18 +281,21 @@ def npu_dynamic_quant(
     smooth_scales: torch.Tensor | None = None,
     group_index: torch.Tensor | None = None,
     dst_type: torch.dtype | int | None = None,
+    quant_mode: str = "pertoken",
+    dst_type_max: float = 0.0,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """torch_npu.npu_dynamic_quant: per-token symmetric quantization of x's last axis.
 
     Per row, in float32 after optional smoothing: ``scale = max|xs| / 127`` (int4: 7),
     ``y = clamp(round_half_even(xs * (1 / scale)), -128, 127)`` (int4: [-8, 7]); an all-zero row
-    gives scale 0 and y 0. Arguments and errors as :func:`npu_dynamic_quant_asymmetric`.
+    gives scale 0 and y 0. Arguments (``quant_mode``, ``dst_type_max`` included) and errors as
+    :func:`npu_dynamic_quant_asymmetric`.
 
     Returns:
-        ``(y, scale)``; scale float32 of shape ``x.shape[:-1]``.
+        ``(y, scale)``; scale float32 of shape ``x.shape[:-1]`` (pertoken).
     """
     dst = to_dtype(dst_type, _DST_TYPE_MESSAGE[False])
-    return _run(x, smooth_scales, group_index, dst, False)  # type: ignore[return-value]
+    return _run(x, smooth_scales, group_index, dst, False, quant_mode, dst_type_max)  # type: ignore[return-value]
 
 
 def quantize_weight_int8(weight: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

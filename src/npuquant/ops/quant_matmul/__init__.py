@@ -14,7 +14,7 @@ from typing import NamedTuple
 import torch
 
 from ... import _native
-from ..._args import check, optional_tensors, tensors, to_dtype
+from ..._args import SCALAR_TYPE_CODES, TORCH_NPU_INT4, check, optional_tensors, tensors, to_dtype
 from .. import int4
 from . import a8w4, reference
 
@@ -55,6 +55,62 @@ def fp19_applies(scale: torch.Tensor, pertoken_scale: torch.Tensor | None, out_d
 
 # Validation runs on every call (decode runs hundreds per token), so a message is formatted only
 # when its rule fails: ``check(cond, f"...")`` would format it every time.
+
+
+# Storage-dtype keywords (x1_dtype, ...): torch_npu's codes for the float8 / hifloat8 / MX formats
+# of the Ascend 950 line, which npuquant does not implement.
+_LOW_PRECISION_CODES = {
+    23: "float8_e5m2",
+    24: "float8_e4m3fn",
+    290: "hifloat8",
+    293: "float8_e8m0fnu",
+    296: "float4_e2m1fn_x2",
+    297: "float4_e1m2fn_x2",
+}
+_LOW_PRECISION_DTYPES = {
+    getattr(torch, name)
+    for name in _LOW_PRECISION_CODES.values()
+    if isinstance(getattr(torch, name, None), torch.dtype)
+}
+
+
+def _storage_dtype_name(value: object) -> str:
+    if isinstance(value, torch.dtype):
+        return str(value)
+    if value == TORCH_NPU_INT4:
+        return "int4"
+    if value in _LOW_PRECISION_CODES:
+        return _LOW_PRECISION_CODES[value]
+    return str(SCALAR_TYPE_CODES.get(value, value))
+
+
+def _check_storage_dtype(name: str, value: object, tensor: torch.Tensor | None) -> None:
+    """x1_dtype / x2_dtype / scale_dtype / pertoken_scale_dtype: how the tensor's bits are to be read.
+
+    npuquant reads int8 as int8 and int32 as 8 packed int4 (x1/x2), scales as their own dtype; a
+    keyword naming exactly that (or None) is accepted, the 950 line's low-precision formats raise.
+    """
+    if value is None:
+        return
+    if isinstance(value, bool) or not isinstance(value, (int, torch.dtype)):
+        raise RuntimeError(f"{name} must be a torch.dtype or an integer dtype code, but got {value!r}")
+    label = _storage_dtype_name(value)
+    if value in _LOW_PRECISION_CODES or value in _LOW_PRECISION_DTYPES:
+        raise RuntimeError(
+            f"{name} {label} (float8 / hifloat8 / MX quantization, Ascend 950 only) is not supported by npuquant: "
+            "x1 and x2 only support int8 or int32 (int4) before Ascend 950"
+        )
+    dtype = value if isinstance(value, torch.dtype) else SCALAR_TYPE_CODES.get(value)
+    if tensor is None:
+        raise RuntimeError(f"{name} is {label}, but its tensor is None")
+    accepted = {tensor.dtype}
+    if name in ("x1_dtype", "x2_dtype") and tensor.dtype == torch.int32:
+        accepted.add(torch.quint4x2)  # 8 int4 per int32 word (torch_npu.int4 maps here too)
+    if dtype not in accepted:
+        raise RuntimeError(
+            f"{name} {label} does not match the dtype of its tensor ({tensor.dtype}); npuquant reads int8 as int8, "
+            "int32 as 8 packed int4, and scales as their own dtype"
+        )
 
 
 def _check_group_sizes_format(group_sizes: list[int] | None) -> bool:
@@ -353,6 +409,10 @@ def npu_quant_matmul(
     pertoken_scale: torch.Tensor | None = None,
     bias: torch.Tensor | None = None,
     output_dtype: torch.dtype | int | None = None,
+    x1_dtype: torch.dtype | int | None = None,
+    x2_dtype: torch.dtype | int | None = None,
+    pertoken_scale_dtype: torch.dtype | int | None = None,
+    scale_dtype: torch.dtype | int | None = None,
     group_sizes: list[int] | tuple[int, ...] | None = None,
 ) -> torch.Tensor:
     """torch_npu.npu_quant_matmul: quantized matmul with exact integer accumulation (SPEC §4).
@@ -372,6 +432,10 @@ def npu_quant_matmul(
         bias: int32, bfloat16, float16 or float32; ``(n,)``, or ``(batch, 1, n)`` for 3-D output.
         output_dtype: torch.int8 (default), torch.float16, torch.bfloat16 or torch.int32
             (torch.dtype or ScalarType code).
+        x1_dtype, x2_dtype, pertoken_scale_dtype, scale_dtype: how the tensors' bits are read
+            (torch.dtype or code). Accepted: None or the tensor's own dtype; for int32 x1/x2 also
+            int4 (``torch_npu.int4`` = 285, ``torch.quint4x2``). The float8 / hifloat8 / MX codes
+            of the Ascend 950 line raise.
         group_sizes: None or ``[0, 0, 0]``; other values (per-group / per-block modes) raise.
 
     Returns:
@@ -382,6 +446,11 @@ def npu_quant_matmul(
     """
     tensors("npu_quant_matmul", x1=x1, x2=x2, scale=scale)
     optional_tensors("npu_quant_matmul", offset=offset, pertoken_scale=pertoken_scale, bias=bias)
+    if x1_dtype is not None or x2_dtype is not None or scale_dtype is not None or pertoken_scale_dtype is not None:
+        _check_storage_dtype("x1_dtype", x1_dtype, x1)
+        _check_storage_dtype("x2_dtype", x2_dtype, x2)
+        _check_storage_dtype("scale_dtype", scale_dtype, scale)
+        _check_storage_dtype("pertoken_scale_dtype", pertoken_scale_dtype, pertoken_scale)
     out = output_dtype  # a torch.dtype passes as is: to_dtype's message would be formatted for nothing
     if not isinstance(out, torch.dtype):
         out = to_dtype(output_dtype, f"Not supportted output dtype is {output_dtype}")

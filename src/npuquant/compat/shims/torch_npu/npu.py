@@ -3,18 +3,30 @@
 Everything runs synchronously on the CPU, so synchronisation, streams and events are trivial;
 seeding the "NPU" seeds the CPU generator, which is where ``device='npu'`` random tensors come from.
 Any device index is accepted; ``device_count()`` is 1 while installed and 0 afterwards.
+
+``get_device_name()`` reports an emulated Ascend SoC name (default ``Ascend910B4``, an Atlas A2
+part; ``NPUQUANT_SOC`` or ``npuquant.compat.install(soc=...)`` choose another), so code and tests
+that branch on the product line (``torch_npu.testing.common_utils.SupportedDevices``) take the
+branch of that line. It changes no numerics: every op computes the same on any emulated SoC.
 """
 
 from __future__ import annotations
 
 import contextlib
+import os
 import time
 import types
 from collections.abc import Iterator
 
 import torch
 
+#: The SoC name reported while no other is chosen: an Atlas A2 (Ascend 910B) part.
+DEFAULT_SOC = "Ascend910B4"
+#: Environment variable naming the emulated SoC (``install(soc=...)`` takes precedence).
+SOC_ENV = "NPUQUANT_SOC"
+
 _active = False
+_soc = DEFAULT_SOC
 _current_index = 0
 _jit_compile = True
 
@@ -27,6 +39,34 @@ conv = types.SimpleNamespace(allow_hf32=True)
 def _set_active(active: bool) -> None:
     global _active
     _active = active
+
+
+def resolve_soc(soc: str | None = None) -> str:
+    """The SoC name to emulate: ``soc`` if given, else ``$NPUQUANT_SOC``, else :data:`DEFAULT_SOC`.
+
+    Raises:
+        ValueError: the name is not an Ascend SoC name (``Ascend...``, e.g. ``Ascend910B4``,
+            ``Ascend310P3``, ``Ascend910_9392``, ``Ascend950PR``).
+    """
+    source = "install(soc=...)"
+    if soc is None:
+        soc, source = os.environ.get(SOC_ENV) or DEFAULT_SOC, SOC_ENV
+    if not isinstance(soc, str) or not soc.startswith("Ascend") or len(soc) <= len("Ascend") or not soc.isprintable():
+        raise ValueError(
+            f"npuquant.compat: {source} must name an Ascend SoC such as {DEFAULT_SOC!r}, Ascend310P3 or "
+            f"Ascend950PR, got {soc!r}"
+        )
+    return soc
+
+
+def _set_soc(soc: str) -> None:
+    global _soc
+    _soc = soc
+
+
+def soc_name() -> str:
+    """The emulated SoC name (what :func:`get_device_name` reports)."""
+    return _soc
 
 
 def _index(device: object, what: str) -> int:
@@ -97,8 +137,9 @@ def set_option(option: dict) -> None:
 
 
 def get_device_name(device: object = None) -> str:
+    """The emulated SoC name (default ``Ascend910B4``; see the module docstring)."""
     _index(device, "get_device_name")
-    return "CPU (npuquant.compat NPU emulation)"
+    return _soc
 
 
 def get_device_properties(device: object = None) -> types.SimpleNamespace:
