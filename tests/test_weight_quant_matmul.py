@@ -503,3 +503,22 @@ def test_is_transposed_rule():
     assert wq_ref.is_transposed(t.t()) and not wq_ref.is_transposed(t)
     assert not wq_ref.is_transposed(torch.zeros(1, 1)) and not wq_ref.is_transposed(torch.zeros(3))
     assert wq_ref.is_transposed(torch.zeros(2, 4, 6).transpose(-1, -2))
+
+
+def test_served_by_the_torch_npu_shim():
+    from npuquant import compat
+    from npuquant.compat.shims import torch_npu as shim
+
+    if "npu_weight_quant_batchmatmul" not in getattr(shim, "OPS", ()):
+        pytest.skip("the torch_npu shim does not list npu_weight_quant_batchmatmul yet")
+    x, w, s = torch.randn(3, 64).half(), torch.randint(-128, 128, (64, 8), dtype=torch.int8), torch.rand(8).half()
+    compat.install()
+    try:
+        import torch_npu
+
+        a = torch_npu.npu_weight_quant_batchmatmul(x, w, s, antiquant_offset=s)
+        b = torch.ops.npu.npu_weight_quant_batchmatmul(x, w, s, s, None, None, None, 0, 0)
+    finally:
+        compat.uninstall()
+    assert_same_bits(a, f(x, w, s, s))
+    assert_same_bits(b, a)
