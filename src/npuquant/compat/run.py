@@ -33,8 +33,8 @@ def _exit_code(exc: SystemExit) -> int:
     code = exc.code
     if code is None:
         return 0
-    if isinstance(code, int) and not isinstance(code, bool):
-        return code
+    if isinstance(code, int):  # bool included: unittest.main() exits with sys.exit(False) on success
+        return int(code)
     print(code, file=sys.stderr)
     return 1
 
