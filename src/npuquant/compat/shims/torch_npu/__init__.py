@@ -45,6 +45,7 @@ OP_SCHEMAS: dict[str, str] = {
         "npu_quantize(Tensor input, Tensor scales, Tensor? zero_points, ScalarType dtype, int axis=1, "
         "bool div_mode=True) -> Tensor"
     ),
+    "npu_weight_quant_batchmatmul": "npu_weight_quant_batchmatmul(Tensor x, Tensor weight, Tensor antiquant_scale, Tensor? antiquant_offset=None, Tensor? quant_scale=None, Tensor? quant_offset=None, Tensor? bias=None, int antiquant_group_size=0, int inner_precise=0) -> Tensor",  # noqa: E501
 }
 
 #: torch_npu names served by npuquant functions of the same name (the keys of :data:`OP_SCHEMAS`).
