@@ -27,6 +27,7 @@ typedef enum {
     NPQ_I16 = 5,
     NPQ_I32 = 6,
     NPQ_I64 = 7,
+    NPQ_I4 = 8, /* int32 words of 8 signed int4, element j in bits 4j..4j+3 (SPEC §2) */
 } npq_dtype;
 
 /* ---- the one status set: every entry point returns one of these; npq_status_message() words it ---- */
@@ -131,23 +132,26 @@ static inline int64_t npq_row_offset(const npq_layout *l, int64_t row) {
  * reads or writes anything. Outputs are contiguous and sized by the caller. nthreads <= 1 runs
  * on the caller's thread. ---- */
 
-/* anti_quant.c: out = cast_out((float32(x) [+ offset]) * scale). x_dtype NPQ_I8, or NPQ_I32 for
- * words of 8 int4 (output last dim 8 * inner); scale/offset n_scale (1 or the output's last dim)
- * float32; out_dtype NPQ_F32 / NPQ_F16 / NPQ_BF16. */
-NPQ_API int npq_anti_quant(const void *x, int x_dtype, int64_t x_extent, int nd, const int64_t *lead_sizes,
-                           const int64_t *lead_strides, int64_t inner, int64_t inner_stride, const float *scale,
-                           int64_t n_scale, const float *offset, void *out, int out_dtype, int nthreads);
-/* anti_quant.c: grouped int4 weight rows: out[r, c] = cast((nibble[r, c] + offset[r, g]) * scale[r, g]),
- * g = c / (8 * group_words); packed (rows, words) int32 with strides (row_stride, word_stride). */
-NPQ_API int npq_dequant_int4_grouped(const int32_t *packed, int64_t extent, int64_t rows, int64_t words,
-                                     int64_t row_stride, int64_t word_stride, int64_t group_words,
-                                     const float *scale, const float *offset, void *out, int out_dtype,
-                                     int nthreads);
-/* dequantize.c: out = (float32(x) [+ zero_points]) * scale per row (axis -2) or per column (axis -1);
- * x NPQ_I8 / NPQ_I16 rows of `cols` elements at stride 1. */
-NPQ_API int npq_dequantize(const void *x, int x_dtype, int64_t x_extent, int nd, const int64_t *lead_sizes,
-                           const int64_t *lead_strides, int64_t cols, const float *scale, const float *zero_points,
-                           int64_t n_param, int axis, int64_t rows_per_matrix, float *out, int nthreads);
+/* dequant.c: affine dequantization, the kernel under anti-quant, grouped int4 tiles and dequantize:
+ *     out[r, c] = cast_out((float32(q[r, c]) + offset[p]) * scale[p])
+ *     p(r, c)   = (r / row_block) * row_step + (c / col_block) * col_step
+ * x_kind NPQ_I8 / NPQ_I16 / NPQ_I4 (then a row has 8 * inner outputs); rows numbered by the nd
+ * leading dims; sizes, strides and x_extent in units. scale / offset: n_param float32 (offset
+ * NULL = +0). out: contiguous rows x cols of NPQ_F32 / NPQ_F16 / NPQ_BF16. */
+typedef struct {
+    const void *x;
+    int x_kind;
+    int64_t x_extent;
+    int nd;
+    const int64_t *lead_sizes, *lead_strides;
+    int64_t inner, inner_stride;
+    const float *scale, *offset;
+    int64_t n_param;
+    int64_t row_block, row_step, col_block, col_step;
+    void *out;
+    int out_dtype;
+} npq_dequant_args;
+NPQ_API int npq_dequant(const npq_dequant_args *args, int nthreads);
 /* dynamic_quant.c: per-row dynamic quantization (symmetric when offset is NULL), int8 or packed int4. */
 NPQ_API int npq_dynamic_quant(const void *x, int x_dtype, int64_t x_extent, int nlead, const int64_t *lead_shape,
                               const int64_t *lead_stride, int64_t cols, int64_t col_stride, const void *smooth,

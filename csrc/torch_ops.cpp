@@ -247,104 +247,49 @@ Tensor pool_selftest(int64_t n, int64_t chunk, int64_t nthreads) {
     return out;
 }
 
-// ------------------------------------------------------------------------------- anti-quant
+// ------------------------------------------------------------------------ affine dequantization
 
-Tensor anti_quant(Tensor x, Tensor scale, std::optional<Tensor> offset, ST dst_dtype) {
-    const char *op = "anti_quant";
-    check_input(x, op, "x", {ST::Char, ST::Int});
-    if (dst_dtype != ST::Float && dst_dtype != ST::Half && dst_dtype != ST::BFloat16)
-        fail(op, "dst_dtype must be float32, float16 or bfloat16, but got ", dtype_name(dst_dtype));
+// out = cast((x + offset[p]) * scale[p]) over x seen as (rows, cols) = (leading dims, last dim; x8
+// for packed int4), p the (row_block x col_block) block holding the element, blocks numbered
+// row-major: scale has ceil(rows / row_block) * ceil(cols / col_block) elements.
+Tensor dequant_affine(Tensor x, Tensor scale, std::optional<Tensor> offset, int64_t row_block, int64_t col_block,
+                      ST out_dtype) {
+    const char *op = "dequant_affine";
+    check_input(x, op, "x", {ST::Char, ST::Short, ST::Int});
+    if (out_dtype != ST::Float && out_dtype != ST::Half && out_dtype != ST::BFloat16)
+        fail(op, "out_dtype must be float32, float16 or bfloat16, but got ", dtype_name(out_dtype));
     const bool packed = x.scalar_type() == ST::Int;
     if (packed && x.dim() == 0) fail(op, "an int32 (packed int4) x must have at least 1 dimension");
     check_input(scale, op, "scale", {ST::Float, ST::BFloat16});
-    if (scale.dim() != 1) fail(op, "scale must be 1-D, but has shape ", shape_str(scale));
+    if (offset) {
+        if (offset->defined() && offset->scalar_type() != scale.scalar_type())
+            fail(op, "offset must have scale's dtype (", dtype_name(scale.scalar_type()), "), but got ",
+                 dtype_name(offset->scalar_type()));
+        check_input(*offset, op, "offset", {scale.scalar_type()});
+    }
+    if (row_block <= 0 || col_block <= 0)
+        fail(op, "row_block and col_block must be positive, but got ", row_block, " and ", col_block);
     std::vector<int64_t> shape = sizes_of(x);
     if (packed) shape.back() *= 8;
-    const int64_t out_last = shape.empty() ? 1 : shape.back(), n = scale.size(0);
-    Tensor out = new_empty(shape, dst_dtype);
-    if (offset) {
-        if (offset->defined() && offset->scalar_type() != scale.scalar_type())
-            fail(op, "offset must have scale's dtype (", dtype_name(scale.scalar_type()), "), but got ",
-                 dtype_name(offset->scalar_type()));
-        check_input(*offset, op, "offset", {scale.scalar_type()});
-        if (offset->dim() != 1 || offset->size(0) != n) fail(op, "offset must have scale's shape ", shape_str(scale));
-    }
+    Tensor out = new_empty(shape, out_dtype);
     if (out.numel() == 0) return out;
-    if (n != 1 && n != out_last)
-        fail(op, "scale must have 1 or ", out_last, " (the output's last dim) elements, but has ", n);
+    const int64_t cols = shape.empty() ? 1 : shape.back(), rows = out.numel() / cols;
+    const int64_t row_blocks = (rows + row_block - 1) / row_block, col_blocks = (cols + col_block - 1) / col_block;
+    const int64_t n_param = row_blocks * col_blocks;
+    if (scale.numel() != n_param || (offset && offset->numel() != n_param))
+        fail(op, "scale and offset must have ", n_param, " elements (", row_blocks, " x ", col_blocks,
+             " blocks of ", row_block, " x ", col_block, " over ", rows, " x ", cols, "), but scale has ",
+             scale.numel());
     Tensor s = as_f32(scale);
     std::optional<Tensor> o;
     if (offset) o = as_f32(*offset);
-    Rows r = rows_or_copy(x, n == 1);
-    int rc = npq_anti_quant(x.data_ptr(), packed ? NPQ_I32 : NPQ_I8, extent_of(x), r.nd, r.size, r.stride, r.inner,
-                            r.inner_stride, (const float *)s.data_ptr(), n, (const float *)cptr(o), out.data_ptr(),
-                            npq_dtype_of(dst_dtype), threads());
-    check_status(rc, op);
-    return out;
-}
-
-Tensor dequant_int4_grouped(Tensor packed, Tensor scale, std::optional<Tensor> offset, ST out_dtype) {
-    const char *op = "dequant_int4_grouped";
-    check_input(packed, op, "packed", {ST::Int});
-    check_input(scale, op, "scale", {ST::Float, ST::BFloat16});
-    if (out_dtype != ST::Float && out_dtype != ST::Half && out_dtype != ST::BFloat16)
-        fail(op, "out_dtype must be float32, float16 or bfloat16, but got ", dtype_name(out_dtype));
-    if (packed.dim() != 2) fail(op, "packed must be 2-D (rows, K/8), but has shape ", shape_str(packed));
-    const int64_t rows = packed.size(0), words = packed.size(1);
-    if (scale.dim() != 2 || scale.size(0) != rows || scale.size(1) <= 0 || words % scale.size(1) != 0)
-        fail(op, "scale must be (rows, groups) with groups dividing K/8 = ", words, ", but has shape ",
-             shape_str(scale));
-    if (offset) {
-        if (offset->defined() && offset->scalar_type() != scale.scalar_type())
-            fail(op, "offset must have scale's dtype (", dtype_name(scale.scalar_type()), "), but got ",
-                 dtype_name(offset->scalar_type()));
-        check_input(*offset, op, "offset", {scale.scalar_type()});
-        if (sizes_of(*offset) != sizes_of(scale)) fail(op, "offset must have scale's shape ", shape_str(scale));
-    }
-    Tensor out = new_empty({rows, words * 8}, out_dtype);
-    if (out.numel() == 0) return out;
-    Tensor s = as_f32(scale);
-    std::optional<Tensor> o;
-    if (offset) o = as_f32(*offset);
-    int rc = npq_dequant_int4_grouped((const int32_t *)packed.data_ptr(), extent_of(packed), rows, words,
-                                      packed.stride(0), packed.stride(1), words / scale.size(1),
-                                      (const float *)s.data_ptr(), (const float *)cptr(o), out.data_ptr(),
-                                      npq_dtype_of(out_dtype), threads());
-    check_status(rc, op);
-    return out;
-}
-
-// -------------------------------------------------------------------------------- dequantize
-
-Tensor dequantize(Tensor x, Tensor scale, std::optional<Tensor> zero_points, int64_t axis) {
-    const char *op = "dequantize";
-    check_input(x, op, "x", {ST::Char, ST::Short});
-    check_input(scale, op, "scale", {ST::Float});
-    if (zero_points) check_input(*zero_points, op, "zero_points", {ST::Float});
-    if (x.dim() < 1) fail(op, "x must have at least 1 dimension");
-    if (axis != -1 && axis != -2) fail(op, "axis must be -1 or -2, but got ", axis);
-    if (axis == -2 && x.dim() < 2) fail(op, "axis -2 needs x with at least 2 dimensions");
-    std::vector<int64_t> param = sizes_of(x);  // x.shape[:-1] (axis -1) or x.shape[:-2] + x.shape[-1:] (axis -2)
-    param.erase(param.end() + (axis == -1 ? -1 : -2));
-    if (sizes_of(scale) != param || (zero_points && sizes_of(*zero_points) != param))
-        fail(op, "scale and zero_points must have the shape axis ", axis, " implies for x of shape ", shape_str(x));
-    Tensor out = new_empty(sizes_of(x), ST::Float);
-    if (out.numel() == 0) return out;
-    if (x.size(x.dim() - 1) > 1 && x.stride(x.dim() - 1) != 1) x = torch::stable::contiguous(x);
-    Tensor s = torch::stable::contiguous(scale);
-    std::optional<Tensor> z;
-    if (zero_points) {
-        if (zero_points->numel() != scale.numel()) fail(op, "zero_points must have scale's shape ", shape_str(scale));
-        z = torch::stable::contiguous(*zero_points);
-    }
-    Rows r = rows_or_copy(x, false);
-    const int64_t rows_per_matrix = axis == -2 ? x.size(x.dim() - 2) : 1;
-    int rc = npq_dequantize(x.data_ptr(), npq_dtype_of(x.scalar_type()), extent_of(x), r.nd, r.size, r.stride,
-                            r.inner, (const float *)s.data_ptr(), (const float *)cptr(z), s.numel(), (int)axis,
-                            rows_per_matrix, (float *)out.data_ptr(), threads());
-    if (rc == NPQ_ERR_ARG) fail(op, "scale / zero_points do not have the shape axis ", axis, " implies for x of shape ",
-                                shape_str(x));
-    check_status(rc, op);
+    Rows r = rows_or_copy(x, n_param == 1);  // one parameter: the rows may merge into one
+    npq_dequant_args a = {x.data_ptr(), packed ? NPQ_I4 : x.scalar_type() == ST::Short ? NPQ_I16 : NPQ_I8,
+                          extent_of(x), r.nd, r.size, r.stride, r.inner, r.inner_stride,
+                          (const float *)s.data_ptr(), (const float *)cptr(o), n_param, row_block,
+                          row_blocks > 1 ? col_blocks : 0, col_block, col_blocks > 1 ? 1 : 0, out.data_ptr(),
+                          npq_dtype_of(out_dtype)};
+    check_status(npq_dequant(&a, threads()), op);
     return out;
 }
 
@@ -791,9 +736,11 @@ Tensor linear_w4a16(Tensor x, Tensor weight, Tensor weight_scale, Tensor weight_
         for (int64_t r0 = 0; r0 < n; r0 += tile_rows) {
             const int64_t rows = std::min(tile_rows, n - r0);
             const int64_t first = r0 * weight.stride(0);
-            int rc = npq_dequant_int4_grouped((const int32_t *)weight.data_ptr() + first, extent_of(weight) - first,
-                                              rows, words, weight.stride(0), weight.stride(1), words / groups,
-                                              s + r0 * ss0, o + r0 * os0, buf, npq_dtype_of(dt), threads());
+            const int64_t lead_size[1] = {rows}, lead_stride[1] = {weight.stride(0)};
+            npq_dequant_args a = {(const int32_t *)weight.data_ptr() + first, NPQ_I4, extent_of(weight) - first, 1,
+                                  lead_size, lead_stride, words, weight.stride(1), s + r0 * ss0, o + r0 * os0,
+                                  rows * groups, 1, groups, 8 * (words / groups), 1, buf, npq_dtype_of(dt)};
+            int rc = npq_dequant(&a, threads());
             check_status(rc, op);
             // the tile's first k columns, (rows, k) with row stride kp: the linear's weight
             std::array<int64_t, 2> ts{rows, k}, tst{kp, 1};
@@ -820,9 +767,8 @@ STABLE_TORCH_LIBRARY(npuquant, m) {
     m.def("set_bf16_nan(int bits) -> int");
     m.def("pool_selftest(int n, int chunk, int nthreads) -> Tensor");
     // kernels (normalised arguments; the public functions validate with torch_npu's messages first)
-    m.def("anti_quant(Tensor x, Tensor scale, Tensor? offset, ScalarType dst_dtype) -> Tensor");
-    m.def("dequant_int4_grouped(Tensor packed, Tensor scale, Tensor? offset, ScalarType out_dtype) -> Tensor");
-    m.def("dequantize(Tensor x, Tensor scale, Tensor? zero_points, int axis) -> Tensor");
+    m.def("dequant_affine(Tensor x, Tensor scale, Tensor? offset, int row_block, int col_block, "
+          "ScalarType out_dtype) -> Tensor");
     m.def(
         "dynamic_quant(Tensor x, Tensor? smooth_scales, Tensor? group_index, bool asymmetric, bool int4) "
         "-> (Tensor, Tensor, Tensor)");
@@ -854,9 +800,7 @@ STABLE_TORCH_LIBRARY_IMPL(npuquant, CompositeExplicitAutograd, m) {
 }
 
 STABLE_TORCH_LIBRARY_IMPL(npuquant, CPU, m) {
-    m.impl("anti_quant", TORCH_BOX(&anti_quant));
-    m.impl("dequant_int4_grouped", TORCH_BOX(&dequant_int4_grouped));
-    m.impl("dequantize", TORCH_BOX(&dequantize));
+    m.impl("dequant_affine", TORCH_BOX(&dequant_affine));
     m.impl("dynamic_quant", TORCH_BOX(&dynamic_quant));
     m.impl("unpack_int4", TORCH_BOX(&unpack_int4));
     m.impl("pack_int4", TORCH_BOX(&pack_int4));

@@ -1,7 +1,8 @@
-"""Native anti-quant kernels (csrc/anti_quant.c, operator ``torch.ops.npuquant.anti_quant``) against
-the pure-torch reference, bit for bit, for every kernel variant (scalar / AVX2 / AVX-512) and thread
-count; edge values, layouts, the C++ wrapper's checks, dispatch, and the group-wise int4 dequant
-operator (``torch.ops.npuquant.dequant_int4_grouped``)."""
+"""Anti-quantization's native path (the shape adapters over ``torch.ops.npuquant.dequant_affine``,
+csrc/dequant.c) against the reference path, bit for bit, on what is particular to anti-quant: edge
+values and NaN payloads, bfloat16's NaN pattern, layouts, storage bounds, dispatch, and the
+group-wise int4 tiles. The kernel x granularity x encoder x ISA x threads table is
+test_dequant_affine.py."""
 
 from __future__ import annotations
 
@@ -11,25 +12,30 @@ import sys
 
 import pytest
 import torch
-from hypothesis import given
 from hypothesis import strategies as st
 
 import npuquant
 from helpers import assert_same_bits, bits, random_int8, random_words, shrink_storage
 from npuquant import _native
 from npuquant.ops import anti_quant as aq
-from npuquant.ops.anti_quant import native, reference
 
 OUT_DTYPES = [torch.float16, torch.bfloat16, torch.float32]
 
 
+def reference_anti_quant(x, scale, offset, dst, sqrt_mode=False):
+    with _native.force_reference():
+        return aq.anti_quant(x, scale, offset, dst, sqrt_mode)
+
+
+def reference_grouped(packed, scale, offset=None, dst=torch.float32):
+    with _native.force_reference():
+        return aq.dequant_int4_grouped(packed, scale, offset, dst)
+
+
 def both(x, scale, offset, dst, sqrt_mode=False):
-    """The native result equals the reference's, bit for bit (sqrt mode: through ``aq.anti_quant``)."""
-    if sqrt_mode:
-        out = aq.anti_quant(x, scale, offset, dst, sqrt_mode=True)
-    else:
-        out = native.anti_quant(x, scale, offset, dst)
-    assert_same_bits(out, reference.anti_quant(x, scale, offset, dst, sqrt_mode))
+    """The native result equals the reference's, bit for bit."""
+    out = aq.anti_quant(x, scale, offset, dst, sqrt_mode)
+    assert_same_bits(out, reference_anti_quant(x, scale, offset, dst, sqrt_mode))
     return out
 
 
@@ -45,47 +51,6 @@ def bf16_bits(t: torch.Tensor) -> list[int]:
 # ---------------------------------------------------------------- every variant vs reference
 
 SHAPES = [(1, 1), (1, 7), (3, 8), (2, 15), (5, 16), (4, 33), (3, 64), (2, 100), (9, 1), (2, 3, 17)]
-
-
-@pytest.mark.parametrize("packed", [False, True], ids=["int8", "int4"])
-@pytest.mark.parametrize("dst", OUT_DTYPES, ids=str)
-def test_random_all_modes(isa, packed, dst):
-    for shape in SHAPES:
-        x = random_words(*shape) if packed else random_int8(*shape)
-        last = shape[-1] * (8 if packed else 1)
-        for n in {1, last}:
-            scale = torch.randn(n) * 0.05
-            for offset in (None, torch.randn(n) * 4):
-                for sqrt_mode in (False, True):
-                    both(x, scale, offset, dst, sqrt_mode)
-
-
-@pytest.mark.parametrize("packed", [False, True], ids=["int8", "int4"])
-def test_threaded_splits(isa, threads, packed):
-    # Large enough that every thread gets work, with ranges that start and end mid-row.
-    x = random_words(301, 37) if packed else random_int8(233, 301)
-    last = x.shape[-1] * (8 if packed else 1)
-    for dst in (torch.float16, torch.bfloat16):
-        both(x, torch.rand(last), torch.randn(last), dst)
-        both(x, torch.rand(1), None, dst)
-    # a transposed x (inner stride != 1) split over the threads too
-    xt = x.t()
-    both(xt, torch.rand(xt.shape[-1] * (8 if packed else 1)), None, torch.float16)
-
-
-def test_thread_count_does_not_change_bits(isa):
-    x = random_int8(257, 513)
-    scale, offset = torch.randn(513), torch.randn(513)
-    previous = torch.get_num_threads()
-    try:
-        results = []
-        for n in (1, 2, 3):
-            torch.set_num_threads(n)
-            results.append(native.anti_quant(x, scale, offset, torch.bfloat16))
-    finally:
-        torch.set_num_threads(previous)
-    for r in results[1:]:
-        assert_same_bits(r, results[0])
 
 
 # ---------------------------------------------------------------- edge values
@@ -151,8 +116,8 @@ def test_packed_edge_words(isa):
 
 def test_bf16_nan_pattern_is_torch_vectorized_cast():
     probe = bf16_bits(torch.full((5,), float("nan")).to(torch.bfloat16))[0]
-    assert native.BF16_NAN_BITS == _native.BF16_NAN_BITS == probe
-    out = native.anti_quant(torch.ones(3, dtype=torch.int8), torch.tensor([float("nan")]), None, torch.bfloat16)
+    assert _native.BF16_NAN_BITS == probe
+    out = aq.anti_quant(torch.ones(3, dtype=torch.int8), torch.tensor([float("nan")]), None, torch.bfloat16)
     assert bf16_bits(out) == [probe] * 3
 
 
@@ -162,11 +127,11 @@ def test_bf16_nan_pattern_is_one_runtime_setting(isa):
     try:
         for pattern in (0x7FC0, 0xFFFF, 0x7FAB):
             torch.ops.npuquant.set_bf16_nan(pattern)
-            assert bf16_bits(native.anti_quant(x, scale, None, torch.bfloat16)) == [pattern] * 40
-            assert bf16_bits(native.anti_quant(x[:1], scale[:1], None, torch.bfloat16)) == [pattern]
+            assert bf16_bits(aq.anti_quant(x, scale, None, torch.bfloat16)) == [pattern] * 40
+            assert bf16_bits(aq.anti_quant(x[:1], scale[:1], None, torch.bfloat16)) == [pattern]
     finally:
         torch.ops.npuquant.set_bf16_nan(_native.BF16_NAN_BITS)
-    assert bf16_bits(native.anti_quant(x, scale, None, torch.bfloat16)) == [_native.BF16_NAN_BITS] * 40
+    assert bf16_bits(aq.anti_quant(x, scale, None, torch.bfloat16)) == [_native.BF16_NAN_BITS] * 40
 
 
 # ---------------------------------------------------------------- layouts
@@ -228,11 +193,11 @@ def test_empty(isa, shape):
 def test_results_are_fresh_tensors():
     # No out= any more: every call returns a new contiguous tensor that aliases nothing.
     x, scale = random_int8(4, 6), torch.rand(6)
-    first, second = (native.anti_quant(x, scale, None, torch.bfloat16) for _ in range(2))
+    first, second = (aq.anti_quant(x, scale, None, torch.bfloat16) for _ in range(2))
     assert first.is_contiguous() and first.untyped_storage().data_ptr() != second.untyped_storage().data_ptr()
     assert_same_bits(first, second)
     with pytest.raises((TypeError, RuntimeError)):
-        native.anti_quant(x, scale, None, torch.bfloat16, out=torch.empty(4, 6, dtype=torch.bfloat16))
+        aq.anti_quant(x, scale, None, torch.bfloat16, out=torch.empty(4, 6, dtype=torch.bfloat16))
 
 
 # ---------------------------------------------------------------- the C++ wrapper refuses what reaches outside
@@ -262,54 +227,29 @@ def test_x_reaching_outside_its_storage_is_refused(dtype, size, stride, offset):
     need, es = _need(x), x.element_size()
     last = x.shape[-1] * (8 if dtype == torch.int32 else 1)
     scale, off = torch.rand(last), torch.randn(last)
-    expected = reference.anti_quant(x.clone(), scale, off, torch.float16)
+    expected = reference_anti_quant(x.clone(), scale, off, torch.float16)
     exact = base.clone().as_strided(size, stride, offset)
-    assert_same_bits(native.anti_quant(shrink_storage(exact, need * es), scale, off, torch.float16), expected)
+    assert_same_bits(aq.anti_quant(shrink_storage(exact, need * es), scale, off, torch.float16), expected)
     short = shrink_storage(base.clone().as_strided(size, stride, offset), (need - 1) * es)
     shape = ", ".join(map(str, size))
-    message = rf"npuquant::anti_quant: x of shape \[{shape}\] reaches outside its storage"
+    message = rf"npuquant::dequant_affine: x of shape \[{shape}\] reaches outside its storage"
     with pytest.raises(RuntimeError, match=message):
-        native.anti_quant(short, scale, off, torch.float16)
+        aq.anti_quant(short, scale, off, torch.float16)
     with pytest.raises(RuntimeError, match=message):  # the public op goes through the same check
         npuquant.npu_anti_quant(short, scale, offset=off)
 
 
 def test_parameters_reaching_outside_their_storage_are_refused():
     x = random_int8(3, 16)
-    with pytest.raises(RuntimeError, match=r"npuquant::anti_quant: scale of shape \[16\] reaches outside"):
-        native.anti_quant(x, shrink_storage(torch.rand(16), 60), None, torch.float16)
-    with pytest.raises(RuntimeError, match=r"npuquant::anti_quant: offset of shape \[16\] reaches outside"):
-        native.anti_quant(x, torch.rand(16), shrink_storage(torch.rand(16), 32), torch.float16)
+    with pytest.raises(RuntimeError, match=r"npuquant::dequant_affine: scale of shape \[16\] reaches outside"):
+        aq.anti_quant(x, shrink_storage(torch.rand(16), 60), None, torch.float16)
+    with pytest.raises(RuntimeError, match=r"npuquant::dequant_affine: offset of shape \[16\] reaches outside"):
+        aq.anti_quant(x, torch.rand(16), shrink_storage(torch.rand(16), 32), torch.float16)
     strided = shrink_storage(torch.rand(64)[1::4], 4 * 61)  # (16,) stride 4 from element 1: needs 62
     with pytest.raises(RuntimeError, match=r"scale of shape \[16\] reaches outside its storage"):
-        native.anti_quant(x, strided, None, torch.bfloat16)
-    with pytest.raises(RuntimeError, match=r"npuquant::anti_quant: x of shape \[3, 16\] reaches outside"):
+        aq.anti_quant(x, strided, None, torch.bfloat16)
+    with pytest.raises(RuntimeError, match=r"npuquant::dequant_affine: x of shape \[3, 16\] reaches outside"):
         aq.anti_quant(shrink_storage(random_int8(3, 16), 47), torch.rand(1), None, torch.float32, sqrt_mode=True)
-
-
-@pytest.mark.parametrize(
-    ("args", "message"),
-    [
-        ((torch.ones(2, 4), torch.ones(1), None, torch.float16), "x must be int8 or int32, but got float32"),
-        ((torch.ones(2, 4, dtype=torch.int16), torch.ones(1), None, torch.float16), "x must be int8 or int32"),
-        ((random_int8(2, 4), torch.ones(1), None, torch.int8), "dst_dtype must be float32, float16 or bfloat16"),
-        ((random_int8(2, 4), torch.ones(1), None, torch.float64), "dst_dtype must be float32, float16 or bfloat16"),
-        (
-            (torch.tensor(5, dtype=torch.int32), torch.ones(1), None, torch.float16),
-            r"an int32 \(packed int4\) x must have at least 1",
-        ),
-        ((random_int8(2, 4), torch.ones(4).half(), None, torch.float16), "scale must be float32 or bfloat16"),
-        ((random_int8(2, 4), torch.ones(1, 4), None, torch.float16), r"scale must be 1-D, but has shape \[1, 4\]"),
-        ((random_int8(2, 4), torch.ones(3), None, torch.float16), r"scale must have 1 or 4 \(the output's last dim\)"),
-        ((random_words(2, 1), torch.ones(2), None, torch.float16), "scale must have 1 or 8"),
-        ((random_int8(2, 4), torch.ones(4), torch.ones(1), torch.float16), r"offset must have scale's shape \[4\]"),
-        ((random_int8(2, 4), torch.ones(4), torch.ones(1, 4), torch.float16), "offset must have scale's shape"),
-        ((random_int8(2, 4), torch.ones(4), torch.ones(4).half(), torch.float16), "offset must have scale.s dtype \\(float32\\), but got float16"),
-    ],
-)
-def test_operator_errors(args, message):
-    with pytest.raises(RuntimeError, match="npuquant::anti_quant: " + message):
-        native.anti_quant(*args)
 
 
 # ---------------------------------------------------------------- dispatch
@@ -335,21 +275,21 @@ def test_dispatch_cpu_native_else_reference():
             for name, run in runs.items():
                 out = run()
                 assert bf16_bits(out) != [marker] * 12, name
-                assert_same_bits(out, reference.anti_quant(x, s, None, torch.bfloat16))
-            # the operator itself has no fallback: CPU tensors always run the kernel
-            assert bf16_bits(native.anti_quant(x, s, None, torch.bfloat16)) == [marker] * 12
-            assert bf16_bits(torch.ops.npuquant.anti_quant(x, s, None, torch.bfloat16)) == [marker] * 12
+                assert_same_bits(out, reference_anti_quant(x, s, None, torch.bfloat16))
+                # the operator itself has no fallback: CPU tensors always run the kernel
+                direct = torch.ops.npuquant.dequant_affine(x, s, None, 1 << 62, 1, torch.bfloat16)
+                assert bf16_bits(direct) == [marker] * 12
         assert not _native.reference_forced()
     finally:
         torch.ops.npuquant.set_bf16_nan(_native.BF16_NAN_BITS)
     # another device: the fake kernel (meta) gives shape and dtype, int4 last dim x8
-    for fn in (aq.anti_quant, native.anti_quant):
+    for fn in (aq.anti_quant,):
         meta = fn(x.to("meta"), s.to("meta"), None, torch.float16)
         assert meta.device.type == "meta" and meta.shape == (3, 4) and meta.dtype == torch.float16
         meta = fn(random_words(3, 2).to("meta"), s[:1].to("meta"), None, torch.bfloat16)
         assert meta.shape == (3, 16) and meta.dtype == torch.bfloat16
     # float32 output (internal use) is native too
-    assert_same_bits(aq.anti_quant(x, s, None, torch.float32), reference.anti_quant(x, s, None, torch.float32))
+    assert_same_bits(aq.anti_quant(x, s, None, torch.float32), reference_anti_quant(x, s, None, torch.float32))
 
 
 def test_force_reference_environment_variable():
@@ -388,7 +328,7 @@ def test_sqrt_mode_native_equals_forced_reference(isa):
             assert_same_bits(out, aq.anti_quant(x, scale, offset, dst, sqrt_mode=True))
         # sqrt mode = the plain op on float32(scale) ** 2, squared first
         s32 = scale.float()
-        assert_same_bits(out, native.anti_quant(x, s32 * s32, offset, dst))
+        assert_same_bits(out, aq.anti_quant(x, s32 * s32, offset, dst))
 
 
 # ---------------------------------------------------------------- property: any layout, any mode
@@ -413,62 +353,31 @@ def cases(draw):
     return x, scale, offset, draw(st.sampled_from(OUT_DTYPES)), draw(st.booleans())
 
 
-@given(cases(), st.sampled_from(_native.supported_isas()), st.sampled_from([1, 2, 3]))
-def test_property_native_equals_reference(case, isa_name, nthreads):
-    x, scale, offset, dst, sqrt_mode = case
-    previous = torch.get_num_threads()
-    torch.set_num_threads(nthreads)
-    try:
-        with _native.isa_limit(isa_name):
-            both(x, scale, offset, dst, sqrt_mode)
-    finally:
-        torch.set_num_threads(previous)
-
-
 # ---------------------------------------------------------------- group-wise int4 dequant (w4a16 helper)
-
-
-@pytest.mark.parametrize("dst", OUT_DTYPES, ids=str)
-def test_grouped_matches_reference(isa, dst):
-    for rows, words, groups in [(1, 1, 1), (3, 4, 4), (5, 16, 2), (7, 48, 3), (2, 64, 8), (4, 9, 1), (33, 32, 4)]:
-        packed = random_words(rows, words)
-        for sdtype in (torch.float32, torch.bfloat16):
-            scale = (torch.rand(rows, groups) * 0.1).to(sdtype)
-            for offset in (None, torch.randn(rows, groups).to(sdtype)):
-                out = native.dequant_int4_grouped(packed, scale, offset, dst)
-                assert_same_bits(out, reference.dequant_int4_grouped(packed, scale, offset, dst))
-                assert_same_bits(aq.dequant_int4_grouped(packed, scale, offset, dst), out)
 
 
 def test_grouped_reference_formula_and_layouts(isa):
     packed = torch.tensor([[0x76543210, -1985229329]], dtype=torch.int32)  # 0..7, -1..-8
     scale, offset = torch.tensor([[0.5, 2.0]]), torch.tensor([[1.0, -1.0]])
     expected = [(v + 1) * 0.5 for v in range(8)] + [(-v - 1) * 2.0 for v in range(1, 9)]
-    assert reference.dequant_int4_grouped(packed, scale, offset).tolist() == [expected]
-    assert native.dequant_int4_grouped(packed, scale, offset, torch.float32).tolist() == [expected]
+    assert reference_grouped(packed, scale, offset).tolist() == [expected]
+    assert aq.dequant_int4_grouped(packed, scale, offset, torch.float32).tolist() == [expected]
     assert aq.dequant_int4_grouped(packed, scale, offset).tolist() == [expected]  # float32 by default
     wide = random_words(20, 40)
     for view in (wide[2:18:3, 4:36], wide.t()[:16, 2:10]):
         scale = torch.rand(view.shape[0], 4)
-        assert_same_bits(native.dequant_int4_grouped(view, scale, None, torch.bfloat16),
-                         reference.dequant_int4_grouped(view, scale, None, torch.bfloat16))  # fmt: skip
+        assert_same_bits(aq.dequant_int4_grouped(view, scale, None, torch.bfloat16),
+                         reference_grouped(view, scale, None, torch.bfloat16))  # fmt: skip
     scale = torch.rand(2, 16).t()  # column-major (16, 2) scale, strided offset
     offset = torch.randn(4, 16).t()[:, ::2]
-    assert_same_bits(native.dequant_int4_grouped(wide[:16, :8], scale, offset, torch.float16),
-                     reference.dequant_int4_grouped(wide[:16, :8], scale, offset, torch.float16))  # fmt: skip
+    assert_same_bits(aq.dequant_int4_grouped(wide[:16, :8], scale, offset, torch.float16),
+                     reference_grouped(wide[:16, :8], scale, offset, torch.float16))  # fmt: skip
     for dst in OUT_DTYPES:
-        empty = native.dequant_int4_grouped(torch.empty(0, 4, dtype=torch.int32), torch.empty(0, 2), None, dst)
+        empty = aq.dequant_int4_grouped(torch.empty(0, 4, dtype=torch.int32), torch.empty(0, 2), None, dst)
         assert empty.shape == (0, 32) and empty.dtype == dst
-        no_words = native.dequant_int4_grouped(torch.empty(3, 0, dtype=torch.int32), torch.ones(3, 1), None, dst)
-        assert_same_bits(no_words, reference.dequant_int4_grouped(torch.empty(3, 0, dtype=torch.int32),
+        no_words = aq.dequant_int4_grouped(torch.empty(3, 0, dtype=torch.int32), torch.ones(3, 1), None, dst)
+        assert_same_bits(no_words, reference_grouped(torch.empty(3, 0, dtype=torch.int32),
                                                                   torch.ones(3, 1), None, dst))  # fmt: skip
-
-
-def test_grouped_threads(isa, threads):
-    packed = random_words(200, 64)
-    scale, offset = torch.rand(200, 16), torch.randn(200, 16)
-    assert_same_bits(native.dequant_int4_grouped(packed, scale, offset, torch.float16),
-                     reference.dequant_int4_grouped(packed, scale, offset, torch.float16))  # fmt: skip
 
 
 I32 = torch.int32
@@ -497,10 +406,8 @@ I32 = torch.int32
     ],
 )  # fmt: skip
 def test_grouped_errors(args, message, op_message):
-    for fn in (aq.dequant_int4_grouped, reference.dequant_int4_grouped):
+    for fn in (aq.dequant_int4_grouped, reference_grouped):
         for forced in (False, True):
             with _native.force_reference(forced), pytest.raises(RuntimeError, match=message):
                 fn(*args)
-    full = args + (None, torch.float32)[len(args) - 2 :]
-    with pytest.raises(RuntimeError, match="npuquant::dequant_int4_grouped: .*" + op_message):
-        native.dequant_int4_grouped(*full)
+    del op_message

@@ -1,9 +1,9 @@
-"""Grouped int4 dequantization (the w4a16 weight path): the native operator
-``torch.ops.npuquant.dequant_int4_grouped`` against the reference, bit for bit, for every kernel
-variant and thread count; group sizes 8..128 (powers of two and not), partial blocks, long rows
-split over work units, strided rows, streaming stores for huge outputs, NaN/inf parameters; the
-C++ wrapper's checks; row slices (the tiles the layer dequantizes); the W4A16 layer's tiled forward
-(``torch.ops.npuquant.linear_w4a16``) against its reference."""
+"""Grouped int4 dequantization (the w4a16 weight tiles; a shape adapter over
+``torch.ops.npuquant.dequant_affine``) against the reference path, bit for bit: group sizes 8..128
+(powers of two and not), strided rows, NaN/inf parameters, storage checks, row slices (the tiles
+the layer dequantizes), and the W4A16 layer's tiled forward (``torch.ops.npuquant.linear_w4a16``)
+against its reference. The kernel x granularity x encoder x ISA x threads table is
+test_dequant_affine.py."""
 
 from __future__ import annotations
 
@@ -17,7 +17,6 @@ from helpers import assert_same_bits, bits, random_words, shrink_storage
 from npuquant import _native
 from npuquant.nn import W4A16Linear
 from npuquant.ops import anti_quant as aq
-from npuquant.ops.anti_quant import native, reference
 
 OUT_DTYPES = [torch.float32, torch.float16, torch.bfloat16]
 GROUP_SIZES = [8, 16, 24, 32, 64, 128]  # 24: three words per group, the non-power-of-two loop
@@ -28,9 +27,14 @@ def params(rows: int, groups: int, with_offset: bool = True) -> tuple[torch.Tens
     return scale, (torch.randn(rows, groups) * 4 if with_offset else None)
 
 
+def reference_grouped(packed, scale, offset=None, dst=torch.float32) -> torch.Tensor:
+    with _native.force_reference():
+        return aq.dequant_int4_grouped(packed, scale, offset, dst)
+
+
 def check(packed, scale, offset, dst, nan_any: torch.Tensor | None = None) -> torch.Tensor:
-    result = native.dequant_int4_grouped(packed, scale, offset, dst)
-    assert_same_bits(result, reference.dequant_int4_grouped(packed, scale, offset, dst), nan_any)
+    result = aq.dequant_int4_grouped(packed, scale, offset, dst)
+    assert_same_bits(result, reference_grouped(packed, scale, offset, dst), nan_any)
     return result
 
 
@@ -107,7 +111,7 @@ def test_float32_matches_an_independent_formula(isa):
     values = values.reshape(9, 10, 32).astype(np.float32)
     with np.errstate(invalid="ignore"):
         expected = ((values + offset.numpy()[:, :, None]) * scale.numpy()[:, :, None]).reshape(9, 320)
-    out = native.dequant_int4_grouped(packed, scale, offset, torch.float32)
+    out = aq.dequant_int4_grouped(packed, scale, offset, torch.float32)
     np.testing.assert_array_equal(out.numpy().view(np.int32), expected.view(np.int32))
 
 
@@ -137,52 +141,6 @@ def test_empty_shapes(isa):
             check(packed, scale, scale.clone(), dst)
 
 
-# ---------------------------------------------------------------- threads, long rows, streaming
-
-_BIG: dict[object, tuple] = {}
-
-
-def big_case() -> tuple:
-    """2051 x 1024 outputs (> 2 threads' grain): odd rows, group 32; reference computed once."""
-    if "case" not in _BIG:
-        packed = random_words(2051, 128)
-        scale, offset = params(2051, 32)
-        _BIG["case"] = packed, scale, offset, reference.dequant_int4_grouped(packed, scale, offset, torch.float16)
-    return _BIG["case"]
-
-
-def test_threads(isa, threads):
-    packed, scale, offset, expected = big_case()
-    assert_same_bits(native.dequant_int4_grouped(packed, scale, offset, torch.float16), expected)
-
-
-def test_long_rows_split_into_spans(isa, threads):
-    # Rows longer than one work unit (4096 words): units start inside a row, for group sizes whose
-    # edges do (24: 4096 % 3 != 0) and do not fall on the unit boundary.
-    for group in (8, 24, 32):
-        gw = group // 8
-        words = gw * (8192 // gw + 5)  # three units per row, the last one partial
-        packed = random_words(3, words)
-        check(packed, *params(3, words // gw), torch.float32)
-
-
-def huge_case(dst: torch.dtype) -> tuple:
-    """Outputs of at least 32 MiB (the non-temporal stores); reference computed once per dtype."""
-    if dst not in _BIG:
-        packed = random_words(1025, 1024 if dst == torch.float32 else 2048)
-        scale, offset = params(1025, packed.shape[1] // 4, with_offset=dst == torch.float32)
-        expected = reference.dequant_int4_grouped(packed, scale, offset, dst)
-        assert expected.numel() * expected.element_size() >= 32 << 20
-        _BIG[dst] = packed, scale, offset, expected
-    return _BIG[dst]
-
-
-@pytest.mark.parametrize("dst", [torch.float32, torch.bfloat16], ids=str)
-def test_huge_output_streams_exactly(isa, dst):
-    packed, scale, offset, expected = huge_case(dst)
-    assert_same_bits(native.dequant_int4_grouped(packed, scale, offset, dst), expected)
-
-
 # ---------------------------------------------------------------- the C++ wrapper's checks
 
 
@@ -206,13 +164,13 @@ def test_packed_reaching_outside_its_storage_is_refused(size, stride, offset):
     scale, off = params(4, 4)
     packed = base.as_strided(size, stride, offset)
     need = _need(packed)
-    expected = reference.dequant_int4_grouped(packed.clone(), scale, off, torch.float32)
+    expected = reference_grouped(packed.clone(), scale, off, torch.float32)
     exact = shrink_storage(base.clone().as_strided(size, stride, offset), 4 * need)
-    assert_same_bits(native.dequant_int4_grouped(exact, scale, off, torch.float32), expected)
+    assert_same_bits(aq.dequant_int4_grouped(exact, scale, off, torch.float32), expected)
     short = shrink_storage(base.clone().as_strided(size, stride, offset), 4 * (need - 1))
-    message = r"npuquant::dequant_int4_grouped: packed of shape \[4, 16\] reaches outside its storage"
+    message = r"npuquant::dequant_affine: x of shape \[4, 16\] reaches outside its storage"
     with pytest.raises(RuntimeError, match=message):
-        native.dequant_int4_grouped(short, scale, off, torch.float32)
+        aq.dequant_int4_grouped(short, scale, off, torch.float32)
     with pytest.raises(RuntimeError, match=message):  # the public function goes through the same check
         aq.dequant_int4_grouped(short, scale, off, torch.bfloat16)
 
@@ -220,56 +178,12 @@ def test_packed_reaching_outside_its_storage_is_refused(size, stride, offset):
 def test_parameters_reaching_outside_their_storage_are_refused():
     packed = random_words(4, 16)
     scale, offset = params(4, 4)
-    with pytest.raises(RuntimeError, match=r"dequant_int4_grouped: scale of shape \[4, 4\] reaches outside"):
-        native.dequant_int4_grouped(packed, shrink_storage(scale.clone(), 60), offset, torch.float32)
-    with pytest.raises(RuntimeError, match=r"dequant_int4_grouped: offset of shape \[4, 4\] reaches outside"):
-        native.dequant_int4_grouped(packed, scale, shrink_storage(offset.clone(), 4), torch.float16)
-    with pytest.raises(RuntimeError, match=r"dequant_int4_grouped: offset of shape \[4, 4\] reaches outside"):
+    with pytest.raises(RuntimeError, match=r"dequant_affine: scale of shape \[4, 4\] reaches outside"):
+        aq.dequant_int4_grouped(packed, shrink_storage(scale.clone(), 60), offset, torch.float32)
+    with pytest.raises(RuntimeError, match=r"dequant_affine: offset of shape \[4, 4\] reaches outside"):
+        aq.dequant_int4_grouped(packed, scale, shrink_storage(offset.clone(), 4), torch.float16)
+    with pytest.raises(RuntimeError, match=r"dequant_affine: offset of shape \[4, 4\] reaches outside"):
         aq.dequant_int4_grouped(packed, scale, shrink_storage(offset.clone(), 32))
-
-
-@pytest.mark.parametrize(
-    ("args", "message"),
-    [
-        ((random_words(4, 16), torch.ones(4, 0)), r"scale must be \(rows, groups\) with groups dividing K/8 = 16"),
-        ((random_words(4, 16), torch.ones(4, 3)), r"groups dividing K/8 = 16, but has shape \[4, 3\]"),
-        ((random_words(4, 16), torch.ones(5, 4)), r"groups dividing K/8 = 16, but has shape \[5, 4\]"),
-        ((random_words(4, 16), torch.ones(4, 4, 1)), r"but has shape \[4, 4, 1\]"),
-        ((random_words(4, 16), torch.ones(4, 4), torch.ones(4, 2)), r"offset must have scale's shape \[4, 4\]"),
-        ((random_words(4, 16), torch.ones(4, 4).double()), "scale must be float32 or bfloat16, but got another"),
-        ((random_words(4, 16).to(torch.int64), torch.ones(4, 4)), "packed must be int32, but got int64"),
-        ((random_words(2, 4, 4), torch.ones(2, 4)), r"packed must be 2-D \(rows, K/8\), but has shape \[2, 4, 4\]"),
-        ((random_words(4, 16), torch.ones(4, 4), None, torch.int32), "out_dtype must be float32, float16 or bfloat16"),
-    ],
-)
-def test_operator_errors(args, message):
-    args = args + (None, torch.float32)[len(args) - 2 :]
-    with pytest.raises(RuntimeError, match="npuquant::dequant_int4_grouped: .*" + message):
-        native.dequant_int4_grouped(*args)
-
-
-def test_operator_called_with_a_missing_tensor():
-    # Tensor packed / Tensor scale are not optional in the schema: None must give a clear error
-    # ("npuquant::dequant_int4_grouped: ..." or torch's own "expected Tensor"), never a crash.
-    packed, scale = random_words(4, 16), torch.ones(4, 4)
-    for args in ((None, scale, None, torch.float32), (packed, None, None, torch.float32)):
-        with pytest.raises((RuntimeError, TypeError), match="npuquant::dequant_int4_grouped|expected Tensor"):
-            native.dequant_int4_grouped(*args)
-
-
-@pytest.mark.parametrize(
-    "args",
-    [
-        (random_words(4, 4), torch.rand(4, 2), torch.randn(4, 2), torch.float32),
-        (random_words(3, 6), torch.rand(3, 3).bfloat16(), torch.randn(3, 3).bfloat16(), torch.bfloat16),
-        (random_words(5, 8), torch.rand(5, 1), None, torch.float16),
-        (random_words(8, 20).t()[:6], torch.rand(2, 6).t(), None, torch.float16),  # strided packed and scale
-        (torch.empty(0, 4, dtype=torch.int32), torch.rand(0, 2), None, torch.float32),
-    ],
-    ids=["float32", "bf16", "no-offset", "strided", "empty"],
-)
-def test_opcheck(args):
-    torch.library.opcheck(torch.ops.npuquant.dequant_int4_grouped.default, args)
 
 
 # ---------------------------------------------------------------- dispatch and row slices (the layer's tiles)
@@ -279,14 +193,14 @@ def test_opcheck(args):
 def test_dispatch(force_reference):
     packed = random_words(6, 8)
     scale, offset = params(6, 2)
-    expected = reference.dequant_int4_grouped(packed, scale, offset, torch.bfloat16)
+    expected = reference_grouped(packed, scale, offset, torch.bfloat16)
     with _native.force_reference(force_reference):
         first = aq.dequant_int4_grouped(packed, scale, offset, torch.bfloat16)
         assert_same_bits(first, expected)
         second = aq.dequant_int4_grouped(packed, scale, offset, torch.bfloat16)
         assert second.untyped_storage().data_ptr() != first.untyped_storage().data_ptr()  # a fresh tensor each call
         default = aq.dequant_int4_grouped(packed, scale)  # no offset, float32
-        assert_same_bits(default, reference.dequant_int4_grouped(packed, scale, None, torch.float32))
+        assert_same_bits(default, reference_grouped(packed, scale, None, torch.float32))
         with pytest.raises(RuntimeError, match="into groups"):  # validated with the reference's messages
             aq.dequant_int4_grouped(packed, torch.ones(6, 3))
         meta = aq.dequant_int4_grouped(packed.to("meta"), scale.to("meta"), None, torch.float16)
@@ -302,7 +216,7 @@ def test_row_slices(isa, force_reference):
     packed = base[3:26, 2:26]  # 23 rows, row stride 30, storage offset
     scale, offset = params(23, 3)
     scale, offset = scale.bfloat16(), offset.bfloat16()
-    expected = reference.dequant_int4_grouped(packed, scale, offset, torch.float16)
+    expected = reference_grouped(packed, scale, offset, torch.float16)
     bounds = [(r0, min(r0 + 5, 23)) for r0 in range(0, 23, 5)]
     assert bounds[-1] == (20, 23)
     with _native.force_reference(force_reference):
@@ -328,7 +242,7 @@ def test_results_follow_in_place_updates(force_reference):
         scale.mul_(2)
         offset.data[0, 0] = 100.0  # bypasses the version counter
         after = aq.dequant_int4_grouped(packed, scale, offset)
-    assert_same_bits(after, reference.dequant_int4_grouped(packed, scale, offset))
+    assert_same_bits(after, reference_grouped(packed, scale, offset))
     assert not torch.equal(bits(before), bits(after))
 
 

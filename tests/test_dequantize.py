@@ -1,5 +1,5 @@
 """The dequantize op family behind pypto.dequantize: the public ``dequantize_per_row_col`` (validation,
-messages) against an independent numpy formula, and the operator ``torch.ops.npuquant.dequantize``
+messages) against an independent numpy formula, and the operator under it, ``torch.ops.npuquant.dequant_affine``
 (opcheck, torch.compile). Native-vs-reference tests: test_dequantize_native.py."""
 
 from __future__ import annotations
@@ -177,19 +177,27 @@ def test_dispatch_function_matches_the_formula():
     assert_same(dq.dequantize(x, scale, zp, -2), numpy_formula(x, scale, zp, -2))
 
 
+OP = torch.ops.npuquant.dequant_affine.default
+
+
+def blocks(x: torch.Tensor, axis: int) -> tuple[int, int]:
+    """The adapter's block sizes: one row per parameter (axis -1), one matrix column (axis -2)."""
+    return (1, 1 << 62) if axis == -1 else (max(x.shape[-2], 1), 1)
+
+
 def test_opcheck():
     gen = torch.Generator().manual_seed(4)
     x = torch.randint(-128, 128, (3, 4), dtype=torch.int8, generator=gen)
     for axis in (-1, -2):
         scale, zp = params_for(x, axis, gen)
-        torch.library.opcheck(torch.ops.npuquant.dequantize.default, (x, scale, zp, axis))
-        torch.library.opcheck(torch.ops.npuquant.dequantize.default, (x, scale, None, axis))
+        torch.library.opcheck(OP, (x, scale, zp, *blocks(x, axis), torch.float32))
+        torch.library.opcheck(OP, (x, scale, None, *blocks(x, axis), torch.float32))
     x16 = torch.randint(-32768, 32768, (2, 5, 6), dtype=torch.int16, generator=gen)[:, 1:4]  # strided, 3-D
     for axis in (-1, -2):
         scale, zp = params_for(x16, axis, gen)
-        torch.library.opcheck(torch.ops.npuquant.dequantize.default, (x16, scale, zp, axis))
+        torch.library.opcheck(OP, (x16, scale, zp, *blocks(x16, axis), torch.float32))
     empty = torch.zeros(0, 4, dtype=torch.int8)
-    torch.library.opcheck(torch.ops.npuquant.dequantize.default, (empty, torch.zeros(0), None, -1))
+    torch.library.opcheck(OP, (empty, torch.zeros(0), None, *blocks(empty, -1), torch.float32))
 
 
 @pytest.mark.parametrize("dynamic", [False, True])

@@ -114,7 +114,11 @@ def test_dequantize(x, axis, zp):
 def test_quant_matmul(x1, n, layout, out_dtype):
     m, k = x1.shape
     w = torch.randint(-128, 128, (n, k), dtype=torch.int8)
-    x2 = {"t": w.t(), "kn": w.t().contiguous(), "strided": torch.randint(-128, 128, (k, 2 * n), dtype=torch.int8)[:, ::2]}
+    x2 = {
+        "t": w.t(),
+        "kn": w.t().contiguous(),
+        "strided": torch.randint(-128, 128, (k, 2 * n), dtype=torch.int8)[:, ::2],
+    }
     x2 = x2[layout]
     scale = torch.rand(n)
     pertoken = torch.rand(m) if out_dtype in (torch.float16, torch.bfloat16) else None
@@ -138,8 +142,8 @@ def test_shrunk_storage_is_refused(x, op):
     x.untyped_storage().resize_((last + 1) * x.element_size() - 1)  # one byte short of the last element
     with pytest.raises(RuntimeError, match="reaches outside its storage|must have|must be"):
         if op == "anti_quant":
-            torch.ops.npuquant.anti_quant(x, torch.rand(1), None, torch.float16)
+            torch.ops.npuquant.dequant_affine(x, torch.rand(1), None, 1 << 62, 1 << 62, torch.float16)
         elif op == "unpack":
             torch.ops.npuquant.unpack_int4(x)
         else:
-            torch.ops.npuquant.dequantize(x, torch.rand(x.shape[:-1]), None, -1)
+            torch.ops.npuquant.dequant_affine(x, torch.rand(x.shape[:-1]), None, 1, 1 << 62, torch.float32)

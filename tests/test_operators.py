@@ -10,6 +10,7 @@ import npuquant
 from helpers import assert_matches_reference, assert_same_bits, is_w4a16_gemv, random_int8, random_words, shrink_storage
 from npuquant import _native
 from npuquant.nn.linear import W4A16Linear, W8A8Linear, W8A8SymLinear
+from npuquant.ops.dequant_affine import WHOLE
 
 OPS = torch.ops.npuquant
 
@@ -40,10 +41,18 @@ def _int8_layer_args(smooth: bool):
 
 # Every operator with tensors in, and sample arguments for it.
 SAMPLES = {
-    "anti_quant": lambda: (random_int8(3, 16), torch.rand(16), torch.randn(16), torch.float16),
-    "anti_quant_int4": lambda: (random_words(3, 2), torch.rand(1), None, torch.bfloat16),
-    "dequant_int4_grouped": lambda: (random_words(4, 4), torch.rand(4, 2), torch.randn(4, 2), torch.float32),
-    "dequantize": lambda: (random_int8(2, 3, 8), torch.rand(2, 8), torch.randn(2, 8), -2),
+    "dequant_affine_last_dim": lambda: (random_int8(3, 16), torch.rand(16), torch.randn(16), WHOLE, 1, torch.float16),
+    "dequant_affine_int4": lambda: (random_words(3, 2), torch.rand(1), None, WHOLE, WHOLE, torch.bfloat16),
+    "dequant_affine_grouped": lambda: (random_words(4, 4), torch.rand(4, 2), torch.randn(4, 2), 1, 16, torch.float32),
+    "dequant_affine_column": lambda: (random_int8(2, 3, 8), torch.rand(2, 8), torch.randn(2, 8), 3, 1, torch.float32),
+    "dequant_affine_int16_row": lambda: (
+        torch.randint(-9, 9, (4, 8), dtype=torch.int16),
+        torch.rand(4),
+        None,
+        1,
+        WHOLE,
+        torch.float32,
+    ),
     "dynamic_quant": lambda: (torch.randn(5, 16).half(), torch.rand(16).half(), None, True, False),
     "dynamic_quant_int4": lambda: (torch.randn(5, 16), None, None, False, True),
     "unpack_int4": lambda: (random_words(3, 5),),
@@ -82,9 +91,10 @@ SAMPLES = {
 
 
 def _op(case: str):
-    """The operator a sample case exercises (``anti_quant_int4`` -> ``torch.ops.npuquant.anti_quant``)."""
+    """The operator a sample case exercises (``dequant_affine_int4`` -> ``torch.ops.npuquant.dequant_affine``)."""
     name = case
     while not hasattr(OPS, name):
+        assert "_" in name, f"no operator for sample {case!r}"
         name = name.rsplit("_", 1)[0]
     return getattr(OPS, name)
 
@@ -117,14 +127,12 @@ def _reference_of(case: str):
 
 def _reference_impls():
     from npuquant.nn import linear
-    from npuquant.ops import anti_quant, dequantize, dynamic_quant, int4
+    from npuquant.ops import dequant_affine, dynamic_quant, int4
     from npuquant.ops import quant_matmul as qm
     from npuquant.ops.quant_matmul import asymmetric
 
     return {
-        "anti_quant": anti_quant.reference.anti_quant,
-        "dequant_int4_grouped": anti_quant.reference.dequant_int4_grouped,
-        "dequantize": dequantize.reference.dequantize,
+        "dequant_affine": dequant_affine.reference.dequant_affine,
         "dynamic_quant": dynamic_quant._reference,
         "unpack_int4": int4.reference.unpack_int4,
         "pack_int4": int4._pack_reference,
@@ -163,7 +171,7 @@ def test_storage_offset_past_the_end_is_refused() -> None:
     x = random_int8(64)[32:].view(4, 8)  # elements 32..63 of the storage
     x.untyped_storage().resize_(40)
     with pytest.raises(RuntimeError, match="x of shape \\[4, 8\\] reaches outside its storage"):
-        OPS.anti_quant(x, torch.rand(1), None, torch.float16)
+        OPS.dequant_affine(x, torch.rand(1), None, WHOLE, WHOLE, torch.float16)
 
 
 # ------------------------------------------------------------------------------ missing tensors

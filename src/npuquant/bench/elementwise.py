@@ -11,8 +11,8 @@ from __future__ import annotations
 import torch
 
 import npuquant
-from npuquant.ops.anti_quant import native as aq_native
-from npuquant.ops.anti_quant import reference as aq_reference
+from npuquant.ops.dequant_affine import WHOLE
+from npuquant.ops.dequant_affine import reference as affine_reference
 from npuquant.ops.dynamic_quant import native as dq_native
 from npuquant.ops.int4 import native as int4_native
 from npuquant.ops.int4 import reference as int4_reference
@@ -49,10 +49,28 @@ def _anti_quant(shape: tuple[int, ...], packed: bool, dst: torch.dtype) -> Workl
     buf = torch.empty(rows, cols, dtype=dst)
     return Workload(
         run=lambda: npuquant.npu_anti_quant(x, scale, offset=offset, dst_dtype=dst),
-        kernel=lambda: aq_native.anti_quant(x, scale, offset, dst),
+        kernel=lambda: torch.ops.npuquant.dequant_affine.default(x, scale, offset, WHOLE, 1, dst),
         # the reference path is the eager composition: ((float(x) + offset) * scale).to(dst), int4 unpacked first
-        eager=lambda: aq_reference.anti_quant(x, scale, offset, dst),
+        eager=lambda: affine_reference.dequant_affine(x, scale, offset, WHOLE, 1, dst),
         bytes=x.nbytes + buf.nbytes + scale.nbytes + offset.nbytes,
+        elements=rows * cols,
+    )
+
+
+def _dequantize(shape: tuple[int, ...], axis: int) -> Workload:
+    """pypto.dequantize's math: int8 -> float32 with one scale and zero point per row (axis -1) or column."""
+    rows, cols = _rows_cols(shape)
+    x = torch.randint(-128, 128, (rows, cols), dtype=torch.int8)
+    n = rows if axis == -1 else cols
+    scale, zp = torch.rand(n) * 0.02, torch.randn(n)
+    s, z = scale.unsqueeze(axis), zp.unsqueeze(axis)
+    return Workload(
+        run=lambda: npuquant.dequantize_per_row_col(x, scale, zero_points=zp, axis=axis),
+        kernel=lambda: torch.ops.npuquant.dequant_affine.default(
+            x, scale, zp, *((1, WHOLE) if axis == -1 else (WHOLE, 1)), torch.float32
+        ),
+        eager=lambda: (x.float() + z) * s,
+        bytes=x.nbytes + rows * cols * 4 + 2 * scale.nbytes,
         elements=rows * cols,
     )
 
@@ -138,6 +156,9 @@ def cases(opts: Options) -> list[Case]:
                     int4_skip,
                 )  # fmt: skip
             )
+        for axis, name in ((-1, "per-row"), (-2, "per-column")):
+            out.append(Case("elementwise", "dequantize", f"int8->float32 {name}", shape,
+                            lambda s=shape, a=axis: _dequantize(s, a)))  # fmt: skip
         out.append(Case("elementwise", "unpack_int4", "int32->int8", shape,
                         (lambda s=shape: _unpack(s)) if int4_ok else (lambda: None), int4_skip))  # fmt: skip
         out.append(Case("elementwise", "pack_int4", "int8->int32", shape,

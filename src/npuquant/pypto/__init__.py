@@ -1,8 +1,8 @@
 """PyPTO-compatible ``dequantize`` on CPU (SPEC §8), tile by tile.
 
 A thin front-end: it checks PyPTO's rules with PyPTO's messages, then walks the output in
-vector tiles (``set_vec_tile_shapes``) and calls the operator ``torch.ops.npuquant.dequantize``
-(``npuquant.ops.dequantize``) on each tile. The tile shape never changes the numbers.
+vector tiles (``set_vec_tile_shapes``) and calls ``npuquant.ops.dequantize`` (an adapter over ``torch.ops.npuquant.dequant_affine``)
+on each tile. The tile shape never changes the numbers.
 
     import torch
     from npuquant import pypto

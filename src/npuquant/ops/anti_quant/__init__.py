@@ -10,9 +10,8 @@ from __future__ import annotations
 
 import torch
 
-from ... import _native
-from ..._args import optional_tensors, tensors, to_dtype
-from . import reference
+from ..._args import check, optional_tensors, tensors, to_dtype
+from ..dequant_affine import WHOLE, dequant_affine
 
 __all__ = ["npu_anti_quant", "anti_quant", "dequant_int4_grouped", "output_shape"]
 
@@ -86,21 +85,11 @@ def validate(
     return dst
 
 
-def _anti_quant_fake(
+def _anti_quant(
     x: torch.Tensor, scale: torch.Tensor, offset: torch.Tensor | None, dst_dtype: torch.dtype
 ) -> torch.Tensor:
-    return x.new_empty(output_shape(x), dtype=dst_dtype)
-
-
-def _grouped_fake(
-    packed: torch.Tensor, scale: torch.Tensor, offset: torch.Tensor | None, out_dtype: torch.dtype
-) -> torch.Tensor:
-    reference.check_grouped(packed, scale, offset, out_dtype)
-    return packed.new_empty((packed.shape[0], packed.shape[1] * 8), dtype=out_dtype)
-
-
-_anti_quant = _native.operator("anti_quant", reference.anti_quant, _anti_quant_fake)
-_dequant_int4_grouped = _native.operator("dequant_int4_grouped", reference.dequant_int4_grouped, _grouped_fake)
+    """Shape adapter: one scale per tensor, or one per output column."""
+    return dequant_affine(x, scale, offset, WHOLE, WHOLE if scale.shape[0] == 1 else 1, dst_dtype)
 
 
 def anti_quant(
@@ -119,6 +108,32 @@ def anti_quant(
     return _anti_quant(x, scale, offset, dst_dtype)
 
 
+def check_grouped(
+    packed: torch.Tensor, scale: torch.Tensor, offset: torch.Tensor | None, out_dtype: torch.dtype
+) -> None:
+    """Argument rules of :func:`dequant_int4_grouped` (metadata only; RuntimeError naming the rule)."""
+    check(packed.dtype == torch.int32 and packed.dim() == 2, "packed must be a 2-D int32 tensor (rows, K/8)")
+    check(
+        scale.dtype in (torch.float32, torch.bfloat16) and scale.dim() == 2,
+        "scale must be a 2-D float32 or bfloat16 tensor (rows, groups)",
+    )
+    rows, words = packed.shape
+    groups = scale.shape[1]
+    check(
+        scale.shape[0] == rows and groups >= 1 and words % groups == 0,
+        f"scale shape {tuple(scale.shape)} does not split packed {tuple(packed.shape)} into groups: "
+        "need (rows, groups) with K/8 divisible by groups (group size a multiple of 8)",
+    )
+    if offset is not None:
+        check(
+            offset.shape == scale.shape and offset.dtype == scale.dtype,
+            "offset must have the same shape and dtype as scale",
+        )
+    check(
+        out_dtype in (torch.float32, torch.float16, torch.bfloat16), f"out_dtype must be a float type, not {out_dtype}"
+    )
+
+
 def dequant_int4_grouped(
     packed: torch.Tensor,
     scale: torch.Tensor,
@@ -129,8 +144,8 @@ def dequant_int4_grouped(
 
     packed (rows, K/8) int32, scale / offset (rows, groups). Checked with the reference's messages.
     """
-    reference.check_grouped(packed, scale, offset, out_dtype)
-    return _dequant_int4_grouped(packed, scale, offset, out_dtype)
+    check_grouped(packed, scale, offset, out_dtype)
+    return dequant_affine(packed, scale, offset, 1, max(packed.shape[1] * 8 // scale.shape[1], 1), out_dtype)
 
 
 def npu_anti_quant(

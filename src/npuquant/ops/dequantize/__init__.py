@@ -5,9 +5,9 @@
 This is the math behind ``pypto.dequantize``; the pypto front-end (``npuquant.pypto``) checks
 PyPTO's rules and walks the output tile by tile, calling this op on each tile.
 
-Route: :func:`dequantize_per_row_col` (public, keyword arguments, validation) -> operator
-``torch.ops.npuquant.dequantize`` (fake kernel; the C kernel on CPU, the pure-torch reference
-elsewhere).
+Route: :func:`dequantize_per_row_col` (public, keyword arguments, validation) -> shape adapter
+-> operator ``torch.ops.npuquant.dequant_affine`` (the C kernel on CPU, the pure-torch reference
+elsewhere; :mod:`npuquant.ops.dequant_affine`).
 
 Shapes (x = ``[..., row, col]``):
     axis -1 (per-row):    scale / zero_points ``[..., row]``  = ``x.shape[:-1]``
@@ -19,9 +19,8 @@ from __future__ import annotations
 
 import torch
 
-from ... import _native
 from ..._args import check, optional_tensors, tensors
-from . import reference
+from ..dequant_affine import WHOLE, dequant_affine
 
 __all__ = ["dequantize_per_row_col", "dequantize", "normalize_axis", "param_shape"]
 
@@ -65,11 +64,10 @@ def validate(x: torch.Tensor, scale: torch.Tensor, zero_points: torch.Tensor | N
     return norm
 
 
-def _fake(x: torch.Tensor, scale: torch.Tensor, zero_points: torch.Tensor | None, axis: int) -> torch.Tensor:
-    return x.new_empty(x.shape, dtype=torch.float32)
-
-
-_dequantize = _native.operator("dequantize", reference.dequantize, _fake)
+def _dequantize(x: torch.Tensor, scale: torch.Tensor, zero_points: torch.Tensor | None, axis: int) -> torch.Tensor:
+    """Shape adapter: per row = blocks of one row; per column = blocks of one matrix's column."""
+    row_block, col_block = (1, WHOLE) if axis == -1 else (max(x.shape[-2], 1), 1)
+    return dequant_affine(x, scale, zero_points, row_block, col_block, torch.float32)
 
 
 def dequantize(x: torch.Tensor, scale: torch.Tensor, zero_points: torch.Tensor | None, axis: int) -> torch.Tensor:

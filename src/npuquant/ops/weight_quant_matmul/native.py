@@ -5,22 +5,20 @@ replaces the golden's anti-quantization step with the native dequantization oper
 arithmetic is exactly the golden's, and shares the golden's float32 matmul and epilogue
 (:func:`.reference.finish`), so the two agree bit for bit:
 
-* bfloat16 / float32 activations, per-tensor or per-channel, int8 weight in either orientation
-  or int32 words packed along n: ``torch.ops.npuquant.anti_quant`` — float32
-  ``(w + offset) * scale`` and one round-half-to-even cast, the golden's rule.
-* bfloat16 / float32 activations, int32 words packed along k (the transposed view of a
-  ``(n, k/8)`` tensor), per-tensor, per-channel or per-group with ``G`` dividing k:
-  ``torch.ops.npuquant.dequant_int4_grouped`` on the ``(n, k/8)`` words (the w4a16 layers' kernel).
+* bfloat16 / float32 activations: ``torch.ops.npuquant.dequant_affine`` (float32
+  ``(w + offset) * scale`` and one round-half-to-even cast, the golden's rule) for int8 weights in
+  either orientation, int32 words packed along n or along k (the transposed view of ``(n, k/8)``),
+  per tensor, per channel, or per group of ``G`` rows of k (2-D weights).
 * Everything else — float16 activations (two float16 roundings, which no native kernel does),
-  int8 per-group weights, per-group int32 packed along n, batched int4 packed along k, the int64
-  (fixpipe) scale mode — uses the golden's own anti-quantization.
+  batched per-group weights, the int64 (fixpipe) scale mode — uses the golden's own
+  anti-quantization.
 """
 
 from __future__ import annotations
 
 import torch
 
-from ..anti_quant import native as anti_quant_native
+from ..dequant_affine import WHOLE, dequant_affine
 from . import reference
 
 __all__ = ["weight_quant_batchmatmul"]
@@ -34,34 +32,28 @@ def _native_antiquant(
     group_size: int,
     packed_along_k: bool,
 ) -> torch.Tensor | None:
-    """The anti-quantized ``(*b, k, n)`` weight from a native kernel, or None where none fits."""
+    """The anti-quantized ``(*b, k, n)`` weight from the native affine dequantization, or None where
+    it does not fit. The granularity is the kernel's block size: per tensor (whole, whole), per
+    channel (whole, 1), per group of G rows of k (G, 1); words packed along k are dequantized in
+    their own ``(n, k/8)`` layout with blocks (1, G) and transposed back (a view)."""
     if x_dtype not in (torch.bfloat16, torch.float32) or not weight.is_cpu:
         return None
-    s = scale.to(torch.float32)
-    o = None if offset is None else offset.to(torch.float32)
+    per_tensor = scale.numel() == 1
     if packed_along_k:
         if weight.dim() != 2:
             return None
-        words = weight.transpose(-1, -2)  # (n, k/8), contiguous
+        words = weight.transpose(-1, -2)  # (n, k/8)
         n, k = words.shape[0], words.shape[1] * 8
-        if group_size:
-            if k % group_size:
-                return None
-            groups = k // group_size
-            s = s.reshape(groups, n).t()
-            o = None if o is None else o.reshape(groups, n).t()
-        else:
-            s = s.reshape(1, -1).expand(n, 1) if s.numel() == 1 else s.reshape(n, 1)
-            o = None if o is None else (o.reshape(1, -1).expand(n, 1) if o.numel() == 1 else o.reshape(n, 1))
-        out = anti_quant_native.dequant_int4_grouped(
-            words.contiguous(), s.contiguous(), None if o is None else o.contiguous(), x_dtype
-        )
-        return out.t()
-    if group_size:
+        if group_size and k % group_size:
+            return None
+        block = (WHOLE, WHOLE) if per_tensor else (1, group_size or WHOLE)
+        s = scale if per_tensor else scale.reshape(-1, n).t()  # (groups, n) -> per row of words
+        o = offset if offset is None or per_tensor else offset.reshape(-1, n).t()
+        return dequant_affine(words, s, o, *block, x_dtype).t()
+    if group_size and (weight.dim() != 2 or weight.shape[-2] % group_size):
         return None
-    s = s.reshape(-1)
-    o = None if o is None else o.reshape(-1)
-    return anti_quant_native.anti_quant(weight, s, o, x_dtype)
+    block = (WHOLE, WHOLE) if per_tensor else (group_size or WHOLE, 1)
+    return dequant_affine(weight, scale, offset, *block, x_dtype)
 
 
 def weight_quant_batchmatmul(
