@@ -446,7 +446,7 @@ def test_graph_mode_through_the_torchair_backend():
             # Static shapes recompile per size; dynamic shapes compile once.
             assert len(compiled_graphs) == (1 if dynamic else 3), (dynamic, len(compiled_graphs))
             ops = [str(node.target) for gm in compiled_graphs for node in gm.graph.nodes]
-            assert "npuquant.anti_quant.default" in ops, ops
+            assert "npuquant.dequant_affine.default" in ops, ops
 
         # Backend selection: debug.run_eagerly and the environment override.
         import os
