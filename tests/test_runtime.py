@@ -17,9 +17,7 @@ import npuquant
 from npuquant import _native, cli
 
 OPERATORS = [
-    "anti_quant",
-    "dequant_int4_grouped",
-    "dequantize",
+    "dequant_affine",
     "dynamic_quant",
     "unpack_int4",
     "pack_int4",
