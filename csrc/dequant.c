@@ -21,7 +21,8 @@
 
 #define DQ_BLOCK 64             /* outputs per work block: a multiple of 8, so int4 words never split */
 #define DQ_GATHER 256           /* outputs gathered per step from a row whose elements are strided */
-#define DQ_GRAIN (1 << 18)      /* outputs per thread, at least: smaller jobs stay on the caller's thread */
+#define DQ_GRAIN (1 << 16)      /* outputs per thread, at least: smaller jobs stay on the caller's thread */
+#define DQ_CHUNK (1 << 15)      /* outputs per piece threads claim: pieces balance a busy machine */
 #define DQ_STREAM_MIN (16 << 20) /* output bytes from which stores bypass the caches */
 
 enum { DQ_CONST = 0, DQ_VEC = 1, DQ_GROUP = 2, DQ_GENERAL = 3 }; /* parameters along a row */
@@ -345,8 +346,7 @@ NPQ_API int npq_dequant(const npq_dequant_args *a, int nthreads) {
     j.fn = dq_pick(a->x_kind, j.mode, a->out_dtype, stream);
     int64_t blocks;
     if (__builtin_mul_overflow(rows, j.blocks_per_row, &blocks)) return NPQ_ERR_ARG;
-    const int64_t grain = DQ_GRAIN / DQ_BLOCK;
     npq_advise_hugepages(j.out, (size_t)(total * j.out_bytes));
-    npq_parallel_for_dynamic(blocks, grain, grain, nthreads, dq_range, &j);
+    npq_parallel_for_dynamic(blocks, DQ_GRAIN / DQ_BLOCK, DQ_CHUNK / DQ_BLOCK, nthreads, dq_range, &j);
     return NPQ_OK;
 }
