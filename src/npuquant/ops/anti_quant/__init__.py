@@ -66,15 +66,14 @@ def validate(
     if offset is not None:
         if offset.dim() != 1:
             raise RuntimeError(f"offset dim num must be 1. offset:{offset.dim()}")
-        if offset.shape != scale.shape:
+        if offset.numel() != scale.numel():  # both 1-D
             raise RuntimeError(
                 f"offset shape must be the same as scale shape, but offset is {tuple(offset.shape)} "
                 f"and scale is {tuple(scale.shape)}"
             )
-    shape = x.shape
-    out_last = (shape[-1] * 8 if x_dtype == torch.int32 else shape[-1]) if x_dim else 1
-    n = scale.shape[0]
-    if n != 1 and n != out_last and not (n == 0 and (out_last == 0 or 0 in shape)):
+    out_last = (x.size(-1) * 8 if x_dtype == torch.int32 else x.size(-1)) if x_dim else 1
+    n = scale.numel()  # 1-D
+    if n != 1 and n != out_last and not (n == 0 and x.numel() == 0):
         raise RuntimeError(f"the last dim size({out_last}) of out(y) must be same as scale and offset({n}).")
     if x_dim > MAX_DIMS:
         raise RuntimeError(f"x dim num must be no more than {MAX_DIMS}, but got {x_dim}")
@@ -180,4 +179,4 @@ def npu_anti_quant(
     dst = dst_dtype if dst_dtype is None or isinstance(dst_dtype, torch.dtype) else to_dtype(dst_dtype, _UNKNOWN_DST)
     src = src_dtype if src_dtype is None or isinstance(src_dtype, torch.dtype) else to_dtype(src_dtype, _UNKNOWN_SRC)
     dst = validate(x, scale, offset, dst, src)
-    return _anti_quant(x, scale, offset, dst)
+    return dequant_affine(x, scale, offset, WHOLE, WHOLE if scale.numel() == 1 else 1, dst)  # as _anti_quant
