@@ -250,10 +250,10 @@ Tensor pool_selftest(int64_t n, int64_t chunk, int64_t nthreads) {
 // ------------------------------------------------------------------------ affine dequantization
 
 // out = cast((x + offset[p]) * scale[p]) over x seen as (rows, cols) = (leading dims, last dim; x8
-// for packed int4), p the (row_block x col_block) block holding the element, blocks numbered
-// row-major: scale has ceil(rows / row_block) * ceil(cols / col_block) elements.
-Tensor dequant_affine(Tensor x, Tensor scale, std::optional<Tensor> offset, int64_t row_block, int64_t col_block,
-                      ST out_dtype) {
+// for packed int4). The scale's shape is the granularity: (row_blocks, col_blocks) splits the view
+// into equal blocks, element (r, c) taking block (r / (rows / row_blocks), c / (cols / col_blocks));
+// a 1-D scale of n is (1, n). No int arguments: each costs ~1 us in a boxed call.
+Tensor dequant_affine(Tensor x, Tensor scale, std::optional<Tensor> offset, ST out_dtype) {
     const char *op = "dequant_affine";
     check_input(x, op, "x", {ST::Char, ST::Short, ST::Int});
     if (out_dtype != ST::Float && out_dtype != ST::Half && out_dtype != ST::BFloat16)
@@ -266,29 +266,31 @@ Tensor dequant_affine(Tensor x, Tensor scale, std::optional<Tensor> offset, int6
             fail(op, "offset must have scale's dtype (", dtype_name(scale.scalar_type()), "), but got ",
                  dtype_name(offset->scalar_type()));
         check_input(*offset, op, "offset", {scale.scalar_type()});
+        if (offset->numel() != scale.numel())  // read in scale's shape
+            fail(op, "offset must have scale's ", scale.numel(), " elements, but has shape ", shape_str(*offset));
     }
-    if (row_block <= 0 || col_block <= 0)
-        fail(op, "row_block and col_block must be positive, but got ", row_block, " and ", col_block);
     std::vector<int64_t> shape = sizes_of(x);
     if (packed) shape.back() *= 8;
     Tensor out = new_empty(shape, out_dtype);
     if (out.numel() == 0) return out;
+    if (scale.dim() > 2) fail(op, "scale must have at most 2 dimensions, but has shape ", shape_str(scale));
     const int64_t cols = shape.empty() ? 1 : shape.back(), rows = out.numel() / cols;
-    const int64_t row_blocks = (rows + row_block - 1) / row_block, col_blocks = (cols + col_block - 1) / col_block;
-    const int64_t n_param = row_blocks * col_blocks;
-    if (scale.numel() != n_param || (offset && offset->numel() != n_param))
-        fail(op, "scale and offset must have ", n_param, " elements (", row_blocks, " x ", col_blocks,
-             " blocks of ", row_block, " x ", col_block, " over ", rows, " x ", cols, "), but scale has ",
-             scale.numel());
+    const int64_t row_blocks = scale.dim() == 2 ? scale.size(0) : 1;
+    const int64_t col_blocks = scale.dim() == 2 ? scale.size(1) : scale.numel();
+    if (row_blocks <= 0 || col_blocks <= 0 || rows % row_blocks != 0 || cols % col_blocks != 0)
+        fail(op, "scale of shape ", shape_str(scale), " does not split x, seen as ", rows, " x ", cols,
+             ", into equal blocks");
     Tensor s = as_f32(scale);
     std::optional<Tensor> o;
     if (offset) o = as_f32(*offset);
+    const int64_t n_param = row_blocks * col_blocks;
     Rows r = rows_or_copy(x, n_param == 1);  // one parameter: the rows may merge into one
     npq_dequant_args a = {x.data_ptr(), packed ? NPQ_I4 : x.scalar_type() == ST::Short ? NPQ_I16 : NPQ_I8,
                           extent_of(x), r.nd, r.size, r.stride, r.inner, r.inner_stride,
-                          (const float *)s.data_ptr(), (const float *)cptr(o), n_param, row_block,
-                          row_blocks > 1 ? col_blocks : 0, col_block, col_blocks > 1 ? 1 : 0, out.data_ptr(),
-                          npq_dtype_of(out_dtype)};
+                          (const float *)s.data_ptr(), (const float *)cptr(o), n_param, rows / row_blocks,
+                          row_blocks > 1 ? col_blocks : 0, cols / col_blocks, col_blocks > 1 ? 1 : 0,
+                          out.data_ptr(), npq_dtype_of(out_dtype)};
+    if (n_param == 1) a.row_block = a.col_block = 1;  // merged rows: any block size reads parameter 0
     check_status(npq_dequant(&a, threads()), op);
     return out;
 }
@@ -767,8 +769,7 @@ STABLE_TORCH_LIBRARY(npuquant, m) {
     m.def("set_bf16_nan(int bits) -> int");
     m.def("pool_selftest(int n, int chunk, int nthreads) -> Tensor");
     // kernels (normalised arguments; the public functions validate with torch_npu's messages first)
-    m.def("dequant_affine(Tensor x, Tensor scale, Tensor? offset, int row_block, int col_block, "
-          "ScalarType out_dtype) -> Tensor");
+    m.def("dequant_affine(Tensor x, Tensor scale, Tensor? offset, ScalarType out_dtype) -> Tensor");
     m.def(
         "dynamic_quant(Tensor x, Tensor? smooth_scales, Tensor? group_index, bool asymmetric, bool int4) "
         "-> (Tensor, Tensor, Tensor)");

@@ -180,9 +180,11 @@ def test_dispatch_function_matches_the_formula():
 OP = torch.ops.npuquant.dequant_affine.default
 
 
-def blocks(x: torch.Tensor, axis: int) -> tuple[int, int]:
-    """The adapter's block sizes: one row per parameter (axis -1), one matrix column (axis -2)."""
-    return (1, 1 << 62) if axis == -1 else (max(x.shape[-2], 1), 1)
+def params_2d(x: torch.Tensor, p: torch.Tensor | None, axis: int) -> torch.Tensor | None:
+    """The adapter's parameter shapes: (rows, 1) per row, (matrices, cols) per matrix column."""
+    if p is None or x.numel() == 0:
+        return p
+    return p.reshape(-1, 1) if axis == -1 else p.reshape(-1, x.shape[-1])
 
 
 def test_opcheck():
@@ -190,14 +192,14 @@ def test_opcheck():
     x = torch.randint(-128, 128, (3, 4), dtype=torch.int8, generator=gen)
     for axis in (-1, -2):
         scale, zp = params_for(x, axis, gen)
-        torch.library.opcheck(OP, (x, scale, zp, *blocks(x, axis), torch.float32))
-        torch.library.opcheck(OP, (x, scale, None, *blocks(x, axis), torch.float32))
+        torch.library.opcheck(OP, (x, params_2d(x, scale, axis), params_2d(x, zp, axis), torch.float32))
+        torch.library.opcheck(OP, (x, params_2d(x, scale, axis), params_2d(x, None, axis), torch.float32))
     x16 = torch.randint(-32768, 32768, (2, 5, 6), dtype=torch.int16, generator=gen)[:, 1:4]  # strided, 3-D
     for axis in (-1, -2):
         scale, zp = params_for(x16, axis, gen)
-        torch.library.opcheck(OP, (x16, scale, zp, *blocks(x16, axis), torch.float32))
+        torch.library.opcheck(OP, (x16, params_2d(x16, scale, axis), params_2d(x16, zp, axis), torch.float32))
     empty = torch.zeros(0, 4, dtype=torch.int8)
-    torch.library.opcheck(OP, (empty, torch.zeros(0), None, *blocks(empty, -1), torch.float32))
+    torch.library.opcheck(OP, (empty, params_2d(empty, torch.zeros(0), -1), params_2d(empty, None, -1), torch.float32))
 
 
 @pytest.mark.parametrize("dynamic", [False, True])

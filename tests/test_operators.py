@@ -10,7 +10,6 @@ import npuquant
 from helpers import assert_matches_reference, assert_same_bits, is_w4a16_gemv, random_int8, random_words, shrink_storage
 from npuquant import _native
 from npuquant.nn.linear import W4A16Linear, W8A8Linear, W8A8SymLinear
-from npuquant.ops.dequant_affine import WHOLE
 
 OPS = torch.ops.npuquant
 
@@ -41,18 +40,12 @@ def _int8_layer_args(smooth: bool):
 
 # Every operator with tensors in, and sample arguments for it.
 SAMPLES = {
-    "dequant_affine_last_dim": lambda: (random_int8(3, 16), torch.rand(16), torch.randn(16), WHOLE, 1, torch.float16),
-    "dequant_affine_int4": lambda: (random_words(3, 2), torch.rand(1), None, WHOLE, WHOLE, torch.bfloat16),
-    "dequant_affine_grouped": lambda: (random_words(4, 4), torch.rand(4, 2), torch.randn(4, 2), 1, 16, torch.float32),
-    "dequant_affine_column": lambda: (random_int8(2, 3, 8), torch.rand(2, 8), torch.randn(2, 8), 3, 1, torch.float32),
-    "dequant_affine_int16_row": lambda: (
-        torch.randint(-9, 9, (4, 8), dtype=torch.int16),
-        torch.rand(4),
-        None,
-        1,
-        WHOLE,
-        torch.float32,
-    ),
+    "dequant_affine_last_dim": lambda: (random_int8(3, 16), torch.rand(16), torch.randn(16), torch.float16),
+    "dequant_affine_int4": lambda: (random_words(3, 2), torch.rand(1), None, torch.bfloat16),
+    "dequant_affine_grouped": lambda: (random_words(4, 4), torch.rand(4, 2), torch.randn(4, 2), torch.float32),
+    "dequant_affine_column": lambda: (random_int8(2, 3, 8), torch.rand(2, 8), torch.randn(2, 8), torch.float32),
+    "dequant_affine_int16_row": lambda: (torch.randint(-9, 9, (4, 8), dtype=torch.int16), torch.rand(4, 1), None,
+                                         torch.float32),
     "dynamic_quant": lambda: (torch.randn(5, 16).half(), torch.rand(16).half(), None, True, False),
     "dynamic_quant_int4": lambda: (torch.randn(5, 16), None, None, False, True),
     "unpack_int4": lambda: (random_words(3, 5),),
@@ -171,7 +164,7 @@ def test_storage_offset_past_the_end_is_refused() -> None:
     x = random_int8(64)[32:].view(4, 8)  # elements 32..63 of the storage
     x.untyped_storage().resize_(40)
     with pytest.raises(RuntimeError, match="x of shape \\[4, 8\\] reaches outside its storage"):
-        OPS.dequant_affine(x, torch.rand(1), None, WHOLE, WHOLE, torch.float16)
+        OPS.dequant_affine(x, torch.rand(1), None, torch.float16)
 
 
 # ------------------------------------------------------------------------------ missing tensors

@@ -11,7 +11,6 @@ from __future__ import annotations
 import torch
 
 import npuquant
-from npuquant.ops.dequant_affine import WHOLE
 from npuquant.ops.dequant_affine import reference as affine_reference
 from npuquant.ops.dynamic_quant import native as dq_native
 from npuquant.ops.int4 import native as int4_native
@@ -49,9 +48,9 @@ def _anti_quant(shape: tuple[int, ...], packed: bool, dst: torch.dtype) -> Workl
     buf = torch.empty(rows, cols, dtype=dst)
     return Workload(
         run=lambda: npuquant.npu_anti_quant(x, scale, offset=offset, dst_dtype=dst),
-        kernel=lambda: torch.ops.npuquant.dequant_affine.default(x, scale, offset, WHOLE, 1, dst),
+        kernel=lambda: torch.ops.npuquant.dequant_affine.default(x, scale, offset, dst),
         # the reference path is the eager composition: ((float(x) + offset) * scale).to(dst), int4 unpacked first
-        eager=lambda: affine_reference.dequant_affine(x, scale, offset, WHOLE, 1, dst),
+        eager=lambda: affine_reference.dequant_affine(x, scale, offset, dst),
         bytes=x.nbytes + buf.nbytes + scale.nbytes + offset.nbytes,
         elements=rows * cols,
     )
@@ -63,12 +62,10 @@ def _dequantize(shape: tuple[int, ...], axis: int) -> Workload:
     x = torch.randint(-128, 128, (rows, cols), dtype=torch.int8)
     n = rows if axis == -1 else cols
     scale, zp = torch.rand(n) * 0.02, torch.randn(n)
-    s, z = scale.unsqueeze(axis), zp.unsqueeze(axis)
+    s, z = scale.unsqueeze(axis), zp.unsqueeze(axis)  # (rows, 1) or (1, cols): also the operator's block shapes
     return Workload(
         run=lambda: npuquant.dequantize_per_row_col(x, scale, zero_points=zp, axis=axis),
-        kernel=lambda: torch.ops.npuquant.dequant_affine.default(
-            x, scale, zp, *((1, WHOLE) if axis == -1 else (WHOLE, 1)), torch.float32
-        ),
+        kernel=lambda: torch.ops.npuquant.dequant_affine.default(x, s, z, torch.float32),
         eager=lambda: (x.float() + z) * s,
         bytes=x.nbytes + rows * cols * 4 + 2 * scale.nbytes,
         elements=rows * cols,

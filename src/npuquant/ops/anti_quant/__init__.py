@@ -11,7 +11,7 @@ from __future__ import annotations
 import torch
 
 from ..._args import check, optional_tensors, tensors, to_dtype
-from ..dequant_affine import WHOLE, dequant_affine
+from ..dequant_affine import dequant_affine
 
 __all__ = ["npu_anti_quant", "anti_quant", "dequant_int4_grouped", "output_shape"]
 
@@ -87,8 +87,8 @@ def validate(
 def _anti_quant(
     x: torch.Tensor, scale: torch.Tensor, offset: torch.Tensor | None, dst_dtype: torch.dtype
 ) -> torch.Tensor:
-    """Shape adapter: one scale per tensor, or one per output column."""
-    return dequant_affine(x, scale, offset, WHOLE, WHOLE if scale.shape[0] == 1 else 1, dst_dtype)
+    """Shape adapter: a 1-D scale is one per tensor (1) or one per output column."""
+    return dequant_affine(x, scale, offset, dst_dtype)
 
 
 def anti_quant(
@@ -144,7 +144,7 @@ def dequant_int4_grouped(
     packed (rows, K/8) int32, scale / offset (rows, groups). Checked with the reference's messages.
     """
     check_grouped(packed, scale, offset, out_dtype)
-    return dequant_affine(packed, scale, offset, 1, max(packed.shape[1] * 8 // scale.shape[1], 1), out_dtype)
+    return dequant_affine(packed, scale, offset, out_dtype)  # (rows, groups): one block per row and group
 
 
 def npu_anti_quant(
@@ -179,4 +179,4 @@ def npu_anti_quant(
     dst = dst_dtype if dst_dtype is None or isinstance(dst_dtype, torch.dtype) else to_dtype(dst_dtype, _UNKNOWN_DST)
     src = src_dtype if src_dtype is None or isinstance(src_dtype, torch.dtype) else to_dtype(src_dtype, _UNKNOWN_SRC)
     dst = validate(x, scale, offset, dst, src)
-    return dequant_affine(x, scale, offset, WHOLE, WHOLE if scale.numel() == 1 else 1, dst)  # as _anti_quant
+    return dequant_affine(x, scale, offset, dst)  # as _anti_quant

@@ -1,22 +1,22 @@
 """Affine dequantization, the one primitive under ``npu_anti_quant``, the grouped int4 weight tiles
-of w4a16, ``pypto.dequantize`` and ``aclnnAscendAntiQuant``:
+of w4a16, ``npu_weight_quant_batchmatmul``, ``pypto.dequantize`` and ``aclnnAscendAntiQuant``:
 
     out[r, c] = cast((float32(q[r, c]) + offset[p]) * scale[p])
 
 x (int8, int16, or int32 holding 8 int4 per word) is seen as ``(rows, cols)``: its leading dims by
-its last dim (x8 when packed). Granularity is data, as in torchao's ``dequantize_affine``: element
-``(r, c)`` takes the parameters of block ``(r // row_block, c // col_block)``, blocks numbered
-row-major, so ``scale`` holds ``ceil(rows / row_block) * ceil(cols / col_block)`` values:
+its last dim (x8 when packed). Granularity is data, as in torchao's ``dequantize_affine``, given by
+the parameters' shape ``(a, b)`` (a 1-D one of n is ``(1, n)``): they split the view into a x b
+equal blocks, and element ``(r, c)`` takes block ``(r // (rows / a), c // (cols / b))``:
 
-=====================  =====================  ====================================
-granularity            (row_block, col_block)  scale
-=====================  =====================  ====================================
-per tensor             (rows, cols)            1 value
-per last dim           (rows, 1)               cols values
-per row                (1, cols)               rows values
-per (row, K-group)     (1, G)                  (rows, cols / G)
-per (matrix, column)   (R, 1)                  (rows / R, cols), R rows per matrix
-=====================  =====================  ====================================
+=====================  ==================================
+granularity            scale shape
+=====================  ==================================
+per tensor             ``(1,)``
+per last dim           ``(cols,)``
+per row                ``(rows, 1)``
+per (row, K-group)     ``(rows, cols / G)``
+per (matrix, column)   ``(rows / R, cols)``, R rows per matrix
+=====================  ==================================
 
 The front-ends are shape adapters: they validate with their own messages and call
 :func:`dequant_affine`. Operator ``torch.ops.npuquant.dequant_affine``: the C kernel
@@ -30,18 +30,13 @@ import torch
 from ... import _native
 from . import reference
 
-__all__ = ["WHOLE", "dequant_affine"]
-
-# A block size as large as any tensor: one parameter along that axis.
-WHOLE = 1 << 62
+__all__ = ["dequant_affine"]
 
 
 def _fake(
     x: torch.Tensor,
     scale: torch.Tensor,
     offset: torch.Tensor | None,
-    row_block: int,
-    col_block: int,
     out_dtype: torch.dtype,
 ) -> torch.Tensor:
     shape = (*x.shape[:-1], x.shape[-1] * 8) if x.dtype == torch.int32 else x.shape
@@ -49,7 +44,7 @@ def _fake(
 
 
 dequant_affine = _native.operator("dequant_affine", reference.dequant_affine, _fake)
-dequant_affine.__doc__ = """``torch.ops.npuquant.dequant_affine(x, scale, offset, row_block, col_block, out_dtype)``.
+dequant_affine.__doc__ = """``torch.ops.npuquant.dequant_affine(x, scale, offset, out_dtype)``.
 
 ``offset`` may be None (+0); scale and offset are float32 or bfloat16 (read as float32); out_dtype
 float32, float16 or bfloat16. The native kernel checks every argument; callers validate first

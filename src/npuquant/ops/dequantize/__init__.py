@@ -20,7 +20,7 @@ from __future__ import annotations
 import torch
 
 from ..._args import check, optional_tensors, tensors
-from ..dequant_affine import WHOLE, dequant_affine
+from ..dequant_affine import dequant_affine
 
 __all__ = ["dequantize_per_row_col", "dequantize", "normalize_axis", "param_shape"]
 
@@ -65,9 +65,12 @@ def validate(x: torch.Tensor, scale: torch.Tensor, zero_points: torch.Tensor | N
 
 
 def _dequantize(x: torch.Tensor, scale: torch.Tensor, zero_points: torch.Tensor | None, axis: int) -> torch.Tensor:
-    """Shape adapter: per row = blocks of one row; per column = blocks of one matrix's column."""
-    row_block, col_block = (1, WHOLE) if axis == -1 else (max(x.shape[-2], 1), 1)
-    return dequant_affine(x, scale, zero_points, row_block, col_block, torch.float32)
+    """Shape adapter: parameters (rows, 1) per row, (matrices, cols) per matrix column."""
+    if x.numel():
+        view = (-1, 1) if axis == -1 else (-1, x.shape[-1])
+        scale = scale.reshape(view)
+        zero_points = None if zero_points is None else zero_points.reshape(view)
+    return dequant_affine(x, scale, zero_points, torch.float32)
 
 
 def dequantize(x: torch.Tensor, scale: torch.Tensor, zero_points: torch.Tensor | None, axis: int) -> torch.Tensor:

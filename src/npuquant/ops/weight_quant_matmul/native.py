@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import torch
 
-from ..dequant_affine import WHOLE, dequant_affine
+from ..dequant_affine import dequant_affine
 from . import reference
 
 __all__ = ["weight_quant_batchmatmul"]
@@ -33,27 +33,27 @@ def _native_antiquant(
     packed_along_k: bool,
 ) -> torch.Tensor | None:
     """The anti-quantized ``(*b, k, n)`` weight from the native affine dequantization, or None where
-    it does not fit. The granularity is the kernel's block size: per tensor (whole, whole), per
-    channel (whole, 1), per group of G rows of k (G, 1); words packed along k are dequantized in
-    their own ``(n, k/8)`` layout with blocks (1, G) and transposed back (a view)."""
-    if x_dtype not in (torch.bfloat16, torch.float32) or not weight.is_cpu:
+    it does not fit. The scale's shape is the granularity: ``(1,)`` per tensor, ``(n,)`` / ``(1, n)``
+    per channel, ``(k / G, n)`` per group of G rows of k; words packed along k are dequantized in
+    their own ``(n, k/8)`` layout with the scale transposed to ``(n, groups)``, then transposed back
+    (a view)."""
+    if x_dtype not in (torch.bfloat16, torch.float32) or not weight.is_cpu or scale.dim() > 2:
         return None
-    per_tensor = scale.numel() == 1
+    k = weight.shape[-2] * (8 if packed_along_k else 1)
+    if group_size and k % group_size:  # a partial last group: the kernel's blocks are equal
+        return None
     if packed_along_k:
         if weight.dim() != 2:
             return None
         words = weight.transpose(-1, -2)  # (n, k/8)
-        n, k = words.shape[0], words.shape[1] * 8
-        if group_size and k % group_size:
-            return None
-        block = (WHOLE, WHOLE) if per_tensor else (1, group_size or WHOLE)
-        s = scale if per_tensor else scale.reshape(-1, n).t()  # (groups, n) -> per row of words
-        o = offset if offset is None or per_tensor else offset.reshape(-1, n).t()
-        return dequant_affine(words, s, o, *block, x_dtype).t()
-    if group_size and (weight.dim() != 2 or weight.shape[-2] % group_size):
+        n = words.shape[0]
+        if scale.numel() > 1:  # (groups, n) or (n,): one block per row of words and group
+            scale = scale.reshape(-1, n).t()
+            offset = None if offset is None else offset.reshape(-1, n).t()
+        return dequant_affine(words, scale, offset, x_dtype).t()
+    if group_size and weight.dim() != 2:
         return None
-    block = (WHOLE, WHOLE) if per_tensor else (group_size or WHOLE, 1)
-    w = dequant_affine(weight, scale, offset, *block, x_dtype)
+    w = dequant_affine(weight, scale, offset, x_dtype)  # (1,), (n,), (1, n) or (k / G, n)
     if weight.dtype == torch.int8 and not weight.is_contiguous():
         # the golden's weight keeps the int8 weight's strides, and the float32 matmul rounds by layout
         w = torch.empty_like(weight, dtype=x_dtype).copy_(w)
