@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import torch
 
-from ..._args import check, optional_tensors, tensors
+from ..._args import optional_tensors, tensors
 from ..dequant_affine import dequant_affine
 
 __all__ = ["dequantize_per_row_col", "dequantize", "normalize_axis", "param_shape"]
@@ -39,28 +39,35 @@ def param_shape(x_shape: tuple[int, ...] | torch.Size, axis: int) -> tuple[int, 
 
 
 def validate(x: torch.Tensor, scale: torch.Tensor, zero_points: torch.Tensor | None, axis: int) -> int:
-    """Every rule of the op, metadata only; returns the normalized axis (-1 or -2)."""
-    check(x.dtype in INPUT_DTYPES, f"dequantize: x must be int8 or int16, but got {x.dtype}")
-    check(x.dim() >= 1, "dequantize: x must have at least 1 dimension")
-    norm = normalize_axis(axis, x.dim())
-    check(
-        norm in (-1, -2),
-        f"dequantize: axis must be -1 (per-row) or -2 (per-column), but got axis={axis} (normalized={norm})",
-    )
-    check(not (norm == -2 and x.dim() < 2), "dequantize: 1D input only supports axis=-1, axis=-2 is not supported")
+    """Every rule of the op, metadata only; returns the normalized axis (-1 or -2).
+
+    Runs on every call (pypto calls it per tile), so each message is formatted only when its rule fails.
+    """
+    if x.dtype not in INPUT_DTYPES:
+        raise RuntimeError(f"dequantize: x must be int8 or int16, but got {x.dtype}")
+    dim = x.dim()
+    if dim < 1:
+        raise RuntimeError("dequantize: x must have at least 1 dimension")
+    norm = normalize_axis(axis, dim)
+    if norm not in (-1, -2):
+        raise RuntimeError(
+            f"dequantize: axis must be -1 (per-row) or -2 (per-column), but got axis={axis} (normalized={norm})"
+        )
+    if norm == -2 and dim < 2:
+        raise RuntimeError("dequantize: 1D input only supports axis=-1, axis=-2 is not supported")
     expected = param_shape(x.shape, norm)
-    params = [("scale", scale)] + ([] if zero_points is None else [("zero_points", zero_points)])
-    for name, t in params:
-        check(t.dtype == torch.float32, f"dequantize: {name} must be float32, but got {t.dtype}")
-        check(
-            tuple(t.shape) == expected,
-            f"dequantize: {name} shape must be {list(expected)} for x of shape {list(x.shape)} and axis={norm}, "
-            f"but got {list(t.shape)}",
-        )
-        check(
-            t.device == x.device,
-            f"dequantize: {name} must be on the same device as x ({x.device}), but is on {t.device}",
-        )
+    for name, t in (("scale", scale), ("zero_points", zero_points)):
+        if t is None:
+            continue
+        if t.dtype != torch.float32:
+            raise RuntimeError(f"dequantize: {name} must be float32, but got {t.dtype}")
+        if tuple(t.shape) != expected:
+            raise RuntimeError(
+                f"dequantize: {name} shape must be {list(expected)} for x of shape {list(x.shape)} and axis={norm}, "
+                f"but got {list(t.shape)}"
+            )
+        if t.device != x.device:
+            raise RuntimeError(f"dequantize: {name} must be on the same device as x ({x.device}), but is on {t.device}")
     return norm
 
 
