@@ -290,7 +290,6 @@ Tensor dequant_affine(Tensor x, Tensor scale, std::optional<Tensor> offset, ST o
                           (const float *)s.data_ptr(), (const float *)cptr(o), n_param, rows / row_blocks,
                           row_blocks > 1 ? col_blocks : 0, cols / col_blocks, col_blocks > 1 ? 1 : 0,
                           out.data_ptr(), npq_dtype_of(out_dtype)};
-    if (n_param == 1) a.row_block = a.col_block = 1;  // merged rows: any block size reads parameter 0
     check_status(npq_dequant(&a, threads()), op);
     return out;
 }

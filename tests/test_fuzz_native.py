@@ -61,12 +61,12 @@ def test_anti_quant_int8(x, dst, with_offset):
     offset = torch.randn(scale.shape) if with_offset else None
     if scale.numel() == 0 and x.numel():
         scale, offset = torch.rand(1), None
-    both(anti_quant._anti_quant, x, scale, offset, dst)
+    both(anti_quant.anti_quant, x, scale, offset, dst)
 
 
 @given(views(torch.int32, lo=-(2**31), hi=2**31 - 1), st.sampled_from([torch.float16, torch.bfloat16]))
 def test_anti_quant_int4(x, dst):
-    both(anti_quant._anti_quant, x, torch.rand(1), torch.randn(1), dst)
+    both(anti_quant.anti_quant, x, torch.rand(1), torch.randn(1), dst)
 
 
 @given(views(torch.int32, lo=-(2**31), hi=2**31 - 1))

@@ -13,20 +13,13 @@ import torch
 from ..._args import check, optional_tensors, tensors, to_dtype
 from ..dequant_affine import dequant_affine
 
-__all__ = ["npu_anti_quant", "anti_quant", "dequant_int4_grouped", "output_shape"]
+__all__ = ["npu_anti_quant", "anti_quant", "dequant_int4_grouped"]
 
 MAX_DIMS = 8
 _UNKNOWN_DST = "Input dst_type must be valid, but got UNKNOWN_SCALAR"
 _UNKNOWN_SRC = "Input src_dtype must be valid, but got UNKNOWN_SCALAR"
 OUTPUT_DTYPES = (torch.float16, torch.bfloat16)
 SCALE_DTYPES = (torch.float32, torch.bfloat16)
-
-
-def output_shape(x: torch.Tensor) -> tuple[int, ...]:
-    """Shape of the anti-quantized result: x's shape, last dim ×8 for packed int32."""
-    if x.dtype == torch.int32:
-        return (*x.shape[:-1], x.shape[-1] * 8)
-    return tuple(x.shape)
 
 
 def validate(
@@ -84,13 +77,6 @@ def validate(
     return dst
 
 
-def _anti_quant(
-    x: torch.Tensor, scale: torch.Tensor, offset: torch.Tensor | None, dst_dtype: torch.dtype
-) -> torch.Tensor:
-    """Shape adapter: a 1-D scale is one per tensor (1) or one per output column."""
-    return dequant_affine(x, scale, offset, dst_dtype)
-
-
 def anti_quant(
     x: torch.Tensor,
     scale: torch.Tensor,
@@ -104,7 +90,7 @@ def anti_quant(
         scale = s * s  # float32 multiply first, as the reference does
         if offset is not None:
             offset = offset.to(torch.float32)  # exact; the operator wants scale's dtype
-    return _anti_quant(x, scale, offset, dst_dtype)
+    return dequant_affine(x, scale, offset, dst_dtype)  # a 1-D scale: per tensor (1) or per output column
 
 
 def check_grouped(
@@ -179,4 +165,4 @@ def npu_anti_quant(
     dst = dst_dtype if dst_dtype is None or isinstance(dst_dtype, torch.dtype) else to_dtype(dst_dtype, _UNKNOWN_DST)
     src = src_dtype if src_dtype is None or isinstance(src_dtype, torch.dtype) else to_dtype(src_dtype, _UNKNOWN_SRC)
     dst = validate(x, scale, offset, dst, src)
-    return dequant_affine(x, scale, offset, dst)  # as _anti_quant
+    return dequant_affine(x, scale, offset, dst)
