@@ -220,8 +220,8 @@ DQ_FN_ALL(avx512, NPQ_TARGET_AVX512)
 DQ_TABLE(avx512)
 #endif /* NPQ_X86 */
 
-/* ---- variants as data: the first row the CPU (and the user's cap) allows, and whose table has
- * the (decoder, mode, encoder, streaming) wanted, serves the job; the scalar row serves all. ---- */
+/* ---- variants as data (the table ends the file): the picked row's table has an entry point per
+ * (decoder, mode, encoder, streaming); the scalar row serves every job. ---- */
 static int dq_dec_index(int dec) { return dec == NPQ_I8 ? 0 : dec == NPQ_I16 ? 1 : 2; }
 
 #define DQ_SCALAR_FN(D, O)                                                                                      \
@@ -237,28 +237,17 @@ static const dq_seg_fn dq_scalar_fns[3][3] = {
     {dq_scalar_8_0, dq_scalar_8_1, dq_scalar_8_2},
 };
 
+/* A row's entry points: fns[decoder][mode][encoder][stream] for the vectorised modes (NULL: the
+ * scalar row, which serves every job). */
 typedef struct {
-    const char *name;
-    int isa;
-    const dq_seg_fn (*fns)[3][3][2]; /* NULL: the scalar row */
-} dq_variant;
+    const dq_seg_fn (*fns)[3][3][2];
+} dq_impl;
 
-static const dq_variant dq_variants[] = {
-#if NPQ_X86
-    {"avx512", NPQ_ISA_AVX512, dq_avx512_fns},
-    {"avx2", NPQ_ISA_AVX2, dq_avx2_fns},
-#endif
-    {"scalar", NPQ_ISA_SCALAR, NULL},
-};
-
+/* The GENERAL mode (any parameter layout) has only the scalar body. */
 static dq_seg_fn dq_pick(int dec, int mode, int out_t, int stream) {
     const int d = dq_dec_index(dec);
-    for (size_t v = 0; v < sizeof dq_variants / sizeof dq_variants[0]; v++) {
-        const dq_variant *row = &dq_variants[v];
-        if (row->isa > npq_isa()) continue;
-        if (!row->fns) break;
-        if (mode != DQ_GENERAL) return row->fns[d][mode][out_t][stream];
-    }
+    const dq_impl *impl = (const dq_impl *)npq_pick(&npq_kernel_dequant)->impl;
+    if (impl->fns && mode != DQ_GENERAL) return impl->fns[d][mode][out_t][stream];
     return dq_scalar_fns[d][out_t];
 }
 
@@ -350,3 +339,18 @@ NPQ_API int npq_dequant(const npq_dequant_args *a, int nthreads) {
     npq_parallel_for_dynamic(blocks, DQ_GRAIN / DQ_BLOCK, DQ_CHUNK / DQ_BLOCK, nthreads, dq_range, &j);
     return NPQ_OK;
 }
+
+/* ---- the variants, best first */
+static const dq_impl dq_none = {NULL};
+#if NPQ_X86
+static const dq_impl dq_avx512 = {dq_avx512_fns}, dq_avx2 = {dq_avx2_fns};
+#endif
+
+static const npq_variant dq_variants[] = {
+#if NPQ_X86
+    {"avx512", NPQ_ISA_AVX512, 0, &dq_avx512},
+    {"avx2", NPQ_ISA_AVX2, 0, &dq_avx2},
+#endif
+    {"scalar", NPQ_ISA_SCALAR, 0, &dq_none},
+};
+const npq_kernel npq_kernel_dequant = NPQ_KERNEL("dequant", dq_variants);

@@ -29,7 +29,8 @@ typedef struct {
     int8_t *y8;
     uint32_t *y4;
     float *scale, *offset; /* offset NULL: symmetric */
-    int int4, isa;
+    int int4;
+    const struct dyn_impl *impl; /* the picked variant's passes */
     atomic_int error;
 } dq_ctx;
 
@@ -361,19 +362,16 @@ DQ_ENTRY_POINTS(avx512, NPQ_TARGET_AVX512)
 typedef void (*pass1_fn)(const void *, const float *, int, int64_t, float *, dq_bounds *);
 typedef void (*pass2_fn)(const float *, int64_t, dq_params, int, int, void *);
 
+/* A variant's entry points (the table ends the file). */
+typedef struct dyn_impl {
+    pass1_fn pass1; /* row bounds (and the float row) */
+    pass2_fn pass2; /* quantize the row */
+} dyn_impl;
+
 static void dq_range(void *vctx, int64_t begin, int64_t end) {
     dq_ctx *c = (dq_ctx *)vctx;
-    pass1_fn p1 = pass1_scalar;
-    pass2_fn p2 = pass2_scalar;
-#if NPQ_X86
-    if (c->isa >= NPQ_ISA_AVX512) {
-        p1 = pass1_avx512;
-        p2 = pass2_avx512;
-    } else if (c->isa >= NPQ_ISA_AVX2) {
-        p1 = pass1_avx2;
-        p2 = pass2_avx2;
-    }
-#endif
+    const pass1_fn p1 = c->impl->pass1;
+    const pass2_fn p2 = c->impl->pass2;
     const int64_t cols = c->cols;
     const int gather = c->col_stride != 1 && cols > 1;
     /* fp32 rows without smoothing are quantized in place; everything else goes through a float row. */
@@ -516,9 +514,24 @@ NPQ_API int npq_dynamic_quant(const void *x, int x_dtype, int64_t x_extent, int 
     c.scale = scale;
     c.offset = offset;
     c.int4 = int4 != 0;
-    c.isa = npq_isa();
+    c.impl = (const dyn_impl *)npq_pick(&npq_kernel_dynamic_quant)->impl;
     atomic_init(&c.error, NPQ_OK);
     int64_t grain = cols > 0 ? 16384 / cols : 16384;
     npq_parallel_for(rows, grain > 0 ? grain : 1, nthreads, dq_range, &c);
     return atomic_load(&c.error);
 }
+
+/* ---- the variants, best first */
+static const dyn_impl dyn_scalar = {pass1_scalar, pass2_scalar};
+#if NPQ_X86
+static const dyn_impl dyn_avx512 = {pass1_avx512, pass2_avx512}, dyn_avx2 = {pass1_avx2, pass2_avx2};
+#endif
+
+static const npq_variant dyn_variants[] = {
+#if NPQ_X86
+    {"avx512", NPQ_ISA_AVX512, 0, &dyn_avx512},
+    {"avx2", NPQ_ISA_AVX2, 0, &dyn_avx2},
+#endif
+    {"scalar", NPQ_ISA_SCALAR, 0, &dyn_scalar},
+};
+const npq_kernel npq_kernel_dynamic_quant = NPQ_KERNEL("dynamic_quant", dyn_variants);

@@ -140,13 +140,15 @@ NPQ_API int npq_gemm_pack_b(const int8_t *w, int64_t k, int64_t n, int64_t sk, i
 
 enum { APACK_S16 = 0, APACK_U8X = 1 };
 
+typedef void (*pack_row_fn)(const int8_t *src, void *dst, int64_t k); /* one contiguous row */
+
 typedef struct {
     const npq_gemm_args *args;
     int mode;
     int64_t kp;    /* padded row length (elements) */
     int64_t lda;   /* row stride (elements): kp plus a little, so rows are not 4 KiB apart */
     void *dst;     /* (a_nbatch, m, kp) */
-    int isa;
+    pack_row_fn row; /* the variant's converter for contiguous rows (NULL: the element loop) */
 } pack_a_ctx;
 
 static inline int8_t a_elem(const npq_gemm_args *g, int64_t base, int64_t m, int64_t kk) {
@@ -154,14 +156,16 @@ static inline int8_t a_elem(const npq_gemm_args *g, int64_t base, int64_t m, int
 }
 
 #if NPQ_X86
-NPQ_TARGET_AVX2 static void pack_row_s16_avx2(const int8_t *src, int16_t *dst, int64_t k) {
+NPQ_TARGET_AVX2 static void pack_row_s16_avx2(const int8_t *src, void *vdst, int64_t k) {
+    int16_t *dst = (int16_t *)vdst;
     int64_t kk = 0;
     for (; kk + 16 <= k; kk += 16)
         _mm256_storeu_si256((__m256i *)(dst + kk), _mm256_cvtepi8_epi16(_mm_loadu_si128((const __m128i *)(src + kk))));
     for (; kk < k; kk++) dst[kk] = src[kk];
 }
 
-NPQ_TARGET_AVX2 static void pack_row_u8x_avx2(const int8_t *src, uint8_t *dst, int64_t k) {
+NPQ_TARGET_AVX2 static void pack_row_u8x_avx2(const int8_t *src, void *vdst, int64_t k) {
+    uint8_t *dst = (uint8_t *)vdst;
     const __m256i flip = _mm256_set1_epi8((char)0x80);
     int64_t kk = 0;
     for (; kk + 32 <= k; kk += 32)
@@ -181,23 +185,17 @@ static void pack_a_range(void *vctx, int64_t r_begin, int64_t r_end) {
         int contiguous = g->a_sk == 1;
         if (c->mode == APACK_S16) {
             int16_t *dst = (int16_t *)c->dst + r * c->lda;
-#if NPQ_X86
-            if (contiguous && c->isa >= NPQ_ISA_AVX2) {
-                pack_row_s16_avx2(g->a + base + row * g->a_sm, dst, k);
-            } else
-#endif
-            {
+            if (contiguous && c->row) {
+                c->row(g->a + base + row * g->a_sm, dst, k);
+            } else {
                 for (int64_t kk = 0; kk < k; kk++) dst[kk] = a_elem(g, base, row, kk);
             }
             for (int64_t kk = k; kk < kp; kk++) dst[kk] = 0;
         } else {
             uint8_t *dst = (uint8_t *)c->dst + r * c->lda;
-#if NPQ_X86
-            if (contiguous && c->isa >= NPQ_ISA_AVX2) {
-                pack_row_u8x_avx2(g->a + base + row * g->a_sm, dst, k);
-            } else
-#endif
-            {
+            if (contiguous && c->row) {
+                c->row(g->a + base + row * g->a_sm, dst, k);
+            } else {
                 for (int64_t kk = 0; kk < k; kk++) dst[kk] = (uint8_t)a_elem(g, base, row, kk) ^ 0x80;
             }
             for (int64_t kk = k; kk < kp; kk++) dst[kk] = 0x80;
@@ -498,6 +496,9 @@ static inline void epi_one(const npq_gemm_args *g, int64_t b, int64_t m, int64_t
 
 /* The epilogue of an (mr x nc) int32 tile c for output rows m0.., columns n0..; colsum points at
  * column n0's sum and is read only with row_offset (it may be NULL without). */
+typedef void (*epi_fn)(const npq_gemm_args *g, int64_t b, int64_t m0, int mr, int64_t n0, int nc, const int32_t *c,
+                       int64_t ldc, const int32_t *colsum);
+
 static void epi_tile_scalar(const npq_gemm_args *g, int64_t b, int64_t m0, int mr, int64_t n0, int nc,
                             const int32_t *c, int64_t ldc, const int32_t *colsum) {
     for (int r = 0; r < mr; r++)
@@ -563,9 +564,26 @@ NPQ_TARGET_AVX2 static void epi_tile_avx2(const npq_gemm_args *g, int64_t b, int
 
 /* ================================================================= driver */
 
+/* A micro-kernel: adds an (mr x np panels) tile over kq groups of 4 k into c (row stride ldc). a:
+ * packed activation rows (int16, or a ^ 0x80 bytes for VNNI) of stride lda; w: the first panel's
+ * block, wps bytes between panels; pf: the block the caller reads next (a prefetch hint). */
+typedef void (*ukr_fn)(int mr, int np, int64_t kq, const void *a, int64_t lda, const uint8_t *w, int64_t wps,
+                       int32_t *c, int64_t ldc, const uint8_t *pf);
+
+/* A GEMM variant's entry points and shape (the tables end the file). */
+typedef struct gemm_impl {
+    int vnni;         /* u8 activations (a ^ 0x80), tiles start at -128 * colsum, up to 4 panels per call */
+    int mr;           /* rows per micro-tile */
+    int kc4;          /* groups of 4 k per K block */
+    pack_row_fn pack; /* contiguous activation row -> packed row (NULL: the element loop) */
+    ukr_fn ukr;
+    epi_fn epilogue;
+} gemm_impl;
+
 typedef struct {
     const npq_gemm_args *g;
-    int isa, vnni;
+    const gemm_impl *impl;
+    int vnni;
     int64_t k4, np, kp, lda;
     const void *apack;
     int64_t a_rows_stride; /* elements between x1 batches in apack (m * kp) */
@@ -580,17 +598,10 @@ typedef struct {
 
 /* The epilogue of a tile of `cols` columns from n0 (clipped to n), shared by the GEMM and GEMV
  * drivers so both round identically. colsum: as epi_tile_scalar. */
-static void tile_epilogue(const npq_gemm_args *g, int isa, int64_t b, int64_t m0, int mr, int64_t n0, int cols,
+static void tile_epilogue(const npq_gemm_args *g, epi_fn epi, int64_t b, int64_t m0, int mr, int64_t n0, int cols,
                           const int32_t *c, int64_t ldc, const int32_t *colsum) {
     int nc = (int)(g->n - n0 < cols ? g->n - n0 : cols);
-    if (nc <= 0) return;
-#if NPQ_X86
-    if (isa >= NPQ_ISA_AVX2) {
-        epi_tile_avx2(g, b, m0, mr, n0, nc, c, ldc, colsum);
-        return;
-    }
-#endif
-    epi_tile_scalar(g, b, m0, mr, n0, nc, c, ldc, colsum);
+    if (nc > 0) epi(g, b, m0, mr, n0, nc, c, ldc, colsum);
 }
 
 /* Starting value of the tile buffer: 0, or -128 * colsum for VNNI's a + 128 activations. */
@@ -645,18 +656,10 @@ static void gemm_range(void *vctx, int64_t t_begin, int64_t t_end) {
                     const uint8_t *pf = part == 0 ? next : wp; /* the first pass brings the lines in */
                     int32_t *c = cbuf + ir * ldc + pj * PANEL;
                     int64_t arow = ab * x->a_rows_stride + (m0 + ir) * x->lda + q0 * KGROUP;
-#if NPQ_X86
-                    if (x->vnni) {
-                        ukr_vnni(mr, np, kq, (const uint8_t *)x->apack + arow, x->lda, wp, wps, c, ldc, pf);
-                    } else if (x->isa >= NPQ_ISA_AVX2) {
-                        ukr_avx2(mr, kq, (const int16_t *)x->apack + arow, x->lda, wp, c, ldc, pf);
-                    } else
-#endif
-                    {
-                        ukr_scalar(mr, kq, (const int16_t *)x->apack + arow, x->lda, wp, c, ldc);
-                    }
+                    const char *ar = (const char *)x->apack + arow * (x->vnni ? 1 : 2);
+                    x->impl->ukr(mr, np, kq, ar, x->lda, wp, wps, c, ldc, pf);
                     if (last)
-                        tile_epilogue(g, x->isa, b, m0 + ir, mr, p * PANEL, np * PANEL, c, ldc, colsum + p * PANEL);
+                        tile_epilogue(g, x->impl->epilogue, b, m0 + ir, mr, p * PANEL, np * PANEL, c, ldc, colsum + p * PANEL);
                 }
                 pj += np;
             }
@@ -866,9 +869,20 @@ NPQ_TARGET_AVX2 static void gv_tile_avx2(int mr, int nc, int64_t k, const int16_
 }
 #endif
 
+/* A GEMV micro-tile (see gv_tile_scalar) for unit-stride k. */
+typedef void (*gv_tile_fn)(int mr, int nc, int64_t k, const int16_t *const *a, const int8_t *w, int64_t sn,
+                           int32_t *out, int64_t ldo, int32_t *cs);
+
+/* A GEMV variant's entry points (the tables end the file). */
+typedef struct gemv_impl {
+    pack_row_fn pack; /* contiguous activation row -> int16 (NULL: the element loop) */
+    gv_tile_fn tile;  /* unit-stride k (NULL: the scalar tile; other strides always take it) */
+    epi_fn epilogue;
+} gemv_impl;
+
 typedef struct {
     const npq_gemm_args *g;
-    int isa;
+    const gemv_impl *impl;
     const int16_t *abuf; /* (a_nbatch * m) widened activation rows of lda */
     int64_t lda, nb, nblocks;
 } gemv_ctx;
@@ -876,12 +890,10 @@ typedef struct {
 static void gemv_tile(const gemv_ctx *x, int mr, int nc, const int16_t *const *a, const int8_t *w, int32_t *out,
                       int64_t ldo, int32_t *cs) {
     const npq_gemm_args *g = x->g;
-#if NPQ_X86
-    if (x->isa >= NPQ_ISA_AVX2 && g->wn_sk == 1) {
-        gv_tile_avx2(mr, nc, g->k, a, w, g->wn_sn, out, ldo, cs);
+    if (x->impl->tile && g->wn_sk == 1) {
+        x->impl->tile(mr, nc, g->k, a, w, g->wn_sn, out, ldo, cs);
         return;
     }
-#endif
     gv_tile_scalar(mr, nc, g->k, a, w, g->wn_sn, g->wn_sk, out, ldo, cs);
 }
 
@@ -901,7 +913,7 @@ static void gemv_block(const gemv_ctx *x, int64_t b, int64_t n0, int cols) {
             if (cols - j < nc) nc = 1;
             gemv_tile(x, mr, nc, arow, wb + j * g->wn_sn, tile + j, GV_MAXNB, want_cs ? colsum + j : NULL);
         }
-        tile_epilogue(g, x->isa, b, r0, mr, n0, cols, tile, GV_MAXNB, g->row_offset ? colsum : NULL);
+        tile_epilogue(g, x->impl->epilogue, b, r0, mr, n0, cols, tile, GV_MAXNB, g->row_offset ? colsum : NULL);
     }
 }
 
@@ -921,7 +933,7 @@ static int gemv_natural(const npq_gemm_args *g, int nthreads) {
     gemv_ctx x;
     memset(&x, 0, sizeof x);
     x.g = g;
-    x.isa = npq_isa();
+    x.impl = (const gemv_impl *)npq_pick(&npq_kernel_gemv_s8)->impl;
     x.lda = ceil_div(g->k, 16) * 16; /* 32-byte aligned rows for the SIMD loads */
     /* one thread for small jobs: waking the other costs about as much as streaming 64 KiB */
     int64_t wbytes = g->batch * g->n * g->k;
@@ -947,7 +959,7 @@ static int gemv_natural(const npq_gemm_args *g, int nthreads) {
         abuf = heap;
     }
     if (x.lda > 0) {
-        pack_a_ctx pa = {g, APACK_S16, x.lda, x.lda, abuf, x.isa};
+        pack_a_ctx pa = {g, APACK_S16, x.lda, x.lda, abuf, x.impl->pack};
         npq_parallel_for(arows, ceil_div(1 << 15, x.lda), nthreads, pack_a_range, &pa);
     }
     x.abuf = abuf;
@@ -979,17 +991,17 @@ NPQ_API int npq_gemm_s8(const npq_gemm_args *g, int nthreads) {
     gemm_ctx x;
     memset(&x, 0, sizeof x);
     x.g = g;
-    x.isa = npq_isa();
-    x.vnni = x.isa >= NPQ_ISA_AVX512 && npq_has(NPQ_CPU_AVX512VNNI);
+    x.impl = (const gemm_impl *)npq_pick(&npq_kernel_gemm_s8)->impl;
+    x.vnni = x.impl->vnni;
     x.k4 = ceil_div(g->k, KGROUP);
     x.kp = x.k4 * KGROUP;
     x.lda = x.kp + 32;
     x.np = ceil_div(g->n, PANEL);
     x.w_bstride = x.np * x.k4 * GROUP_BYTES;
     x.colsum_bstride = x.np * PANEL;
-    x.mr = x.vnni ? VNNI_MR : (x.isa >= NPQ_ISA_AVX2 ? AVX2_MR : SCALAR_MR);
+    x.mr = x.impl->mr;
     x.mc = x.mr * ceil_div(64, x.mr);
-    x.kc4 = x.vnni ? 256 : 128;
+    x.kc4 = x.impl->kc4;
     x.mblocks = ceil_div(g->m, x.mc);
 
     int64_t macs = g->batch * g->m * g->n * (g->k + 1);
@@ -1016,7 +1028,7 @@ NPQ_API int npq_gemm_s8(const npq_gemm_args *g, int nthreads) {
         free(x.cbufs);
         return GEMM_ENOMEM;
     }
-    pack_a_ctx pa = {g, x.vnni ? APACK_U8X : APACK_S16, x.kp, x.lda, apack, x.isa};
+    pack_a_ctx pa = {g, x.vnni ? APACK_U8X : APACK_S16, x.kp, x.lda, apack, x.impl->pack};
     int64_t arows = g->a_nbatch * g->m;
     if (x.kp > 0) npq_parallel_for(arows, ceil_div(1 << 15, x.kp), nthreads, pack_a_range, &pa);
     x.apack = apack;
@@ -1027,3 +1039,49 @@ NPQ_API int npq_gemm_s8(const npq_gemm_args *g, int nthreads) {
     free(x.cbufs);
     return GEMM_OK;
 }
+
+/* ================================================================= the variants, best first */
+
+/* The micro-kernels behind one signature (AVX2 and scalar take one panel per call). */
+static void ukr_scalar_v(int mr, int np, int64_t kq, const void *a, int64_t lda, const uint8_t *w, int64_t wps,
+                         int32_t *c, int64_t ldc, const uint8_t *pf) {
+    (void)pf;
+    for (int p = 0; p < np; p++) ukr_scalar(mr, kq, (const int16_t *)a, lda, w + p * wps, c + p * PANEL, ldc);
+}
+
+static const gemm_impl gemm_scalar = {0, SCALAR_MR, 128, NULL, ukr_scalar_v, epi_tile_scalar};
+static const gemv_impl gemv_scalar = {NULL, NULL, epi_tile_scalar};
+#if NPQ_X86
+NPQ_TARGET_AVX2 static void ukr_avx2_v(int mr, int np, int64_t kq, const void *a, int64_t lda, const uint8_t *w,
+                                       int64_t wps, int32_t *c, int64_t ldc, const uint8_t *pf) {
+    for (int p = 0; p < np; p++) ukr_avx2(mr, kq, (const int16_t *)a, lda, w + p * wps, c + p * PANEL, ldc, pf);
+}
+
+NPQ_TARGET_AVX512VNNI static void ukr_vnni_v(int mr, int np, int64_t kq, const void *a, int64_t lda,
+                                             const uint8_t *w, int64_t wps, int32_t *c, int64_t ldc,
+                                             const uint8_t *pf) {
+    ukr_vnni(mr, np, kq, (const uint8_t *)a, lda, w, wps, c, ldc, pf);
+}
+
+static const gemm_impl gemm_vnni = {1, VNNI_MR, 256, pack_row_u8x_avx2, ukr_vnni_v, epi_tile_avx2};
+static const gemm_impl gemm_avx2 = {0, AVX2_MR, 128, pack_row_s16_avx2, ukr_avx2_v, epi_tile_avx2};
+/* No AVX-512 GEMV: AVX-512 machines run the AVX2 one (bound by memory, not by vector width). */
+static const gemv_impl gemv_avx2 = {pack_row_s16_avx2, gv_tile_avx2, epi_tile_avx2};
+#endif
+
+static const npq_variant gemm_variants[] = {
+#if NPQ_X86
+    {"avx512-vnni", NPQ_ISA_AVX512, NPQ_CPU_AVX512VNNI, &gemm_vnni},
+    {"avx2", NPQ_ISA_AVX2, 0, &gemm_avx2},
+#endif
+    {"scalar", NPQ_ISA_SCALAR, 0, &gemm_scalar},
+};
+const npq_kernel npq_kernel_gemm_s8 = NPQ_KERNEL("gemm_s8", gemm_variants);
+
+static const npq_variant gemv_variants[] = {
+#if NPQ_X86
+    {"avx2", NPQ_ISA_AVX2, 0, &gemv_avx2},
+#endif
+    {"scalar", NPQ_ISA_SCALAR, 0, &gemv_scalar},
+};
+const npq_kernel npq_kernel_gemv_s8 = NPQ_KERNEL("gemv_s8", gemv_variants);

@@ -411,9 +411,11 @@ static void gv_rows_avx2(const gv_job *J, int64_t j0, int64_t j1) {
 
 /* ---------------------------------------------------------------- driver */
 
+typedef void (*gv_rows_fn)(const gv_job *J, int64_t j0, int64_t j1); /* a variant: weight rows j0 .. j1 - 1 */
+
 typedef struct {
     const gv_job *job;
-    void (*rows)(const gv_job *J, int64_t j0, int64_t j1);
+    gv_rows_fn rows;
 } gv_ctx;
 
 static void gv_range(void *ctx, int64_t begin, int64_t end) {
@@ -485,13 +487,24 @@ NPQ_API int npq_gemv_int4(const void *x, int x_dtype, int64_t m, int64_t x_row_s
     J.n = n;
     J.dt = x_dtype;
 
-    gv_ctx c = {&J, gv_rows_scalar};
-#if NPQ_X86
-    if (npq_isa() >= NPQ_ISA_AVX2) c.rows = gv_rows_avx2;
-#endif
+    gv_ctx c = {&J, *(const gv_rows_fn *)npq_pick(&npq_kernel_gemv_int4)->impl};
     const int64_t row_bytes = 4 * ((k + 7) / 8);
     const int64_t grain = (GV_GRAIN_BYTES + row_bytes - 1) / row_bytes;
     npq_parallel_for_dynamic(n, grain, (grain + 3) / 4, nthreads, gv_range, &c);
     if (xs != stack_xs) free(xs);
     return NPQ_OK;
 }
+
+/* ---- the variants, best first */
+static const gv_rows_fn gv_scalar_impl = gv_rows_scalar;
+#if NPQ_X86
+static const gv_rows_fn gv_avx2_impl = gv_rows_avx2;
+#endif
+
+static const npq_variant gv_variants[] = {
+#if NPQ_X86
+    {"avx2", NPQ_ISA_AVX2, 0, &gv_avx2_impl},
+#endif
+    {"scalar", NPQ_ISA_SCALAR, 0, &gv_scalar_impl},
+};
+const npq_kernel npq_kernel_gemv_int4 = NPQ_KERNEL("gemv_int4", gv_variants);

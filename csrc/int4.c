@@ -97,10 +97,7 @@ NPQ_API int npq_unpack_int4(const int32_t *packed, int64_t extent, int nd, const
     if (!packed || !out) return NPQ_ERR_ARG;
     j.x = packed;
     j.out = out;
-    j.fn = i4_unpack_scalar;
-#if NPQ_X86
-    if (npq_isa() >= NPQ_ISA_AVX2) j.fn = i4_unpack_avx2;
-#endif
+    j.fn = *(const i4_unpack_fn *)npq_pick(&npq_kernel_int4_unpack)->impl;
     npq_advise_hugepages(out, (size_t)(rows * inner * 8));
     npq_parallel_for_dynamic(rows * inner, I4_GRAIN_WORDS, 2 * I4_GRAIN_WORDS, nthreads, i4_unpack_range, &j);
     return NPQ_OK;
@@ -208,10 +205,16 @@ NPQ_TARGET_AVX2 static void i4_pack_i32_avx2(const int32_t *v, int64_t n, int32_
 }
 #endif
 
+/* A pack variant's entry points for contiguous rows (the table ends the file). */
+typedef struct i4_pack_impl {
+    void (*i8)(const int8_t *v, int64_t n, int32_t *out, i4_minmax *mm);
+    void (*i32)(const int32_t *v, int64_t n, int32_t *out, i4_minmax *mm);
+} i4_pack_impl;
+
 typedef struct {
     const char *v;
     int dtype;
-    int simd;
+    const struct i4_pack_impl *impl; /* the picked variant (a NULL entry: the scalar loop) */
     npq_layout lay; /* inner counted in values */
     int32_t *out;
     int64_t words_per_row;
@@ -227,14 +230,12 @@ static void i4_pack_range(void *ctx, int64_t begin, int64_t end) {
         int64_t take = wpr - col < end - begin ? wpr - col : end - begin;
         const char *src = j->v + (npq_row_offset(&j->lay, row) + col * 8 * j->lay.inner_stride) * esz;
         int32_t *dst = j->out + row * wpr + col;
-        int done = 0;
-#if NPQ_X86
-        if (j->simd && j->lay.inner_stride == 1) {
-            if (j->dtype == NPQ_I8) i4_pack_i8_avx2((const int8_t *)src, take, dst, &mm), done = 1;
-            else if (j->dtype == NPQ_I32) i4_pack_i32_avx2((const int32_t *)src, take, dst, &mm), done = 1;
-        }
-#endif
-        if (!done) i4_pack_scalar(src, take, j->lay.inner_stride, j->dtype, dst, &mm);
+        if (j->lay.inner_stride == 1 && j->dtype == NPQ_I8 && j->impl->i8)
+            j->impl->i8((const int8_t *)src, take, dst, &mm);
+        else if (j->lay.inner_stride == 1 && j->dtype == NPQ_I32 && j->impl->i32)
+            j->impl->i32((const int32_t *)src, take, dst, &mm);
+        else
+            i4_pack_scalar(src, take, j->lay.inner_stride, j->dtype, dst, &mm);
         begin += take;
         row++;
         col = 0;
@@ -264,7 +265,7 @@ NPQ_API int npq_pack_int4(const void *values, int dtype, int64_t extent, int nd,
     if (!values || !out) return NPQ_ERR_ARG;
     j.v = (const char *)values;
     j.dtype = dtype;
-    j.simd = npq_isa() >= NPQ_ISA_AVX2;
+    j.impl = (const i4_pack_impl *)npq_pick(&npq_kernel_int4_pack)->impl;
     j.out = out;
     j.mm.lo = INT64_MAX;
     j.mm.hi = INT64_MIN;
@@ -274,3 +275,27 @@ NPQ_API int npq_pack_int4(const void *values, int dtype, int64_t extent, int nd,
     *hi = j.mm.hi;
     return NPQ_OK;
 }
+
+/* ---- the variants, best first */
+static const i4_unpack_fn i4_unpack_scalar_impl = i4_unpack_scalar;
+static const i4_pack_impl i4_pack_scalar_impl = {NULL, NULL};
+#if NPQ_X86
+static const i4_unpack_fn i4_unpack_avx2_impl = i4_unpack_avx2;
+static const i4_pack_impl i4_pack_avx2_impl = {i4_pack_i8_avx2, i4_pack_i32_avx2};
+#endif
+
+static const npq_variant i4_unpack_variants[] = {
+#if NPQ_X86
+    {"avx2", NPQ_ISA_AVX2, 0, &i4_unpack_avx2_impl},
+#endif
+    {"scalar", NPQ_ISA_SCALAR, 0, &i4_unpack_scalar_impl},
+};
+const npq_kernel npq_kernel_int4_unpack = NPQ_KERNEL("int4_unpack", i4_unpack_variants);
+
+static const npq_variant i4_pack_variants[] = {
+#if NPQ_X86
+    {"avx2", NPQ_ISA_AVX2, 0, &i4_pack_avx2_impl},
+#endif
+    {"scalar", NPQ_ISA_SCALAR, 0, &i4_pack_scalar_impl},
+};
+const npq_kernel npq_kernel_int4_pack = NPQ_KERNEL("int4_pack", i4_pack_variants);

@@ -4,7 +4,8 @@
  * levels, and every exported prototype. The kernels are plain C and know nothing of torch:
  * the C++ operator wrappers (torch_ops.cpp) check every tensor against its storage, then pass
  * data pointers, sizes, strides (in elements), storage extents and a thread count. Every kernel
- * keeps a scalar version beside its SIMD versions; npq_isa() picks one at run time. */
+ * keeps a scalar version beside its SIMD versions in a table of variants; npq_pick() picks one at run
+ * time from the CPU's features and the user's cap. */
 #ifndef NPQ_H
 #define NPQ_H
 
@@ -67,6 +68,34 @@ NPQ_API uint32_t npq_cpu_features(void);
 NPQ_API int npq_isa(void);
 NPQ_API int npq_best_isa(void);
 NPQ_API int npq_set_isa_limit(int level); /* returns the level now in force; a negative level lifts the cap */
+
+/* ---- kernel variants as data ----
+ * Each kernel file ends in a table of variants, best first, the scalar row last (it needs nothing,
+ * so a pick always succeeds). A row's `impl` points at the file's own struct of entry points. The
+ * one picker returns the first row within the ISA cap (npq_isa()) whose required CPU features are
+ * present; every table is registered in runtime.c, so `npuquant info` can list the choice. */
+typedef struct {
+    const char *name;   /* shown by `npuquant info`, e.g. "avx512-vnni", "avx2", "scalar" */
+    int isa;            /* NPQ_ISA_* level the row needs (the user's cap applies) */
+    uint32_t features;  /* NPQ_CPU_* bits the row needs beyond its level (0: none) */
+    const void *impl;   /* the kernel file's struct of entry points */
+} npq_variant;
+
+typedef struct {
+    const char *kernel;      /* e.g. "gemm_s8" */
+    const npq_variant *rows; /* best first, scalar last */
+    int count;
+} npq_kernel;
+
+#define NPQ_KERNEL(kernel, rows) {kernel, rows, (int)(sizeof rows / sizeof rows[0])}
+
+NPQ_API const npq_variant *npq_pick(const npq_kernel *k);
+/* The registered kernels, for listing: index 0 .. npq_kernel_count() - 1 (NULL past the end). */
+NPQ_API int npq_kernel_count(void);
+NPQ_API const npq_kernel *npq_kernel_at(int i);
+/* The kernel tables (each defined at the end of its file). */
+extern const npq_kernel npq_kernel_dequant, npq_kernel_dynamic_quant, npq_kernel_int4_unpack, npq_kernel_int4_pack,
+    npq_kernel_gemm_s8, npq_kernel_gemv_s8, npq_kernel_gemv_int4;
 /* The bfloat16 NaN pattern every kernel writes (see "exact conversions" below). */
 NPQ_API void npq_set_bf16_nan(uint16_t bits);
 

@@ -78,6 +78,25 @@ NPQ_API int npq_set_isa_limit(int level) {
     return npq_isa();
 }
 
+NPQ_API const npq_variant *npq_pick(const npq_kernel *k) {
+    const int level = npq_isa();
+    const uint32_t have = npq_cpu_features();
+    for (int i = 0; i < k->count; i++) {
+        const npq_variant *row = &k->rows[i];
+        if (row->isa <= level && (row->features & have) == row->features) return row;
+    }
+    return &k->rows[k->count - 1]; /* not reached: the scalar row needs nothing */
+}
+
+static const npq_kernel *const g_kernels[] = {
+    &npq_kernel_dequant, &npq_kernel_dynamic_quant, &npq_kernel_int4_unpack, &npq_kernel_int4_pack,
+    &npq_kernel_gemm_s8, &npq_kernel_gemv_s8,       &npq_kernel_gemv_int4,
+};
+
+NPQ_API int npq_kernel_count(void) { return (int)(sizeof g_kernels / sizeof g_kernels[0]); }
+
+NPQ_API const npq_kernel *npq_kernel_at(int i) { return i >= 0 && i < npq_kernel_count() ? g_kernels[i] : NULL; }
+
 /* bfloat16 NaN pattern of this process's torch (npq.h explains; set once when the operators load). */
 uint16_t npq_bf16_nan = 0x7FC0;
 

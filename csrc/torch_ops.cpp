@@ -230,6 +230,18 @@ int64_t cpu_features() { return (int64_t)npq_cpu_features(); }
 int64_t isa() { return npq_isa(); }
 int64_t best_isa() { return npq_best_isa(); }
 int64_t set_isa_limit(int64_t level) { return npq_set_isa_limit(level < 0 ? -1 : (int)level); }
+// One line per kernel: "name picked row,row,..." (its variants best first), under the current cap.
+std::string kernels() {
+    std::string text;
+    for (int i = 0; i < npq_kernel_count(); i++) {
+        const npq_kernel *k = npq_kernel_at(i);
+        text += std::string(k->kernel) + " " + npq_pick(k)->name + " ";
+        for (int r = 0; r < k->count; r++) text += std::string(r ? "," : "") + k->rows[r].name;
+        text += "\n";
+    }
+    return text;
+}
+
 int64_t set_bf16_nan(int64_t bits) {
     npq_set_bf16_nan((uint16_t)bits);
     return bits;
@@ -766,6 +778,7 @@ STABLE_TORCH_LIBRARY(npuquant, m) {
     m.def("best_isa() -> int");
     m.def("set_isa_limit(int level) -> int");
     m.def("set_bf16_nan(int bits) -> int");
+    m.def("kernels() -> str");
     m.def("pool_selftest(int n, int chunk, int nthreads) -> Tensor");
     // kernels (normalised arguments; the public functions validate with torch_npu's messages first)
     m.def("dequant_affine(Tensor x, Tensor scale, Tensor? offset, ScalarType out_dtype) -> Tensor");
@@ -796,6 +809,7 @@ STABLE_TORCH_LIBRARY_IMPL(npuquant, CompositeExplicitAutograd, m) {
     m.impl("best_isa", TORCH_BOX(&best_isa));
     m.impl("set_isa_limit", TORCH_BOX(&set_isa_limit));
     m.impl("set_bf16_nan", TORCH_BOX(&set_bf16_nan));
+    m.impl("kernels", TORCH_BOX(&kernels));
     m.impl("pool_selftest", TORCH_BOX(&pool_selftest));
 }
 

@@ -105,6 +105,40 @@ def test_isa_environment_variable_caps_the_process():
     assert proc.stdout.strip() == "scalar"
 
 
+# Each kernel's variant rows (csrc/*.c tables), best first; their ISA level and extra CPU feature.
+KERNEL_ROWS = {
+    "dequant": ["avx512", "avx2", "scalar"],
+    "dynamic_quant": ["avx512", "avx2", "scalar"],
+    "int4_unpack": ["avx2", "scalar"],
+    "int4_pack": ["avx2", "scalar"],
+    "gemm_s8": ["avx512-vnni", "avx2", "scalar"],
+    "gemv_s8": ["avx2", "scalar"],
+    "gemv_int4": ["avx2", "scalar"],
+}
+ROW_NEEDS = {"avx512-vnni": ("avx512", "avx512vnni"), "avx512": ("avx512", None), "avx2": ("avx2", None),
+             "scalar": ("scalar", None)}
+
+
+def test_every_kernel_lists_its_variants_with_scalar_last():
+    table = _native.kernels()
+    assert {name: k["variants"] for name, k in table.items()} == KERNEL_ROWS
+    assert all(k["ops"] for k in table.values())  # info says which ops run on each
+
+
+def test_kernel_picker_takes_the_first_row_the_cap_and_the_cpu_allow(isa):
+    levels = _native.supported_isas()  # lowest first, up to this CPU's best; `isa` caps them
+    features = set(_native.cpu_features())
+
+    def allowed(row: str) -> bool:
+        level, feature = ROW_NEEDS[row]
+        return level in levels[: levels.index(isa) + 1] and (feature is None or feature in features)
+
+    for name, k in _native.kernels().items():
+        assert k["variant"] == next(row for row in k["variants"] if allowed(row)), name
+    if isa == "scalar":
+        assert {k["variant"] for k in _native.kernels().values()} == {"scalar"}
+
+
 def test_bf16_nan_bits_match_torch():
     nan = torch.full((64,), float("nan")).to(torch.bfloat16).view(torch.int16)[0]
     assert _native.BF16_NAN_BITS == int(nan) & 0xFFFF
@@ -233,6 +267,17 @@ def test_info_reports_everything():
     assert data["isa"] == _native.isa() and data["threads"] == torch.get_num_threads()
     assert data["native_library"] == "loaded"
     assert data["cpu_features"] == _native.cpu_features()
+    assert data["kernels"] == {name: k["variant"] for name, k in _native.kernels().items()}
+    with _native.isa_limit("scalar"):
+        assert set(cli.info()["kernels"].values()) == {"scalar"}
+
+
+def test_cli_info_lists_the_kernel_of_each_op(capsys):
+    assert cli.main(["info"]) == 0
+    out = capsys.readouterr().out
+    for name, k in _native.kernels().items():
+        assert f"{name}" in out and k["ops"] in out
+    assert "gemm_s8" in out and "npu_quant_matmul" in out
 
 
 def test_cli_info_json_subprocess():
@@ -240,7 +285,7 @@ def test_cli_info_json_subprocess():
         [sys.executable, "-m", "npuquant", "info", "--json"], capture_output=True, text=True, check=True
     )
     data = json.loads(out.stdout)
-    assert {"npuquant", "torch", "isa", "threads", "cpu_features"} <= set(data)
+    assert {"npuquant", "torch", "isa", "threads", "cpu_features", "kernels"} <= set(data)
 
 
 def test_cli_help_and_demo(capsys):

@@ -106,6 +106,27 @@ def set_isa_limit(name: str | None) -> str:
     return ISA_NAMES[_ops.set_isa_limit(-1 if name is None else _ISA_LEVELS[name])]
 
 
+# Which public ops run on each native kernel (``npuquant info`` shows the variant each would run).
+KERNEL_OPS = {
+    "dequant": "npu_anti_quant, dequantize, aclnnAscendAntiQuant, w8 npu_weight_quant_batchmatmul, w4a16 tiles",
+    "dynamic_quant": "npu_dynamic_quant, npu_dynamic_quant_asymmetric, the w8a8 layers' activations",
+    "int4_unpack": "unpack_int4",
+    "int4_pack": "pack_int4, npu_convert_weight_to_int4pack",
+    "gemm_s8": "npu_quant_matmul, quant_matmul_asymmetric, w8a8 layers (M > 8)",
+    "gemv_s8": "npu_quant_matmul, w8a8 layers (M <= 8, weight as stored)",
+    "gemv_int4": "w4a16 layer (M <= 8)",
+}
+
+
+def kernels() -> dict[str, dict[str, object]]:
+    """Each native kernel's variant in force now (under the ISA cap) and its variants, best first."""
+    table: dict[str, dict[str, object]] = {}
+    for line in _ops.kernels().splitlines():
+        name, picked, rows = line.split(" ")
+        table[name] = {"variant": picked, "variants": rows.split(","), "ops": KERNEL_OPS.get(name, "")}
+    return table
+
+
 @contextlib.contextmanager
 def isa_limit(name: str | None) -> Iterator[str]:
     """Context manager form of :func:`set_isa_limit` (used by tests to run every variant)."""

@@ -22,7 +22,7 @@ SUBCOMMANDS = {
 
 
 def info() -> dict[str, object]:
-    """What this installation is and what it detected: versions, CPU features, kernel variant, threads."""
+    """What this installation is and what it detected: versions, CPU features, kernel variants, threads."""
     import torch
 
     import npuquant
@@ -38,6 +38,7 @@ def info() -> dict[str, object]:
         "cpu_features": _native.cpu_features(),
         "isa": _native.isa(),
         "threads": _native.num_threads(),
+        "kernels": {name: k["variant"] for name, k in _native.kernels().items()},
     }
 
 
@@ -72,7 +73,16 @@ def main(argv: list[str] | None = None) -> int:
         if args.json:
             print(json.dumps(data))
         else:
+            from npuquant import _native
+
+            kernels = _native.kernels()
             for key, value in data.items():
+                if key == "kernels":
+                    print("kernels         variant in force (of the variants, best first) and the ops on it")
+                    for name, k in kernels.items():
+                        chosen = f"{k['variant']} ({', '.join(k['variants'])})"
+                        print(f"  {name:13s} {chosen:36s} {k['ops']}")
+                    continue
                 shown = " ".join(value) if isinstance(value, list) else value
                 print(f"{key:15s} {shown}")
     return 0
