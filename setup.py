@@ -41,7 +41,7 @@ class Build(BuildExtension):
             cc = new_compiler()  # a plain C compiler: BuildExtension's own compiles .c files as C++
             customize_compiler(cc)
             objects = cc.object_filenames(c_sources, output_dir=self.build_temp)
-            header = os.path.getmtime("csrc/npq.h")
+            header = max(os.path.getmtime(h) for h in glob.glob("csrc/*.h"))  # npq.h, simd.h
             stale = [
                 src
                 for src, obj in zip(c_sources, objects)

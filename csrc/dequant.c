@@ -16,8 +16,9 @@
  * Fast paths are specialisations picked from the description: along a row the parameters are
  * constant (col_step 0), a vector (col_block 1: vector loads), or groups of a multiple of 8
  * columns (one broadcast per 8 outputs); anything else runs the scalar variant. The SIMD body is
- * written once against a small mapping (DQ_SIMD below) and instantiated for AVX2 and AVX-512. */
+ * written once against the SIMD mapping (simd.h; DQ_SIMD below) and instantiated for AVX2 and AVX-512. */
 #include "npq.h"
+#include "simd.h"
 
 #define DQ_BLOCK 64             /* outputs per work block: a multiple of 8, so int4 words never split */
 #define DQ_GATHER 256           /* outputs gathered per step from a row whose elements are strided */
@@ -78,25 +79,16 @@ static void dq_scalar(const void *x, int64_t n, int64_t c0, const float *s, cons
 }
 
 #if NPQ_X86
-/* ---- the SIMD mapping: W lanes of float32 / int32 ----
- * dec_<k>(p): W decoded integers at p; grp(p, g0, g1): W lanes taking p[g0] (first 8) and p[g1]
- * (the rest); store(out, v, out_t, nan, stream): W outputs converted and stored at out. */
+/* ---- this kernel's additions to the SIMD mapping (simd.h): W lanes of float32 / int32 ----
+ * dec(x, i, dec): W decoded integers at element i; grp(p, g0, g1): W lanes taking p[g0] (first 8)
+ * and p[g1] (the rest); store(out, v, out_t, nan, stream): W outputs converted and stored at out. */
 
-#define DQ_avx2_W 8
-#define DQ_avx2_VF __m256
-#define DQ_avx2_VI __m256i
 NPQ_TARGET_AVX2 DQ_INLINE __m256i dq_avx2_dec(const void *x, int64_t i, const int dec) {
     if (dec == NPQ_I8) return _mm256_cvtepi8_epi32(_mm_loadl_epi64((const __m128i *)((const int8_t *)x + i)));
     if (dec == NPQ_I16) return _mm256_cvtepi16_epi32(_mm_loadu_si128((const __m128i *)((const int16_t *)x + i)));
     const __m256i shifts = _mm256_setr_epi32(28, 24, 20, 16, 12, 8, 4, 0); /* nibble j to the top, lane j */
     return _mm256_srai_epi32(_mm256_sllv_epi32(_mm256_set1_epi32(((const int32_t *)x)[i >> 3]), shifts), 28);
 }
-#define dq_avx2_cvt _mm256_cvtepi32_ps
-#define dq_avx2_add _mm256_add_ps
-#define dq_avx2_mul _mm256_mul_ps
-#define dq_avx2_set1 _mm256_set1_ps
-#define dq_avx2_load _mm256_loadu_ps
-#define dq_avx2_zero _mm256_setzero_ps
 #define dq_avx2_grp(p, g0, g1) _mm256_set1_ps((p)[g0])
 #define dq_avx2_nan() _mm256_set1_epi32(npq_bf16_nan)
 NPQ_TARGET_AVX2 DQ_INLINE void dq_avx2_store(void *out, __m256 v, const int out_t, __m256i nan, const int stream) {
@@ -117,9 +109,6 @@ NPQ_TARGET_AVX2 DQ_INLINE void dq_avx2_store(void *out, __m256 v, const int out_
     else _mm_storeu_si128((__m128i *)out, h);
 }
 
-#define DQ_avx512_W 16
-#define DQ_avx512_VF __m512
-#define DQ_avx512_VI __m512i
 NPQ_TARGET_AVX512 DQ_INLINE __m512i dq_avx512_dec(const void *x, int64_t i, const int dec) {
     if (dec == NPQ_I8) return _mm512_cvtepi8_epi32(_mm_loadu_si128((const __m128i *)((const int8_t *)x + i)));
     if (dec == NPQ_I16) return _mm512_cvtepi16_epi32(_mm256_loadu_si256((const __m256i *)((const int16_t *)x + i)));
@@ -128,12 +117,6 @@ NPQ_TARGET_AVX512 DQ_INLINE __m512i dq_avx512_dec(const void *x, int64_t i, cons
     __m512i words = _mm512_castsi128_si512(_mm_loadl_epi64((const __m128i *)((const int32_t *)x + (i >> 3))));
     return _mm512_srai_epi32(_mm512_sllv_epi32(_mm512_permutexvar_epi32(idx, words), shifts), 28);
 }
-#define dq_avx512_cvt _mm512_cvtepi32_ps
-#define dq_avx512_add _mm512_add_ps
-#define dq_avx512_mul _mm512_mul_ps
-#define dq_avx512_set1 _mm512_set1_ps
-#define dq_avx512_load _mm512_loadu_ps
-#define dq_avx512_zero _mm512_setzero_ps
 #define dq_avx512_grp(p, g0, g1) \
     _mm512_insertf32x8(_mm512_castps256_ps512(_mm256_set1_ps((p)[g0])), _mm256_set1_ps((p)[g1]), 1)
 #define dq_avx512_nan() _mm512_set1_epi32(npq_bf16_nan)
@@ -163,15 +146,15 @@ NPQ_TARGET_AVX512 DQ_INLINE void dq_avx512_store(void *out, __m512 v, const int 
     TARGET DQ_INLINE void dq_body_##ISA(const void *x, int64_t n, int64_t c0, const float *s, const float *o,      \
                                          int64_t cb, void *out, const int dec, const int mode, const int out_t,    \
                                          const int stream) {                                                       \
-        const int W = DQ_##ISA##_W;                                                                             \
+        const int W = SIMD_T(ISA, W);                                                                             \
         const size_t ob = out_t == NPQ_F32 ? 4 : 2;                                                             \
-        const DQ_##ISA##_VI nan = dq_##ISA##_nan();                                                             \
-        DQ_##ISA##_VF sv = dq_##ISA##_set1(s[0]), ov = o ? dq_##ISA##_set1(o[0]) : dq_##ISA##_zero();           \
+        const SIMD_T(ISA, I) nan = dq_##ISA##_nan();                                                             \
+        SIMD_T(ISA, F) sv = SIMD(ISA, set1)(s[0]), ov = o ? SIMD(ISA, set1)(o[0]) : SIMD(ISA, zero)();           \
         int64_t g = mode == DQ_GROUP ? c0 / cb : 0, left = mode == DQ_GROUP ? cb - c0 % cb : 0, i = 0;          \
         for (; i + W <= n; i += W) {                                                                            \
             if (mode == DQ_VEC) {                                                                               \
-                sv = dq_##ISA##_load(s + i);                                                                    \
-                if (o) ov = dq_##ISA##_load(o + i);                                                             \
+                sv = SIMD(ISA, load)(s + i);                                                                    \
+                if (o) ov = SIMD(ISA, load)(o + i);                                                             \
             } else if (mode == DQ_GROUP) {                                                                      \
                 const int64_t g0 = g;                                                                           \
                 if ((left -= 8) == 0) g++, left = cb;                                                           \
@@ -181,7 +164,7 @@ NPQ_TARGET_AVX512 DQ_INLINE void dq_avx512_store(void *out, __m512 v, const int 
                 sv = dq_##ISA##_grp(s, g0, g1);                                                                 \
                 if (o) ov = dq_##ISA##_grp(o, g0, g1);                                                          \
             }                                                                                                   \
-            DQ_##ISA##_VF v = dq_##ISA##_mul(dq_##ISA##_add(dq_##ISA##_cvt(dq_##ISA##_dec(x, i, dec)), ov), sv); \
+            SIMD_T(ISA, F) v = SIMD(ISA, mul)(SIMD(ISA, add)(SIMD(ISA, cvt)(dq_##ISA##_dec(x, i, dec)), ov), sv); \
             dq_##ISA##_store((char *)out + i * (int64_t)ob, v, out_t, nan, stream);                             \
         }                                                                                                       \
         if (i < n) {                                                                                            \

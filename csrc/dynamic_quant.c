@@ -14,6 +14,7 @@
 #include <stdlib.h>
 
 #include "npq.h"
+#include "simd.h"
 
 #define DQ_MAX_GROUPS 1024
 #define DQ_CLEAN_BOUND 1.0e9 /* |v| below this: float->int32 conversion is exact, no NaN/inf possible */
@@ -140,28 +141,9 @@ static void pass2_scalar(const float *src, int64_t n, dq_params p, int asym, int
 }
 
 #if NPQ_X86
-/* ------------------------------------------------------------------ AVX2 + FMA + F16C */
-
-NPQ_TARGET_AVX2 static inline __m256 load8(const void *p, int64_t i, const int dt) {
-    if (dt == NPQ_F32) return _mm256_loadu_ps((const float *)p + i);
-    __m128i h = _mm_loadu_si128((const __m128i *)((const uint16_t *)p + i));
-    if (dt == NPQ_F16) return _mm256_cvtph_ps(h);
-    return _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_cvtepu16_epi32(h), 16));
-}
-
-NPQ_TARGET_AVX2 static inline float hmax8(__m256 v) {
-    __m128 m = _mm_max_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
-    m = _mm_max_ps(m, _mm_movehl_ps(m, m));
-    m = _mm_max_ss(m, _mm_shuffle_ps(m, m, 1));
-    return _mm_cvtss_f32(m);
-}
-
-NPQ_TARGET_AVX2 static inline float hmin8(__m256 v) {
-    __m128 m = _mm_min_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
-    m = _mm_min_ps(m, _mm_movehl_ps(m, m));
-    m = _mm_min_ss(m, _mm_shuffle_ps(m, m, 1));
-    return _mm_cvtss_f32(m);
-}
+/* ------------------------------------------------------------------ SIMD: AVX2 + FMA + F16C, AVX-512
+ * Pass 1 differs between the ISAs only in vector width: written once (DQ_PASS1, simd.h's mapping).
+ * Pass 2 packs and narrows differently on each, so it has one body per ISA. */
 
 #define DQ_ALWAYS_INLINE __attribute__((always_inline)) inline
 
@@ -188,41 +170,49 @@ NPQ_TARGET_AVX2 static inline float hmin8(__m256 v) {
         }                                                                                                        \
     }
 
-NPQ_TARGET_AVX2 static DQ_ALWAYS_INLINE void pass1_avx2_body(const void *x, const float *s, const int dt, int64_t n,
-                                                             float *buf, dq_bounds *b) {
-    __m256 hi0 = _mm256_set1_ps(-INFINITY), hi1 = hi0, lo0 = _mm256_set1_ps(INFINITY), lo1 = lo0;
-    __m256 nan0 = _mm256_setzero_ps(), nan1 = nan0;
-    int64_t i = 0;
-    for (; i + 16 <= n; i += 16) {
-        __m256 v0 = load8(x, i, dt), v1 = load8(x, i + 8, dt);
-        if (s) {
-            v0 = _mm256_mul_ps(v0, _mm256_loadu_ps(s + i));
-            v1 = _mm256_mul_ps(v1, _mm256_loadu_ps(s + i + 8));
-        }
-        if (buf) {
-            _mm256_storeu_ps(buf + i, v0);
-            _mm256_storeu_ps(buf + i + 8, v1);
-        }
-        hi0 = _mm256_max_ps(hi0, v0);
-        hi1 = _mm256_max_ps(hi1, v1);
-        lo0 = _mm256_min_ps(lo0, v0);
-        lo1 = _mm256_min_ps(lo1, v1);
-        nan0 = _mm256_or_ps(nan0, _mm256_cmp_ps(v0, v0, _CMP_UNORD_Q));
-        nan1 = _mm256_or_ps(nan1, _mm256_cmp_ps(v1, v1, _CMP_UNORD_Q));
+/* Pass 1, written once for every width: the row (times the smooth scales) into buf, its bounds
+ * and whether it holds a NaN. Two vectors per step, then one, then the scalar tail. */
+#define DQ_PASS1(ISA, TARGET)                                                                                 \
+    TARGET static DQ_ALWAYS_INLINE void pass1_##ISA##_body(const void *x, const float *s, const int dt,         \
+                                                           int64_t n, float *buf, dq_bounds *b) {               \
+        const int W = SIMD_T(ISA, W);                                                                         \
+        SIMD_T(ISA, F) hi0 = SIMD(ISA, set1)(-INFINITY), hi1 = hi0, lo0 = SIMD(ISA, set1)(INFINITY), lo1 = lo0;  \
+        SIMD_T(ISA, M) nan = SIMD(ISA, mnone)();                                                              \
+        int64_t i = 0;                                                                                        \
+        for (; i + 2 * W <= n; i += 2 * W) {                                                                  \
+            SIMD_T(ISA, F) v0 = SIMD(ISA, load_x)(x, i, dt), v1 = SIMD(ISA, load_x)(x, i + W, dt);            \
+            if (s) {                                                                                          \
+                v0 = SIMD(ISA, mul)(v0, SIMD(ISA, load)(s + i));                                              \
+                v1 = SIMD(ISA, mul)(v1, SIMD(ISA, load)(s + i + W));                                          \
+            }                                                                                                 \
+            if (buf) {                                                                                        \
+                SIMD(ISA, store)(buf + i, v0);                                                                \
+                SIMD(ISA, store)(buf + i + W, v1);                                                            \
+            }                                                                                                 \
+            hi0 = SIMD(ISA, max)(hi0, v0);                                                                    \
+            hi1 = SIMD(ISA, max)(hi1, v1);                                                                    \
+            lo0 = SIMD(ISA, min)(lo0, v0);                                                                    \
+            lo1 = SIMD(ISA, min)(lo1, v1);                                                                    \
+            nan = SIMD(ISA, mor)(nan, SIMD(ISA, mor)(SIMD(ISA, unord)(v0), SIMD(ISA, unord)(v1)));            \
+        }                                                                                                     \
+        for (; i + W <= n; i += W) {                                                                          \
+            SIMD_T(ISA, F) v0 = SIMD(ISA, load_x)(x, i, dt);                                                  \
+            if (s) v0 = SIMD(ISA, mul)(v0, SIMD(ISA, load)(s + i));                                           \
+            if (buf) SIMD(ISA, store)(buf + i, v0);                                                           \
+            hi0 = SIMD(ISA, max)(hi0, v0);                                                                    \
+            lo0 = SIMD(ISA, min)(lo0, v0);                                                                    \
+            nan = SIMD(ISA, mor)(nan, SIMD(ISA, unord)(v0));                                                  \
+        }                                                                                                     \
+        b->hi = SIMD(ISA, hmax)(SIMD(ISA, max)(hi0, hi1));                                                    \
+        b->lo = SIMD(ISA, hmin)(SIMD(ISA, min)(lo0, lo1));                                                    \
+        b->nan = SIMD(ISA, many)(nan);                                                                        \
+        pass1_scalar_from(x, s, dt, i, n, buf, b);                                                            \
     }
-    for (; i + 8 <= n; i += 8) {
-        __m256 v0 = load8(x, i, dt);
-        if (s) v0 = _mm256_mul_ps(v0, _mm256_loadu_ps(s + i));
-        if (buf) _mm256_storeu_ps(buf + i, v0);
-        hi0 = _mm256_max_ps(hi0, v0);
-        lo0 = _mm256_min_ps(lo0, v0);
-        nan0 = _mm256_or_ps(nan0, _mm256_cmp_ps(v0, v0, _CMP_UNORD_Q));
-    }
-    b->hi = hmax8(_mm256_max_ps(hi0, hi1));
-    b->lo = hmin8(_mm256_min_ps(lo0, lo1));
-    b->nan = _mm256_movemask_ps(_mm256_or_ps(nan0, nan1)) != 0;
-    pass1_scalar_from(x, s, dt, i, n, buf, b);
-}
+
+DQ_PASS1(avx2, NPQ_TARGET_AVX2)
+DQ_PASS1(avx512, NPQ_TARGET_AVX512)
+
+/* ---- pass 2, AVX2 */
 
 /* 8 floats -> 8 int32 quantized values (not yet clamped in the clean path: packs saturate). */
 NPQ_TARGET_AVX2 static DQ_ALWAYS_INLINE __m256i quant8(const float *src, __m256 inv, __m256 off, const int asym,
@@ -272,49 +262,7 @@ NPQ_TARGET_AVX2 static DQ_ALWAYS_INLINE void pass2_avx2_body(const float *src, i
 
 DQ_ENTRY_POINTS(avx2, NPQ_TARGET_AVX2)
 
-/* ------------------------------------------------------------------ AVX-512 (F/BW/VL/DQ) */
-
-NPQ_TARGET_AVX512 static inline __m512 load16(const void *p, int64_t i, const int dt) {
-    if (dt == NPQ_F32) return _mm512_loadu_ps((const float *)p + i);
-    __m256i h = _mm256_loadu_si256((const __m256i *)((const uint16_t *)p + i));
-    if (dt == NPQ_F16) return _mm512_cvtph_ps(h);
-    return _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(h), 16));
-}
-
-NPQ_TARGET_AVX512 static DQ_ALWAYS_INLINE void pass1_avx512_body(const void *x, const float *s, const int dt,
-                                                                 int64_t n, float *buf, dq_bounds *b) {
-    __m512 hi0 = _mm512_set1_ps(-INFINITY), hi1 = hi0, lo0 = _mm512_set1_ps(INFINITY), lo1 = lo0;
-    __mmask16 nan = 0;
-    int64_t i = 0;
-    for (; i + 32 <= n; i += 32) {
-        __m512 v0 = load16(x, i, dt), v1 = load16(x, i + 16, dt);
-        if (s) {
-            v0 = _mm512_mul_ps(v0, _mm512_loadu_ps(s + i));
-            v1 = _mm512_mul_ps(v1, _mm512_loadu_ps(s + i + 16));
-        }
-        if (buf) {
-            _mm512_storeu_ps(buf + i, v0);
-            _mm512_storeu_ps(buf + i + 16, v1);
-        }
-        hi0 = _mm512_max_ps(hi0, v0);
-        hi1 = _mm512_max_ps(hi1, v1);
-        lo0 = _mm512_min_ps(lo0, v0);
-        lo1 = _mm512_min_ps(lo1, v1);
-        nan |= _mm512_cmp_ps_mask(v0, v0, _CMP_UNORD_Q) | _mm512_cmp_ps_mask(v1, v1, _CMP_UNORD_Q);
-    }
-    for (; i + 16 <= n; i += 16) {
-        __m512 v0 = load16(x, i, dt);
-        if (s) v0 = _mm512_mul_ps(v0, _mm512_loadu_ps(s + i));
-        if (buf) _mm512_storeu_ps(buf + i, v0);
-        hi0 = _mm512_max_ps(hi0, v0);
-        lo0 = _mm512_min_ps(lo0, v0);
-        nan |= _mm512_cmp_ps_mask(v0, v0, _CMP_UNORD_Q);
-    }
-    b->hi = _mm512_reduce_max_ps(_mm512_max_ps(hi0, hi1));
-    b->lo = _mm512_reduce_min_ps(_mm512_min_ps(lo0, lo1));
-    b->nan = nan != 0;
-    pass1_scalar_from(x, s, dt, i, n, buf, b);
-}
+/* ---- pass 2, AVX-512 (F/BW/VL/DQ) */
 
 /* 16 floats -> 16 int8 (saturating), in element order. */
 NPQ_TARGET_AVX512 static DQ_ALWAYS_INLINE __m128i quant16(const float *src, __m512 inv, __m512 off, const int asym,
