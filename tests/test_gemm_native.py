@@ -255,6 +255,21 @@ def test_every_m_layout_and_thread_count_matches_reference(isa, threads, m, x2_l
             assert torch.equal(got, wrap32(exact_acc(x1, x2).to(torch.int64) + bias.unsqueeze(1)))
 
 
+@pytest.mark.parametrize("n", [16, 17, 40])
+@pytest.mark.parametrize("k", [31, 32, 33, 64, 95, 96, 97, 160, 4096])
+@pytest.mark.parametrize("mode", ["full", "neg128"])
+def test_weight_packing_every_k_step_and_panel_edge(isa, k, n, mode):
+    """The packed path with a row-major weight (x2 = w.t()): the SIMD pack moves whole panels 64 and 32 k
+    at a time (csrc/gemm_s8.c, pack_panel_avx2), the rest and the partial last panel go the scalar way;
+    the column sums come from the same pass (the asymmetric epilogue reads them)."""
+    gen = torch.Generator().manual_seed(zlib.crc32(repr((k, n, mode)).encode()))
+    x1 = make_x1(1, 9, k, gen, mode)
+    x2 = make_x2(1, k, n, gen, mode, "w.t()")
+    assert torch.equal(gemm_int32(x1, x2), exact_acc(x1, x2))
+    x_q, x_scale, x_offset, w, w_scale = asym_case(9, k, n, gen, mode)
+    check_asymmetric(x_q, x_scale, x_offset, w, w_scale, None, torch.float32)
+
+
 @pytest.mark.parametrize("x2_layout", ["w.t()", "w.t() shared"])
 @pytest.mark.parametrize("b, m, x1_layout", [(1, 8, "contiguous"), (3, 3, "strided"), (3, 8, "shared")])
 def test_gemv_large_activation_buffer(isa, threads, b, m, x1_layout, x2_layout):
