@@ -10,6 +10,10 @@
  *   out[r, j] = cast(sum_kk x[r, kk] * w[j, kk]  (+ bias[j])),   r < m, j < n, kk < k
  *   w[j, kk]  = cast((float32(nibble kk of row j) + offset[j, g]) * scale[j, g]),   g = kk / group_size
  *
+ * float32 x is summed in a factored form (below), float16 / bfloat16 x with the weight rounded to
+ * x's dtype exactly as the reference's dequantized tile holds it; either way the result agrees with
+ * the reference to float32 rounding, and is the same bits for every ISA, thread count and m.
+ *
  * x: m rows of k float32 / float16 / bfloat16 (x_dtype NPQ_F32 / NPQ_F16 / NPQ_BF16), row r at
  * x + r * x_row_stride elements, unit column stride. packed: n rows of `words` int32 words of 8
  * signed int4 along K (row j at packed + j * row_stride; element kk is nibble kk % 8 of word kk / 8,
@@ -31,8 +35,21 @@
  * NPQ_ERR_NOMEM when the activation scratch cannot be allocated. Everything is checked before any
  * memory is touched; m = 0 or n = 0 is a successful no-op, k = 0 writes cast(bias or +0).
  *
- * Summation order (every ISA level gives bit-identical results; the scalar version is written in
- * exactly this order, so it is the reference for the vector ones). K is cut into blocks of 64
+ * float32 x, the factored order (for |x| <= 2^100, all finite; otherwise the table order below).
+ * Word w of a row holds columns 8w .. 8w + 7; u'_p = nibble p ^ 8 = the signed value + 8, in [0, 15];
+ * g = its group. K is cut into blocks of 8 words, word 8b + i in lane i (words past ceil(k / 8) are
+ * not read: u' = 8, x = 0, scale = offset' = 0 in their lanes). Per row, lane and word:
+ *     A = u'_0 * x_0;  A = fma(u'_p, x_p, A) for p = 1 .. 7      (x_p = x[8w + p], +0 past k)
+ *     X = ((x_0 + x_1) + x_2) + ... + x_7                        (once per call)
+ *     acc[i] = fma(scale[g], fma(offset[g] - 8, X, A), acc[i])
+ * then the lane reduction, bias and cast below. This is sum x * (v + offset) * scale with the
+ * products regrouped: no weight is formed, so no table and no rounding to x's dtype is needed, and
+ * the AVX2 loop is a shift, a mask, a convert and an FMA per 8 weights. Beyond 2^100 (or with a
+ * non-finite x) the regrouped sums could overflow or meet inf * 0 where the reference's products do
+ * not: such calls take the table path, whose products are the reference's own.
+ *
+ * Table order (float16 / bfloat16 x; every ISA level gives bit-identical results; the scalar
+ * version is written in exactly this order, so it is the reference for the vector ones). K is cut into blocks of 64
  * columns (8 words; the last block zero-padded). Within a block, column
  *     e = 32 * (i >> 2) + 8 * (t & 3) + 2 * (i & 3) + (t >> 2)      (word e / 8, nibble e % 8)
  * sits in slot (t, i), t = 0..7, i = 0..7 (the order in which the vector kernel's table lookups
@@ -57,6 +74,7 @@
  * 2^-28, offset) == the reference's add, then multiply and round). The activations are widened to
  * float32 once per call into a scratch buffer already in slot order, so every x load is one
  * aligned vector. */
+#include <math.h>
 #include <stdlib.h>
 
 #include "npq.h"
@@ -71,7 +89,9 @@
 #define GV_GRAIN_BYTES (64 << 10)
 
 typedef struct {
-    const float *xs;               /* activation scratch: (m, nb, 8 t, 8 i) float32 in slot order */
+    const float *xs;               /* activation scratch: (m, nb, 8 t, 8 i) float32 in slot order, or
+                                    * (m, nb, 8 p, 8 i) in word order for the float32 path */
+    const float *xw;               /* float32 path: (m, nb, 8 i) sums of x over each word's 8 columns */
     int64_t m, k, nb, nfull, tail; /* tail: columns of the last, partial block (0: none) */
     const int32_t *packed;
     int64_t row_stride, groups, gw; /* gw: words per group */
@@ -103,6 +123,40 @@ static void gv_prepare_x(const void *x, int dt, int64_t m, int64_t xrs, int64_t 
             const int e = (int)(kk & 63), t = 4 * (e & 1) + ((e >> 3) & 3), i = 4 * (e >> 5) + ((e >> 1) & 3);
             dst[(kk - e) + 8 * t + i] = gv_load_x(src, dt, kk);
         }
+    }
+}
+
+/* float32 x, word order: xs[r][b][p][i] = x[r][64 b + 8 i + p] (padding +0), and
+ * xw[r][b][i] = the sum of x over word 8 b + i's columns p = 0..7 in that order (left to right). Returns
+ * 0 when some |x| is above GV_FACTOR_BOUND or not finite: the caller then takes the table path. */
+#define GV_FACTOR_BOUND 0x1p100f
+static int gv_prepare_x_words(const float *x, int64_t m, int64_t xrs, int64_t k, int64_t nb, float *xs, float *xw) {
+    for (int64_t r = 0; r < m; r++) {
+        const float *src = x + r * xrs;
+        float *dst = xs + r * nb * GV_BLOCK, *sums = xw + r * nb * 8;
+        if (k % GV_BLOCK) memset(dst + (nb - 1) * GV_BLOCK, 0, GV_BLOCK * sizeof(float));
+        for (int64_t kk = 0; kk < k; kk++) {
+            if (!(fabsf(src[kk]) <= GV_FACTOR_BOUND)) return 0;
+            const int e = (int)(kk & 63);
+            dst[(kk - e) + 8 * (e & 7) + (e >> 3)] = src[kk];
+        }
+        for (int64_t b = 0; b < nb; b++)
+            for (int i = 0; i < 8; i++) {
+                float t = dst[b * GV_BLOCK + i];
+                for (int p = 1; p < 8; p++) t += dst[b * GV_BLOCK + 8 * p + i];
+                sums[b * 8 + i] = t;
+            }
+    }
+    return 1;
+}
+
+/* Scale and offset - 8 of each of block b's 8 words (lanes past the row's words: 0, 0). */
+static inline void gv_word_params(const gv_job *J, const float *s, const float *o, int64_t b, float sw[8], float ow[8]) {
+    const int64_t used = (J->k + 7) / 8;
+    for (int i = 0; i < 8; i++) {
+        const int64_t w = 8 * b + i, g = w / J->gw;
+        sw[i] = w < used ? s[g] : 0.0f;
+        ow[i] = w < used ? (o ? o[g] : 0.0f) - 8.0f : 0.0f;
     }
 }
 
@@ -156,6 +210,37 @@ static void gv_rows_scalar(const gv_job *J, int64_t j0, int64_t j1) {
                             }
                         }
                         for (int64_t r = 0; r < mc; r++) acc[r][i] += p[r];
+                    }
+                }
+            }
+            for (int64_t r = 0; r < mc; r++) gv_store(J, r0 + r, j, acc[r]);
+        }
+    }
+}
+
+/* float32 x (the file header's factored order): per word, A = sum_p u'_p x_p with u' = nibble ^ 8 in
+ * [0, 15] (the signed value + 8), then acc += scale * fma(offset - 8, X, A), X the word's x sum. */
+static void gv_rows_f32_scalar(const gv_job *J, int64_t j0, int64_t j1) {
+    const int64_t used = (J->k + 7) / 8;
+    for (int64_t j = j0; j < j1; j++) {
+        const int32_t *wr = J->packed + j * J->row_stride;
+        const float *s = J->scale + j * J->groups, *o = J->offset ? J->offset + j * J->groups : NULL;
+        for (int64_t r0 = 0; r0 < J->m; r0 += GV_MAXM) {
+            const int64_t mc = J->m - r0 < GV_MAXM ? J->m - r0 : GV_MAXM;
+            float acc[GV_MAXM][8];
+            for (int64_t r = 0; r < mc; r++)
+                for (int i = 0; i < 8; i++) acc[r][i] = 0.0f;
+            for (int64_t b = 0; b < J->nb; b++) {
+                float sw[8], ow[8];
+                gv_word_params(J, s, o, b, sw, ow);
+                for (int i = 0; i < 8; i++) {
+                    const uint32_t v = 8 * b + i < used ? (uint32_t)wr[8 * b + i] ^ 0x88888888u : 0x88888888u;
+                    for (int64_t r = 0; r < mc; r++) {
+                        const float *xb = J->xs + ((r0 + r) * J->nb + b) * GV_BLOCK;
+                        float a = (float)(v & 0xFu) * xb[i];
+                        for (int p = 1; p < 8; p++) a = __builtin_fmaf((float)((v >> (4 * p)) & 0xFu), xb[8 * p + i], a);
+                        const float t = __builtin_fmaf(ow[i], J->xw[((r0 + r) * J->nb + b) * 8 + i], a);
+                        acc[r][i] = __builtin_fmaf(sw[i], t, acc[r][i]);
                     }
                 }
             }
@@ -397,6 +482,75 @@ GV_INST(3)
 GV_INST(4)
 #undef GV_INST
 
+/* float32 x, the factored order: lane i holds word 8 b + i; nibble p of every lane is one shift
+ * and one mask away, converted exactly (u' <= 15) and multiplied into the lane's word sum. No
+ * table, no shuffle: ~4 vector operations per 8 weights whatever the group size. */
+NPQ_TARGET_AVX2 GV_INLINE void gv_row_f32_avx2(const gv_job *J, int64_t j, int64_t r0, const int M) {
+    const int mc = M ? M : (int)(J->m - r0 < GV_MAXM ? J->m - r0 : GV_MAXM);
+    const int32_t *wr = J->packed + j * J->row_stride;
+    const float *sr = J->scale + j * J->groups, *orow = J->offset ? J->offset + j * J->groups : NULL;
+    const int64_t xstride = J->nb * GV_BLOCK, gw = J->gw, used = (J->k + 7) / 8;
+    const __m256i flip = _mm256_set1_epi32((int)0x88888888u), low = _mm256_set1_epi32(0xF);
+    __m256 acc[GV_MAXM];
+    for (int r = 0; r < GV_MAXM; r++) acc[r] = _mm256_setzero_ps();
+    for (int64_t b = 0; b < J->nb; b++) {
+        __m256i v;
+        __m256 sv, ov;
+        if (8 * b + 8 <= used && gw % 8 == 0) { /* one group for the 8 words */
+            const int64_t g = 8 * b / gw;
+            v = _mm256_loadu_si256((const __m256i *)(wr + 8 * b));
+            sv = _mm256_set1_ps(sr[g]);
+            ov = _mm256_set1_ps((orow ? orow[g] : 0.0f) - 8.0f);
+        } else if (8 * b + 8 <= used && gw == 4) { /* two: words 0-3 and 4-7 */
+            const int64_t g = 2 * b;
+            v = _mm256_loadu_si256((const __m256i *)(wr + 8 * b));
+            sv = _mm256_set_m128(_mm_set1_ps(sr[g + 1]), _mm_set1_ps(sr[g]));
+            ov = _mm256_set_m128(_mm_set1_ps((orow ? orow[g + 1] : 0.0f) - 8.0f),
+                                 _mm_set1_ps((orow ? orow[g] : 0.0f) - 8.0f));
+        } else { /* any other group size, and the last block (only its used words are loaded) */
+            float sw[8], ow[8];
+            gv_word_params(J, sr, orow, b, sw, ow);
+            const int64_t nw = used - 8 * b < 8 ? used - 8 * b : 8;
+            v = _mm256_maskload_epi32(wr + 8 * b, _mm256_cmpgt_epi32(_mm256_set1_epi32((int)nw),
+                                                                     _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7)));
+            sv = _mm256_loadu_ps(sw);
+            ov = _mm256_loadu_ps(ow);
+        }
+        v = _mm256_xor_si256(v, flip);
+        __m256 a[GV_MAXM] = {_mm256_setzero_ps()}; /* each a[r] is first written by the p = 0 multiply */
+        const float *xb = J->xs + r0 * xstride + b * GV_BLOCK;
+        for (int p = 0; p < 8; p++) {
+            __m256i u = p ? _mm256_srli_epi32(v, 4 * p) : v;
+            if (p < 7) u = _mm256_and_si256(u, low);
+            const __m256 f = _mm256_cvtepi32_ps(u);
+            for (int r = 0; r < mc; r++) {
+                const __m256 xv = _mm256_load_ps(xb + r * xstride + 8 * p);
+                a[r] = p ? _mm256_fmadd_ps(f, xv, a[r]) : _mm256_mul_ps(f, xv);
+            }
+        }
+        for (int r = 0; r < mc; r++) {
+            const __m256 xw = _mm256_loadu_ps(J->xw + ((r0 + r) * J->nb + b) * 8);
+            acc[r] = _mm256_fmadd_ps(sv, _mm256_fmadd_ps(ov, xw, a[r]), acc[r]);
+        }
+    }
+    for (int r = 0; r < mc; r++) {
+        float t[8];
+        _mm256_storeu_ps(t, acc[r]);
+        gv_store(J, r0 + r, j, t);
+    }
+}
+
+#define GV_F32_INST(M)                                                                              \
+    NPQ_TARGET_AVX2 static void gv_row_f32_m##M##_avx2(const gv_job *J, int64_t j, int64_t r0) {   \
+        gv_row_f32_avx2(J, j, r0, M);                                                               \
+    }
+GV_F32_INST(0)
+GV_F32_INST(1)
+GV_F32_INST(2)
+GV_F32_INST(3)
+GV_F32_INST(4)
+#undef GV_F32_INST
+
 typedef void (*gv_kernel)(const gv_job *J, int64_t j, int64_t r0);
 static const gv_kernel gv_kernels_avx2[GV_MAXM + 1] = {NULL,           gv_row_m1_avx2, gv_row_m2_avx2,
                                                        gv_row_m3_avx2, gv_row_m4_avx2, gv_row_m0_avx2,
@@ -407,11 +561,27 @@ static void gv_rows_avx2(const gv_job *J, int64_t j0, int64_t j1) {
         for (int64_t r0 = 0; r0 < J->m; r0 += GV_MAXM)
             gv_kernels_avx2[J->m - r0 < GV_MAXM ? J->m - r0 : GV_MAXM](J, j, r0);
 }
+
+static const gv_kernel gv_f32_kernels_avx2[GV_MAXM + 1] = {
+    NULL, gv_row_f32_m1_avx2, gv_row_f32_m2_avx2, gv_row_f32_m3_avx2, gv_row_f32_m4_avx2,
+    gv_row_f32_m0_avx2, gv_row_f32_m0_avx2, gv_row_f32_m0_avx2, gv_row_f32_m0_avx2};
+
+static void gv_rows_f32_avx2(const gv_job *J, int64_t j0, int64_t j1) {
+    for (int64_t j = j0; j < j1; j++)
+        for (int64_t r0 = 0; r0 < J->m; r0 += GV_MAXM)
+            gv_f32_kernels_avx2[J->m - r0 < GV_MAXM ? J->m - r0 : GV_MAXM](J, j, r0);
+}
 #endif /* NPQ_X86 */
 
 /* ---------------------------------------------------------------- driver */
 
-typedef void (*gv_rows_fn)(const gv_job *J, int64_t j0, int64_t j1); /* a variant: weight rows j0 .. j1 - 1 */
+typedef void (*gv_rows_fn)(const gv_job *J, int64_t j0, int64_t j1); /* weight rows j0 .. j1 - 1 */
+
+/* A variant's entry points: the table path (float16 / bfloat16 x, and float32 x beyond
+ * GV_FACTOR_BOUND) and the factored float32 path. */
+typedef struct {
+    gv_rows_fn table, f32;
+} gv_impl;
 
 typedef struct {
     const gv_job *job;
@@ -460,17 +630,22 @@ NPQ_API int npq_gemv_int4(const void *x, int x_dtype, int64_t m, int64_t x_row_s
         return NPQ_OK;
     }
 
-    _Alignas(32) float stack_xs[GV_STACK_FLOATS];
+    /* scratch: the activations (scratch floats), then their word sums (scratch / 8) */
+    _Alignas(32) float stack_xs[GV_STACK_FLOATS + GV_STACK_FLOATS / 8];
     float *xs = stack_xs;
     if (scratch > GV_STACK_FLOATS) {
-        xs = (float *)aligned_alloc(64, (size_t)scratch * sizeof(float)); /* a multiple of 256 bytes */
+        xs = (float *)aligned_alloc(64, (size_t)(scratch + scratch / 8) * sizeof(float)); /* 256-byte multiple */
         if (!xs) return NPQ_ERR_NOMEM;
     }
-    gv_prepare_x(x, x_dtype, m, x_row_stride, k, nb, xs);
+    float *xw = xs + scratch;
+    const gv_impl *impl = (const gv_impl *)npq_pick(&npq_kernel_gemv_int4)->impl;
+    const int factored = x_dtype == NPQ_F32 && gv_prepare_x_words((const float *)x, m, x_row_stride, k, nb, xs, xw);
+    if (!factored) gv_prepare_x(x, x_dtype, m, x_row_stride, k, nb, xs);
 
     gv_job J;
     memset(&J, 0, sizeof J);
     J.xs = xs;
+    J.xw = xw;
     J.m = m;
     J.k = k;
     J.nb = nb;
@@ -487,7 +662,7 @@ NPQ_API int npq_gemv_int4(const void *x, int x_dtype, int64_t m, int64_t x_row_s
     J.n = n;
     J.dt = x_dtype;
 
-    gv_ctx c = {&J, *(const gv_rows_fn *)npq_pick(&npq_kernel_gemv_int4)->impl};
+    gv_ctx c = {&J, factored ? impl->f32 : impl->table};
     const int64_t row_bytes = 4 * ((k + 7) / 8);
     const int64_t grain = (GV_GRAIN_BYTES + row_bytes - 1) / row_bytes;
     npq_parallel_for_dynamic(n, grain, (grain + 3) / 4, nthreads, gv_range, &c);
@@ -496,9 +671,9 @@ NPQ_API int npq_gemv_int4(const void *x, int x_dtype, int64_t m, int64_t x_row_s
 }
 
 /* ---- the variants, best first */
-static const gv_rows_fn gv_scalar_impl = gv_rows_scalar;
+static const gv_impl gv_scalar_impl = {gv_rows_scalar, gv_rows_f32_scalar};
 #if NPQ_X86
-static const gv_rows_fn gv_avx2_impl = gv_rows_avx2;
+static const gv_impl gv_avx2_impl = {gv_rows_avx2, gv_rows_f32_avx2};
 #endif
 
 static const npq_variant gv_variants[] = {

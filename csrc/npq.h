@@ -197,8 +197,9 @@ NPQ_API int npq_pack_int4(const void *values, int dtype, int64_t extent, int nd,
 
 /* gemv_int4.c: fused int4 weight-only GEMV (w4a16 decode), never writing a float weight tile:
  * out[r, j] = cast(sum_kk x[r, kk] * w[j, kk] (+ bias[j])), w[j, kk] = cast((nibble + offset[j, g]) *
- * scale[j, g]) rounded to x's dtype as a dequantized tile would be; float32 sums in the fixed order
- * the file documents (the same for every ISA, thread count and m). */
+ * scale[j, g]); float16 / bfloat16 x: w rounded to x's dtype as a dequantized tile would be; float32
+ * x: the products regrouped per 8-column word (sum nibble * x, then offset and scale once); float32
+ * sums in the fixed orders the file documents (the same for every ISA, thread count and m). */
 NPQ_API int npq_gemv_int4(const void *x, int x_dtype, int64_t m, int64_t x_row_stride, int64_t k,
                           const int32_t *packed, int64_t packed_extent, int64_t n, int64_t words,
                           int64_t row_stride, const float *scale, const float *offset, int64_t groups,
