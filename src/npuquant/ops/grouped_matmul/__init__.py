@@ -155,10 +155,10 @@ def _check_group_list_meta(group_list: object, group_type: int | None, group_lis
     return len(group_list)
 
 
-def _check_dtype_list(tensors: list[torch.Tensor], dtype: torch.dtype, what: str) -> None:
+def _check_dtype_list(tensors: list[torch.Tensor], dtype: torch.dtype, what: str, required: str = "required") -> None:
     for t in tensors:
         if t.dtype != dtype:
-            raise RuntimeError(f"GMM: {what} dtype does not match with required dtype[{_dt(dtype)}].")
+            raise RuntimeError(f"GMM: {what} dtype does not match with {required} dtype[{_dt(dtype)}].")
 
 
 def _form(x_dtype: torch.dtype, w_dtype: torch.dtype) -> str:
@@ -332,8 +332,8 @@ def _check_antiquant(x, weight, bias, antiquant_scale, antiquant_offset, plan) -
                 f"antiquantOffset[{i}]'s shape {tuple(o.shape)} is not equal with antiquantScale[{i}]'s "
                 f"{tuple(s.shape)}"
             )
-    _check_dtype_list(antiquant_scale, x_dtype, "antiquantScale")
-    _check_dtype_list(antiquant_offset, x_dtype, "antiquantOffset")
+    _check_dtype_list(antiquant_scale, x_dtype, "antiquantScale", "x")
+    _check_dtype_list(antiquant_offset, x_dtype, "antiquantOffset", "x")
 
 
 def validate(
