@@ -3,6 +3,12 @@ reference bit for bit (random expert counts, empty experts, uneven splits), opch
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
 import pytest
 import torch
 from hypothesis import given
@@ -413,3 +419,48 @@ def test_compile_fullgraph():
     compiled = torch.compile(_moe_down, fullgraph=True, backend="aot_eager")
     assert_same_bits(compiled(x, w, scale, pertoken, counts), _moe_down(x, w, scale, pertoken, counts))
 
+
+
+# ----------------------------------------------------------------------------------- compat
+
+COMPAT_SCRIPT = """
+import torch
+import npuquant.compat as compat
+compat.install()
+import torch_npu
+x = torch.randint(-128, 128, (6, 8), dtype=torch.int8).npu()
+w = torch.randint(-128, 128, (2, 8, 4), dtype=torch.int8).npu()
+scale = torch.rand(2, 4).to(torch.bfloat16).npu()
+pt = torch.rand(6).npu()
+gl = torch.tensor([2, 4]).npu()
+a = torch.ops.npu.npu_grouped_matmul([x], [w], scale=[scale], per_token_scale=[pt], group_list=gl, split_item=2,
+                                      group_type=0, group_list_type=1, output_dtype=torch.bfloat16)
+b = torch_npu.npu_grouped_matmul([x], [w], scale=[scale], per_token_scale=[pt], group_list=gl, split_item=2,
+                                 group_type=0, group_list_type=1, output_dtype=torch.bfloat16)
+assert isinstance(a, list) and len(a) == 1 and torch.equal(a[0], b[0]) and a[0].shape == (6, 4)
+c = torch.ops.npu.npu_grouped_matmul([x], [w], group_list=gl, split_item=3, group_type=0, group_list_type=1,
+                                     output_dtype=3)  # a ScalarType code: int32
+assert c[0].dtype == torch.int32
+try:
+    torch.ops.npu.npu_grouped_matmul([x], [w], group_list=gl, split_item=3)
+except RuntimeError as exc:
+    assert "Requires manual passing group_type, current is None." in str(exc)
+else:
+    raise AssertionError
+def f(x, w, scale, pt, gl):
+    return torch.ops.npu.npu_grouped_matmul([x], [w], scale=[scale], per_token_scale=[pt], group_list=gl,
+                                            split_item=3, group_type=0, output_dtype=torch.bfloat16)[0]
+gl0 = torch.tensor([2, 6])
+assert torch.equal(torch.compile(f, fullgraph=True, backend="aot_eager")(x, w, scale, pt, gl0), f(x, w, scale, pt, gl0))
+print("ok")
+"""
+
+
+def test_torch_npu_and_torch_ops_npu():
+    """torch_npu.npu_grouped_matmul and torch.ops.npu.npu_grouped_matmul (its own process: install()
+    changes process-wide state)."""
+    root = Path(__file__).resolve().parent.parent
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(root / "src"), os.environ.get("PYTHONPATH", "")])}
+    proc = subprocess.run([sys.executable, "-c", textwrap.dedent(COMPAT_SCRIPT)], cwd=root, capture_output=True,
+                          text=True, timeout=300, env=env)
+    assert proc.returncode == 0 and proc.stdout.strip().endswith("ok"), proc.stderr
