@@ -464,3 +464,13 @@ def test_torch_npu_and_torch_ops_npu():
     proc = subprocess.run([sys.executable, "-c", textwrap.dedent(COMPAT_SCRIPT)], cwd=root, capture_output=True,
                           text=True, timeout=300, env=env)
     assert proc.returncode == 0 and proc.stdout.strip().endswith("ok"), proc.stderr
+
+
+def test_moe_block_example_runs_unmodified():
+    """examples/moe_block.py through ``npuquant run``: torch_npu-style MoE block vs float32."""
+    root = Path(__file__).resolve().parent.parent
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(root / "src"), os.environ.get("PYTHONPATH", "")])}
+    proc = subprocess.run([sys.executable, "-m", "npuquant", "run", "examples/moe_block.py"], cwd=root,
+                          capture_output=True, text=True, timeout=300, env=env)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert "relative error vs float32" in proc.stdout and proc.stdout.strip().endswith("ok")
