@@ -16,6 +16,7 @@
 #include <cstring>
 #include <cstdlib>
 #include <memory>
+#include <mutex>
 #include <optional>
 #include <sstream>
 #include <stdexcept>
@@ -405,7 +406,9 @@ const void *ptr_or_null(const std::optional<Tensor> &t) { return t ? t->data_ptr
 // Runs epilogue(a @ w) into out, a (B, m, k), w (B, k, n) (B of a and w equal; either may broadcast).
 // g carries the caller's epilogue fields and out_kind; the operands are filled in here: up to
 // GEMV_MAX_M rows a row-major weight is read in place, larger inputs pack it for this call.
-void run_gemm(const char *op, const Mat &a, const Mat &w, npq_gemm_args &g, void *out) {
+// nthreads > 0 caps the threads (the grouped GEMM runs one expert per thread); 0: torch's setting.
+void run_gemm(const char *op, const Mat &a, const Mat &w, npq_gemm_args &g, void *out, int nthreads = 0) {
+    const int nt = nthreads > 0 ? nthreads : threads();
     const int64_t batch = a.b, m = a.r, k = a.c, n = w.c;
     const bool a_shared = batch == 1 || a.sb == 0, w_shared = batch == 1 || w.sb == 0;
     std::vector<int64_t> a_boff(a_shared ? 1 : (size_t)batch), a_bidx((size_t)batch), w_bidx((size_t)batch);
@@ -430,13 +433,13 @@ void run_gemm(const char *op, const Mat &a, const Mat &w, npq_gemm_args &g, void
         for (int64_t b = 0; b < wb; b++) {
             int rc = npq_gemm_pack_b(k ? w.p + b * w.sb : nullptr, k, n, w.sr, w.sc,
                                      (uint8_t *)packed->data_ptr() + b * per,
-                                     (int32_t *)colsum->data_ptr() + b * panels * 16, threads());
+                                     (int32_t *)colsum->data_ptr() + b * panels * 16, nt);
             check_status(rc, op);
         }
         g.w = (const uint8_t *)packed->data_ptr(), g.w_nbatch = wb, g.colsum = (const int32_t *)colsum->data_ptr();
     }
     g.out = out;
-    check_status(npq_gemm_s8(&g, threads()), op);
+    check_status(npq_gemm_s8(&g, nt), op);
 }
 
 // out (B, m, n) = epilogue(a @ w) with the epilogue's operands given as tensors.
@@ -547,6 +550,36 @@ Tensor flat_param(const Tensor &t, const char *op, const char *name, ST dtype, i
         fail(op, name, " must hold ", total, " values (every expert's columns back to back), but has shape ",
              shape_str(t));
     return t.is_contiguous() ? t : torch::stable::contiguous(t);
+}
+
+// One expert's GEMM of grouped_matmul_s8, and the experts run one per thread.
+struct GroupedItem {
+    Mat a, w;
+    npq_gemm_args g;
+    void *out;
+};
+
+struct GroupedJob {
+    const char *op = nullptr;
+    std::vector<GroupedItem> items;
+    std::mutex lock;
+    std::string error;  // the first failure (exceptions must not cross the C scheduler)
+};
+
+// Packing an expert's weight costs about as much as this many rows of its GEMM (for scheduling).
+constexpr int64_t GROUPED_PACK_ROWS = 8;
+
+void grouped_expert_range(void *ctx, int64_t begin, int64_t end) {
+    GroupedJob *job = (GroupedJob *)ctx;
+    for (int64_t i = begin; i < end; i++) {
+        GroupedItem &it = job->items[(size_t)i];
+        try {
+            run_gemm(job->op, it.a, it.w, it.g, it.out, 1);
+        } catch (const std::exception &ex) {
+            std::lock_guard<std::mutex> guard(job->lock);
+            if (job->error.empty()) job->error = ex.what();
+        }
+    }
 }
 
 // npu_grouped_matmul's A8W8 form on normalised arguments (npuquant.ops.grouped_matmul.native):
@@ -668,7 +701,9 @@ std::vector<Tensor> grouped_matmul_s8(std::vector<Tensor> x, std::vector<Tensor>
             dst[(size_t)e] = (char *)outs.back().data_ptr();
         }
     }
-    int64_t col0 = 0;
+    GroupedJob job;
+    job.op = op;
+    int64_t col0 = 0, total = 0, largest = 0;
     for (int64_t e = 0; e < experts; e++) {
         const Mat &ae = a[(size_t)e], &we = w[(size_t)e];
         const int64_t n_e = we.c;
@@ -680,9 +715,20 @@ std::vector<Tensor> grouped_matmul_s8(std::vector<Tensor> x, std::vector<Tensor>
             if (pt) g.pertoken = (const float *)pt->data_ptr() + row0[(size_t)e];
             if (b) g.bias_i32 = (const int32_t *)b->data_ptr() + col0;
             if (o) g.add = (const float *)o->data_ptr() + col0, g.add_nstride = 1;
-            run_gemm(op, ae, we, g, dst[(size_t)e]);
+            job.items.push_back({ae, we, g, dst[(size_t)e]});
+            const int64_t work = (ae.r + GROUPED_PACK_ROWS) * ae.c * n_e;  // the GEMM plus packing its weight
+            total += work, largest = std::max(largest, work);
         }
         col0 += n_e;
+    }
+    const int nt = threads();
+    const int64_t items = (int64_t)job.items.size();
+    if (nt > 1 && items >= nt && largest * nt <= total + total / 4) {
+        // balanced enough: one expert per thread at a time (one parallel region for the whole op)
+        npq_parallel_for_dynamic(items, 1, 1, nt, grouped_expert_range, &job);
+        if (!job.error.empty()) throw std::runtime_error(job.error);
+    } else {
+        for (GroupedItem &it : job.items) run_gemm(op, it.a, it.w, it.g, it.out);  // each on all threads
     }
     return outs;
 }
