@@ -2,8 +2,10 @@
 
 * A8W8 (int8 x, int8 weight) — native: one call of the C++ operator
   ``torch.ops.npuquant.grouped_matmul_s8`` (csrc/torch_ops.cpp), which checks every tensor and
-  runs the experts one after the other through the exact int8 GEMV / packed GEMM and epilogue of
-  ``npu_quant_matmul`` (csrc/gemm_s8.c), each expert on all threads. No per-expert Python: the
+  runs each expert through the exact int8 GEMV / packed GEMM and epilogue of ``npu_quant_matmul``
+  (csrc/gemm_s8.c): when the experts' work is balanced enough, one expert per thread in a single
+  parallel region (dynamic scheduling); otherwise one after the other, each on all threads. Either
+  way the bits are the same (exact integer accumulation, per-element epilogue). No per-expert Python: the
   scales are converted in one vectorised step (int64 quant params decoded, float32 scales with
   float16 output and no per-token scale FP19-encoded exactly as ``npu_quant_matmul`` does) and
   handed over with the biases as flat per-column vectors (``torch.cat`` of a weight list's

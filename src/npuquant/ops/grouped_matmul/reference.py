@@ -12,6 +12,11 @@ weight with the op the form calls for, and nothing else:
 * float: ``torch.matmul`` in float32 (float16 / bfloat16 products are exact there), ``+ bias`` in
   float32, one round-half-to-even cast to the output dtype.
 
+The weight-only form therefore adds a float16 bias in float32 before its one rounding, as
+``npu_weight_quant_batchmatmul`` does; op-plugin's test golden rounds the matmul to float16 first
+and adds the bias in float16 (two roundings), so the two differ by one float16 ulp on ~0.1 % of
+elements (undocumented on the device; npuquant keeps its weight-only op's rule).
+
 An expert without rows gives an empty result (the per-expert ops refuse empty inputs); rows of a
 single ``x`` past the last group are zeros in the single output.
 """
