@@ -16,6 +16,7 @@
 #include <cstring>
 #include <cstdlib>
 #include <memory>
+#include <mutex>
 #include <optional>
 #include <sstream>
 #include <stdexcept>
@@ -417,7 +418,9 @@ const void *ptr_or_null(const std::optional<Tensor> &t) { return t ? t->data_ptr
 // Runs epilogue(a @ w) into out, a (B, m, k), w (B, k, n) (B of a and w equal; either may broadcast).
 // g carries the caller's epilogue fields and out_kind; the operands are filled in here: up to
 // GEMV_MAX_M rows a row-major weight is read in place, larger inputs pack it for this call.
-void run_gemm(const char *op, const Mat &a, const Mat &w, npq_gemm_args &g, void *out) {
+// nthreads > 0 caps the threads (the grouped GEMM runs one expert per thread); 0: torch's setting.
+void run_gemm(const char *op, const Mat &a, const Mat &w, npq_gemm_args &g, void *out, int nthreads = 0) {
+    const int nt = nthreads > 0 ? nthreads : threads();
     const int64_t batch = a.b, m = a.r, k = a.c, n = w.c;
     const bool a_shared = batch == 1 || a.sb == 0, w_shared = batch == 1 || w.sb == 0;
     std::vector<int64_t> a_boff(a_shared ? 1 : (size_t)batch), a_bidx((size_t)batch), w_bidx((size_t)batch);
@@ -442,13 +445,13 @@ void run_gemm(const char *op, const Mat &a, const Mat &w, npq_gemm_args &g, void
         for (int64_t b = 0; b < wb; b++) {
             int rc = npq_gemm_pack_b(k ? w.p + b * w.sb : nullptr, k, n, w.sr, w.sc,
                                      (uint8_t *)packed->data_ptr() + b * per,
-                                     (int32_t *)colsum->data_ptr() + b * panels * 16, threads());
+                                     (int32_t *)colsum->data_ptr() + b * panels * 16, nt);
             check_status(rc, op);
         }
         g.w = (const uint8_t *)packed->data_ptr(), g.w_nbatch = wb, g.colsum = (const int32_t *)colsum->data_ptr();
     }
     g.out = out;
-    check_status(npq_gemm_s8(&g, threads()), op);
+    check_status(npq_gemm_s8(&g, nt), op);
 }
 
 // out (B, m, n) = epilogue(a @ w) with the epilogue's operands given as tensors.
@@ -547,6 +550,199 @@ Tensor quant_matmul_asymmetric(Tensor x, Tensor x_scale, Tensor x_offset, Tensor
     Mat w{(const int8_t *)weight.data_ptr(), 1, weight.size(0), n, 0, weight.stride(0), weight.stride(1)};
     Tensor out = gemm(op, a, w, out_dtype, e);
     return torch::stable::view(out, {m, n});
+}
+
+// ------------------------------------------------------------- grouped int8 matmul (MoE experts)
+
+// Flat float32 / int32 per-column parameters of every expert, back to back (the caller concatenates
+// them): checked, made contiguous and of the right dtype.
+Tensor flat_param(const Tensor &t, const char *op, const char *name, ST dtype, int64_t total) {
+    check_input(t, op, name, {dtype});
+    if (t.numel() != total)
+        fail(op, name, " must hold ", total, " values (every expert's columns back to back), but has shape ",
+             shape_str(t));
+    return t.is_contiguous() ? t : torch::stable::contiguous(t);
+}
+
+// One expert's GEMM of grouped_matmul_s8, and the experts run one per thread.
+struct GroupedItem {
+    Mat a, w;
+    npq_gemm_args g;
+    void *out;
+};
+
+struct GroupedJob {
+    const char *op = nullptr;
+    std::vector<GroupedItem> items;
+    std::mutex lock;
+    std::string error;  // the first failure (exceptions must not cross the C scheduler)
+};
+
+// Packing an expert's weight costs about as much as this many rows of its GEMM (for scheduling).
+constexpr int64_t GROUPED_PACK_ROWS = 8;
+
+void grouped_expert_range(void *ctx, int64_t begin, int64_t end) {
+    GroupedJob *job = (GroupedJob *)ctx;
+    for (int64_t i = begin; i < end; i++) {
+        GroupedItem &it = job->items[(size_t)i];
+        try {
+            run_gemm(job->op, it.a, it.w, it.g, it.out, 1);
+        } catch (const std::exception &ex) {
+            std::lock_guard<std::mutex> guard(job->lock);
+            if (job->error.empty()) job->error = ex.what();
+        }
+    }
+}
+
+// npu_grouped_matmul's A8W8 form on normalised arguments (npuquant.ops.grouped_matmul.native):
+// expert e multiplies its rows of x by its weight, with its slice of the epilogue (run_gemm: the
+// same GEMV / packed GEMM and epilogue as quant_matmul), one expert after the other, each on all
+// threads. Arguments:
+//   x: one int8 (M, K) whose rows group_sizes splits (int64 (E,) counts, sum <= M; rows past the
+//      sum are zeros in the single output), or, without group_sizes, E int8 tensors (..., K_e).
+//   weight: E int8 (K_e, N_e), or one (E, K, N); any non-negative strides.
+//   scale (not read for int32 output) / offset (int8 output) float32, bias int32: every expert's
+//   N_e values back to back. pertoken: float32 (M,), single x only.
+//   single_out: one (rows, N) output (every N_e equal), else one output per expert
+//   ((m_e, N_e), or x_e's leading dims with N_e).
+std::vector<Tensor> grouped_matmul_s8(std::vector<Tensor> x, std::vector<Tensor> weight,
+                                      std::optional<Tensor> group_sizes, std::optional<Tensor> scale,
+                                      std::optional<Tensor> offset, std::optional<Tensor> pertoken,
+                                      std::optional<Tensor> bias, ST out_dtype, bool single_out) {
+    const char *op = "grouped_matmul_s8";
+    check_out_dtype(out_dtype, op);
+    if (weight.empty() || x.empty()) fail(op, "x and weight must hold at least one tensor each");
+    for (size_t i = 0; i < weight.size(); i++) check_input(weight[i], op, "weight", {ST::Char});
+    for (size_t i = 0; i < x.size(); i++) check_input(x[i], op, "x", {ST::Char});
+    const bool one_weight = weight.size() == 1 && weight[0].dim() == 3;
+    const int64_t experts = one_weight ? weight[0].size(0) : (int64_t)weight.size();
+    std::vector<Mat> w((size_t)experts);
+    int64_t total_n = 0;
+    for (int64_t e = 0; e < experts; e++) {
+        if (one_weight) {
+            const Tensor &t = weight[0];
+            w[(size_t)e] = {(const int8_t *)t.data_ptr() + e * t.stride(0), 1, t.size(1), t.size(2), 0, t.stride(1),
+                            t.stride(2)};
+        } else {
+            const Tensor &t = weight[(size_t)e];
+            if (t.dim() != 2) fail(op, "weight[", e, "] must be 2-D (k, n), but has shape ", shape_str(t));
+            w[(size_t)e] = {(const int8_t *)t.data_ptr(), 1, t.size(0), t.size(1), 0, t.stride(0), t.stride(1)};
+        }
+        total_n += w[(size_t)e].c;
+    }
+    // Each expert's activations as a (rows, k) operand and its first output row.
+    std::vector<Mat> a((size_t)experts);
+    std::vector<int64_t> row0((size_t)experts);
+    std::vector<Tensor> keep;  // contiguous copies of x tensors whose leading dims do not merge
+    int64_t rows = 0;
+    if (group_sizes) {
+        if (x.size() != 1 || x[0].dim() != 2) fail(op, "with group_sizes, x must be one 2-D tensor");
+        check_input(*group_sizes, op, "group_sizes", {ST::Long});
+        if (group_sizes->numel() != experts)
+            fail(op, "group_sizes must hold one count per expert (", experts, "), but has shape ",
+                 shape_str(*group_sizes));
+        Tensor gs = torch::stable::contiguous(*group_sizes);
+        const int64_t *count = (const int64_t *)gs.data_ptr();
+        const Tensor &t = x[0];
+        for (int64_t e = 0; e < experts; e++) {
+            if (count[e] < 0 || count[e] > t.size(0) - rows)
+                fail(op, "group_sizes must be non-negative counts summing to at most ", t.size(0), " (the rows of x)");
+            a[(size_t)e] = {(const int8_t *)t.data_ptr() + rows * t.stride(0), 1, count[e], t.size(1), 0, t.stride(0),
+                            t.stride(1)};
+            row0[(size_t)e] = rows;
+            rows += count[e];
+        }
+        rows = t.size(0);
+    } else {
+        if ((int64_t)x.size() != experts) fail(op, "without group_sizes, x must hold one tensor per expert");
+        for (int64_t e = 0; e < experts; e++) {
+            Tensor t = x[(size_t)e];
+            if (t.dim() < 2) fail(op, "x[", e, "] must have at least 2 dimensions");
+            const int64_t k = t.size(t.dim() - 1), m = k ? t.numel() / k : 0;
+            if (t.dim() > 2 && !t.is_contiguous()) {
+                t = torch::stable::contiguous(t);
+                keep.push_back(t);
+            }
+            const int64_t sm = t.dim() > 2 ? k : t.stride(0), sk = t.dim() > 2 ? 1 : t.stride(1);
+            a[(size_t)e] = {(const int8_t *)t.data_ptr(), 1, m, k, 0, sm, sk};
+            row0[(size_t)e] = rows;
+            rows += m;
+        }
+    }
+    for (int64_t e = 0; e < experts; e++)
+        if (a[(size_t)e].c != w[(size_t)e].r)
+            fail(op, "expert ", e, ": x has k = ", a[(size_t)e].c, " but its weight has k = ", w[(size_t)e].r);
+    std::optional<Tensor> s, o, pt, b;
+    if (out_dtype != ST::Int) {
+        if (!scale) fail(op, "scale is required unless the output is int32");
+        s = flat_param(*scale, op, "scale", ST::Float, total_n);
+        if (offset) o = flat_param(*offset, op, "offset", ST::Float, total_n);
+        if (pertoken) {
+            if (!group_sizes) fail(op, "pertoken needs a single x split by group_sizes");
+            pt = row_param(*pertoken, op, "pertoken", rows);
+        }
+    }
+    if (bias) b = flat_param(*bias, op, "bias", ST::Int, total_n);
+    if (o && out_dtype != ST::Char) fail(op, "offset is for int8 output only");
+    const int64_t es = out_dtype == ST::Char ? 1 : (out_dtype == ST::Int || out_dtype == ST::Float) ? 4 : 2;
+    std::vector<Tensor> outs;
+    std::vector<char *> dst((size_t)experts);
+    if (single_out) {
+        const int64_t n = w[0].c;
+        for (int64_t e = 1; e < experts; e++)
+            if (w[(size_t)e].c != n) fail(op, "a single output needs every expert's n to be equal");
+        Tensor y = new_empty({rows, n}, out_dtype);
+        char *base = (char *)y.data_ptr();
+        int64_t covered = 0;
+        for (int64_t e = 0; e < experts; e++) {
+            dst[(size_t)e] = base + row0[(size_t)e] * n * es;
+            covered += a[(size_t)e].r;
+        }
+        if (rows > covered && n > 0) memset(base + covered * n * es, 0, (size_t)((rows - covered) * n * es));
+        outs.push_back(y);
+    } else {
+        for (int64_t e = 0; e < experts; e++) {
+            std::vector<int64_t> shape;
+            if (group_sizes) {
+                shape = {a[(size_t)e].r, w[(size_t)e].c};
+            } else {
+                shape = sizes_of(x[(size_t)e]);
+                shape.back() = w[(size_t)e].c;
+            }
+            outs.push_back(new_empty(shape, out_dtype));
+            dst[(size_t)e] = (char *)outs.back().data_ptr();
+        }
+    }
+    GroupedJob job;
+    job.op = op;
+    int64_t col0 = 0, total = 0, largest = 0;
+    for (int64_t e = 0; e < experts; e++) {
+        const Mat &ae = a[(size_t)e], &we = w[(size_t)e];
+        const int64_t n_e = we.c;
+        if (ae.r > 0 && n_e > 0) {
+            npq_gemm_args g;
+            memset(&g, 0, sizeof g);
+            g.out_kind = npq_dtype_of(out_dtype);
+            if (s) g.scale = (const float *)s->data_ptr() + col0, g.scale_nstride = 1;
+            if (pt) g.pertoken = (const float *)pt->data_ptr() + row0[(size_t)e];
+            if (b) g.bias_i32 = (const int32_t *)b->data_ptr() + col0;
+            if (o) g.add = (const float *)o->data_ptr() + col0, g.add_nstride = 1;
+            job.items.push_back({ae, we, g, dst[(size_t)e]});
+            const int64_t work = (ae.r + GROUPED_PACK_ROWS) * ae.c * n_e;  // the GEMM plus packing its weight
+            total += work, largest = std::max(largest, work);
+        }
+        col0 += n_e;
+    }
+    const int nt = threads();
+    const int64_t items = (int64_t)job.items.size();
+    if (nt > 1 && items >= nt && largest * nt <= total + total / 4) {
+        // balanced enough: one expert per thread at a time (one parallel region for the whole op)
+        npq_parallel_for_dynamic(items, 1, 1, nt, grouped_expert_range, &job);
+        if (!job.error.empty()) throw std::runtime_error(job.error);
+    } else {
+        for (GroupedItem &it : job.items) run_gemm(op, it.a, it.w, it.g, it.out);  // each on all threads
+    }
+    return outs;
 }
 
 // ------------------------------------------------------------------- fused quantized linear layers
@@ -793,6 +989,9 @@ STABLE_TORCH_LIBRARY(npuquant, m) {
     m.def(
         "quant_matmul_asymmetric(Tensor x_q, Tensor x_scale, Tensor x_offset, Tensor weight, Tensor w_scale, "
         "Tensor? bias, ScalarType out_dtype) -> Tensor");
+    m.def(
+        "grouped_matmul_s8(Tensor[] x, Tensor[] weight, Tensor? group_sizes, Tensor? scale, Tensor? offset, "
+        "Tensor? pertoken, Tensor? bias, ScalarType out_dtype, bool single_out) -> Tensor[]");
     // one operator per quantized layer (npuquant.nn)
     m.def("linear_w8a8(Tensor x, Tensor weight, Tensor weight_scale, Tensor? smooth_scales, Tensor? bias) -> Tensor");
     m.def(
@@ -820,6 +1019,7 @@ STABLE_TORCH_LIBRARY_IMPL(npuquant, CPU, m) {
     m.impl("pack_int4", TORCH_BOX(&pack_int4));
     m.impl("quant_matmul", TORCH_BOX(&quant_matmul));
     m.impl("quant_matmul_asymmetric", TORCH_BOX(&quant_matmul_asymmetric));
+    m.impl("grouped_matmul_s8", TORCH_BOX(&grouped_matmul_s8));
     m.impl("linear_w8a8", TORCH_BOX(&linear_w8a8));
     m.impl("linear_w8a8_sym", TORCH_BOX(&linear_w8a8_sym));
     m.impl("linear_w4a16", TORCH_BOX(&linear_w4a16));
