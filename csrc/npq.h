@@ -336,3 +336,30 @@ static inline int npq_has(uint32_t bits) { return (npq_cpu_features() & bits) ==
 #endif /* !__cplusplus */
 
 #endif
+
+/* ---- gemm_s4.c: exact int4 x int8 linear (the w4a8 layer); the file's header gives the rule and
+ * the float32 order. Its own block (and guard) at the end of this header. ---- */
+#ifndef NPQ_GEMM_S4_H
+#define NPQ_GEMM_S4_H
+#ifdef __cplusplus
+extern "C" {
+#endif
+typedef struct {
+    int64_t m, n, k, words, groups; /* k <= 8 * words; group size 8 * words / groups */
+    const int8_t *x;                /* (m, k), row stride x_row_stride, unit column stride */
+    int64_t x_row_stride;
+    const float *x_scale;           /* (m) */
+    const int32_t *w;               /* (n, words) packed int4 along K, row stride w_row_stride */
+    int64_t w_row_stride, w_extent;
+    const float *scale, *offset;    /* (groups, n) contiguous; offset may be NULL */
+    const float *bias;              /* (n) or NULL */
+    void *out;                      /* contiguous (m, n) */
+    int out_dtype;                  /* NPQ_F32 / NPQ_F16 / NPQ_BF16 */
+} npq_gemm_s4_args;
+NPQ_API int npq_gemm_s4(const npq_gemm_s4_args *a, int nthreads);
+/* Name of the variant ("avx2", "scalar") a call with this group size runs under the ISA in force. */
+NPQ_API const char *npq_gemm_s4_variant(int64_t group_size);
+#ifdef __cplusplus
+}
+#endif
+#endif

@@ -965,6 +965,74 @@ Tensor linear_w4a16(Tensor x, Tensor weight, Tensor weight_scale, Tensor weight_
     return torch::stable::view(out, torch::headeronly::IntHeaderOnlyArrayRef(shape.data(), shape.size()));
 }
 
+// ------------------------------------------------------------- exact int4 x int8 linear (w4a8)
+
+// The w4a8 kernel (csrc/gemm_s4.c) on checked operands: q int8 (m, k) contiguous rows, q_scale (m,)
+// float32; weight int32 (n, words) packed along K, unit column stride; weight_scale / weight_offset
+// float32 (groups, n); bias (n,) float.
+Tensor run_gemm_s4(const char *op, const int8_t *q, const float *q_scale, int64_t m, int64_t k, const Tensor &weight,
+                   const Tensor &weight_scale, const Tensor &weight_offset, const std::optional<Tensor> &bias,
+                   ST out_dtype, const std::vector<int64_t> &out_shape) {
+    check_input(weight, op, "weight", {ST::Int});
+    check_input(weight_scale, op, "weight_scale", {ST::Float});
+    check_input(weight_offset, op, "weight_offset", {ST::Float});
+    if (weight.dim() != 2) fail(op, "weight must be 2-D (n, K/8), but has shape ", shape_str(weight));
+    const int64_t n = weight.size(0), words = weight.size(1);
+    if (words * 8 < k) fail(op, "weight holds ", words * 8, " columns, fewer than the ", k, " of x");
+    if (words > 1 && weight.stride(1) != 1) fail(op, "weight must have a unit column stride");
+    if (weight_scale.dim() != 2 || weight_scale.size(1) != n || weight_scale.size(0) <= 0 ||
+        words % weight_scale.size(0) != 0 || sizes_of(weight_offset) != sizes_of(weight_scale))
+        fail(op, "weight_scale and weight_offset must be (groups, n) with groups dividing K/8 = ", words,
+             ", but have shapes ", shape_str(weight_scale), " and ", shape_str(weight_offset));
+    if (!weight_scale.is_contiguous() || !weight_offset.is_contiguous())
+        fail(op, "weight_scale and weight_offset must be contiguous");
+    std::optional<Tensor> b32;
+    if (bias) {
+        check_input(*bias, op, "bias", {ST::Float, ST::Half, ST::BFloat16});
+        if (bias->dim() != 1 || bias->size(0) != n) fail(op, "bias must be 1-D of length ", n, ", but has shape ", shape_str(*bias));
+        b32 = as_f32(*bias);
+    }
+    Tensor out = new_empty(out_shape, out_dtype);
+    if (out.numel() == 0) return out;
+    npq_gemm_s4_args a;
+    memset(&a, 0, sizeof a);
+    a.m = m, a.n = n, a.k = k, a.words = words, a.groups = weight_scale.size(0);
+    a.x = q, a.x_row_stride = k, a.x_scale = q_scale;
+    a.w = (const int32_t *)weight.data_ptr(), a.w_row_stride = weight.stride(0), a.w_extent = extent_of(weight);
+    a.scale = (const float *)weight_scale.data_ptr(), a.offset = (const float *)weight_offset.data_ptr();
+    a.bias = b32 ? (const float *)b32->data_ptr() : nullptr;
+    a.out = out.data_ptr(), a.out_dtype = npq_dtype_of(out_dtype);
+    check_status(npq_gemm_s4(&a, threads()), op);
+    return out;
+}
+
+// The w4a8 product on quantized rows: x_q int8 (m, k), x_scale float32 (m,) -> (m, n) of out_dtype.
+Tensor gemm_s4(Tensor x_q, Tensor x_scale, Tensor weight, Tensor weight_scale, Tensor weight_offset,
+               std::optional<Tensor> bias, ST out_dtype) {
+    const char *op = "gemm_s4";
+    check_input(x_q, op, "x_q", {ST::Char});
+    check_input(x_scale, op, "x_scale", {ST::Float});
+    if (out_dtype != ST::Float && out_dtype != ST::Half && out_dtype != ST::BFloat16)
+        fail(op, "out_dtype must be float32, float16 or bfloat16, but got ", dtype_name(out_dtype));
+    if (x_q.dim() != 2) fail(op, "x_q must be 2-D (m, k), but has shape ", shape_str(x_q));
+    const int64_t m = x_q.size(0), k = x_q.size(1);
+    if (x_scale.dim() != 1 || x_scale.size(0) != m)
+        fail(op, "x_scale must be 1-D of length ", m, ", but has shape ", shape_str(x_scale));
+    Tensor q = torch::stable::contiguous(x_q), s = torch::stable::contiguous(x_scale);
+    if (weight.dim() != 2) fail(op, "weight must be 2-D (n, K/8), but has shape ", shape_str(weight));
+    return run_gemm_s4(op, (const int8_t *)q.data_ptr(), (const float *)s.data_ptr(), m, k, weight, weight_scale,
+                       weight_offset, bias, out_dtype, {m, weight.size(0)});
+}
+
+// The w4a8 layer: x (..., k) quantized per row, symmetric (npu_dynamic_quant), then gemm_s4 in x's dtype.
+Tensor linear_w4a8(Tensor x, Tensor weight, Tensor weight_scale, Tensor weight_offset, std::optional<Tensor> bias) {
+    const char *op = "linear_w4a8";
+    QuantRows r = quantize_rows(op, x, std::nullopt, false);
+    if (weight.dim() != 2) fail(op, "weight must be 2-D (n, K/8), but has shape ", shape_str(weight));
+    return run_gemm_s4(op, r.q, r.scale, r.m, r.k, weight, weight_scale, weight_offset, bias, x.scalar_type(),
+                       linear_out_shape(x, weight.size(0)));
+}
+
 }  // namespace
 
 STABLE_TORCH_LIBRARY(npuquant, m) {
@@ -1000,6 +1068,10 @@ STABLE_TORCH_LIBRARY(npuquant, m) {
     m.def(
         "linear_w4a16(Tensor x, Tensor weight, Tensor weight_scale, Tensor weight_offset, Tensor? bias, "
         "int in_features, int tile_rows) -> Tensor");
+    m.def(
+        "gemm_s4(Tensor x_q, Tensor x_scale, Tensor weight, Tensor weight_scale, Tensor weight_offset, Tensor? bias, "
+        "ScalarType out_dtype) -> Tensor");
+    m.def("linear_w4a8(Tensor x, Tensor weight, Tensor weight_scale, Tensor weight_offset, Tensor? bias) -> Tensor");
 }
 
 STABLE_TORCH_LIBRARY_IMPL(npuquant, CompositeExplicitAutograd, m) {
@@ -1023,4 +1095,6 @@ STABLE_TORCH_LIBRARY_IMPL(npuquant, CPU, m) {
     m.impl("linear_w8a8", TORCH_BOX(&linear_w8a8));
     m.impl("linear_w8a8_sym", TORCH_BOX(&linear_w8a8_sym));
     m.impl("linear_w4a16", TORCH_BOX(&linear_w4a16));
+    m.impl("gemm_s4", TORCH_BOX(&gemm_s4));
+    m.impl("linear_w4a8", TORCH_BOX(&linear_w4a8));
 }

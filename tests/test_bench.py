@@ -120,3 +120,17 @@ def test_gemm_family_both_weight_paths(capsys, isa_name):
             assert row[key] > 0, key
     assert {r["op"] for r in data["results"]} == {"gemm", "gemm_fbgemm"}
     assert _native.isa() == _native.best_isa()
+
+
+def test_int4_matmul_rows(capsys):
+    data = run_json(capsys, "int4_matmul")
+    rows = {(r["op"], r["variant"]): r for r in data["results"]}
+    assert set(rows) == {
+        ("weight_quant_matmul", "w4a16 fp16 g32"),
+        ("quant_matmul_a8w4", "a8w4 bf16 g32"),
+        ("linear_w4a8", "layer g32"),
+        ("linear_w4a8", "layer w8a8"),
+    }
+    for row in rows.values():
+        assert row["family"] == "int4_matmul" and row["shape"] == [4, 64, 48]
+        assert row["ms"] > 0 and row["gop_s"] > 0 and row["vs_eager"] > 0

@@ -858,12 +858,12 @@ CASES = [
     (
         lambda: (I8_2x3, I8_3x2, _s()),
         {"group_sizes": [1, 128, 128]},
-        "group_sizes [1, 128, 128] (per-block quantization, Ascend 950 only) is not supported",
+        "per-block quantization supports bfloat16 output only, but output_dtype is torch.int8",
     ),
     (
         lambda: (torch.zeros(2, 1, dtype=torch.int32), torch.zeros(8, 1, dtype=torch.int32), _s()),
         {"group_sizes": [1, 1, 256], "output_dtype": torch.float16},
-        "(A4W4 per-group quantization) is not supported",
+        "A4W4 per-group scale must be 2-D (ceil(k / group size), n), but it is 1-D",
     ),
 ]
 

@@ -7,7 +7,8 @@
 
 Schemes (see :mod:`npuquant.nn`): ``"w8a8"`` (per-token asymmetric int8 activations, per-channel
 int8 weights, exact int8 GEMM), ``"w8a8-sym"`` (symmetric activations, ``npu_quant_matmul`` with
-``pertoken_scale``), ``"w4a16"`` (grouped int4 weights, float activations).
+``pertoken_scale``), ``"w4a16"`` (grouped int4 weights, float activations), ``"w4a8"`` (grouped
+int4 weights, per-token symmetric int8 activations, exact int4 x int8 products per group).
 """
 
 from __future__ import annotations
@@ -114,10 +115,12 @@ def quantize_model(
 
     Args:
         model: any module; every ``nn.Linear`` in it is quantized (``lm_head`` included) unless skipped.
-        scheme: ``"w8a8"``, ``"w8a8-sym"`` or ``"w4a16"``.
+        scheme: ``"w8a8"``, ``"w8a8-sym"``, ``"w4a16"`` or ``"w4a8"`` (int4 per-group weights, int8
+            per-token activations, exact integer products).
         skip: module names or ``fnmatch`` patterns on the qualified name to leave in float,
             e.g. ``["lm_head"]`` or ``["model.layers.0.*", "*.down_proj"]``.
-        group_size: input channels per int4 scale/offset group (``w4a16``); a multiple of 8. A
+        group_size: input channels per int4 scale/offset group (``w4a16``, ``w4a8``); a multiple of 8
+            (``w4a8``'s AVX2 kernel takes multiples of 32, others run its scalar kernel). A
             last, partial group is allowed (the packed weight is padded along K).
         smooth_scales: SmoothQuant factors per module name (see :func:`smoothquant_scales`);
             w8a8 schemes only. Layers without an entry are not smoothed.
@@ -129,7 +132,7 @@ def quantize_model(
         shared, e.g. a tied embedding).
 
     Raises:
-        ValueError: unknown scheme, bad group size, smoothing requested for ``w4a16``.
+        ValueError: unknown scheme, bad group size, smoothing requested for ``w4a16`` / ``w4a8``.
     """
     if scheme not in SCHEMES:
         raise ValueError(f"unknown scheme {scheme!r}; choose one of {sorted(SCHEMES)}")
@@ -142,7 +145,7 @@ def quantize_model(
         smooth_scales = smoothquant_scales(model, calibration_data, alpha=smooth_alpha, skip=skip)
     if smooth_scales and not layer_cls.supports_smoothing:
         raise ValueError(f"smooth_scales apply to the w8a8 schemes only, not {scheme}")
-    options: dict[str, Any] = {"group_size": group_size} if scheme == "w4a16" else {}
+    options: dict[str, Any] = {"group_size": group_size} if scheme in ("w4a16", "w4a8") else {}
     for name, linear in _targets(model, skip):
         extra = dict(options)
         if smooth_scales and name in smooth_scales:

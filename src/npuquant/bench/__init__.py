@@ -29,7 +29,7 @@ from npuquant import _native
 
 from . import harness
 
-FAMILY_MODULES = ("elementwise", "gemm", "grouped_gemm", "overhead")
+FAMILY_MODULES = ("elementwise", "gemm", "grouped_gemm", "int4_matmul", "overhead")
 
 # (key, header, format); a column is shown when some row has the key.
 COLUMNS = [

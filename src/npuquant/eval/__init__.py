@@ -29,7 +29,7 @@ from .measure import perplexity, prefill_and_decode, progress
 
 __all__ = ["main", "run", "SCHEMES"]
 
-SCHEMES = ("fp32", "w8a8", "w8a8-sym", "w4a16", "fbgemm-int8")
+SCHEMES = ("fp32", "w8a8", "w8a8-sym", "w4a16", "w4a8", "fbgemm-int8")
 # The PyTorch peer: torch.ao's dynamically quantized int8 Linear (fbgemm). Not npuquant, and not
 # exact: without VNNI its u8 x s8 vpmaddubsw saturates int16 pair sums. Shown so users see it beside us.
 PEER_SCHEMES = ("fbgemm-int8",)
@@ -76,7 +76,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--group-size",
         type=_positive,
         default=DEFAULT_GROUP_SIZE,
-        help="w4a16 input channels per int4 group (default 32: the checkpoint's own Q4_1 block; see the docs)",
+        help="w4a16 / w4a8 input channels per int4 group (default 32: the checkpoint's own Q4_1 block; see the docs)",
     )
     parser.add_argument(
         "--smooth",
@@ -110,7 +110,7 @@ def _quantized(base: torch.nn.Module, scheme: str, args: argparse.Namespace, cal
     if scheme == "fbgemm-int8":
         return _fbgemm(model)
     options: dict[str, Any] = {}
-    if scheme == "w4a16":
+    if scheme in ("w4a16", "w4a8"):  # int4 groups; SmoothQuant would move the Q4_1 grid (see DEFAULT_GROUP_SIZE)
         options["group_size"] = args.group_size
     elif args.smooth:
         options["calibration_data"] = [torch.tensor([calibration], dtype=torch.long)]

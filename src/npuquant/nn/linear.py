@@ -8,6 +8,8 @@
 * :class:`W4A16Linear` (``"w4a16"``): int4 weights with one scale and offset per group of
   ``group_size`` input channels, packed 8 per int32 along K (SPEC §2); the forward pass
   anti-quantizes a tile of output rows at a time and multiplies in the activation dtype.
+* :class:`W4A8Linear` (``"w4a8"``): the same int4 per-group weights; activations quantized per
+  token, symmetric, by ``npu_dynamic_quant``; exact int4 x int8 products per group (csrc/gemm_s4.c).
 
 Weights are quantized with the library's own ops (``npu_dynamic_quant`` per output channel for
 int8, ``npu_dynamic_quant_asymmetric`` with int4 output per group for int4), so a layer's
@@ -15,7 +17,7 @@ numerics are the ops' numerics. Every quantized tensor is a registered buffer: `
 holds the quantized model, and ``load_state_dict`` restores it without re-quantizing.
 
 Each forward pass is one operator call (``torch.ops.npuquant.linear_w8a8``, ``linear_w8a8_sym``,
-``linear_w4a16``; C++ on CPU, the composition of the public ops elsewhere), and it reads the
+``linear_w4a16``, ``linear_w4a8``; C++ on CPU, the composition of the public ops elsewhere), and it reads the
 layer's buffers as they are at that moment: nothing is derived from them and kept, so every edit
 is seen on the next call, whichever way it is made: in place, ``copy_``, ``load_state_dict``,
 ``.to()``, and also writes that bypass torch's version counter (``.data``, numpy views, DLPack).
@@ -35,9 +37,10 @@ from .. import _native
 from ..ops import quant_matmul as _quant_matmul
 from ..ops.anti_quant import dequant_int4_grouped
 from ..ops.dynamic_quant import npu_dynamic_quant, npu_dynamic_quant_asymmetric, quantize_weight_int8
+from ..ops.int4 import reference as _int4_reference
 from ..ops.quant_matmul.asymmetric import quant_matmul_asymmetric
 
-__all__ = ["QuantizedLinear", "W8A8Linear", "W8A8SymLinear", "W4A16Linear", "SCHEMES"]
+__all__ = ["QuantizedLinear", "W8A8Linear", "W8A8SymLinear", "W4A16Linear", "W4A8Linear", "SCHEMES"]
 
 ACTIVATION_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
 
@@ -117,6 +120,58 @@ def _linear_w4a16_reference(
     return out.reshape(*x.shape[:-1], n)
 
 
+def _gemm_s4_reference(
+    x_q: torch.Tensor,
+    x_scale: torch.Tensor,
+    weight: torch.Tensor,
+    weight_scale: torch.Tensor,
+    weight_offset: torch.Tensor,
+    bias: torch.Tensor | None,
+    out_dtype: torch.dtype,
+) -> torch.Tensor:
+    """The w4a8 product (csrc/gemm_s4.c's rule and float32 order), the golden of its native kernel.
+
+    Per k-group g: exact integers ``a_g = x_q[:, g] @ w[:, g].T`` and ``s_g = sum x_q[:, g]``; then
+    ``f = +0; f = f + (float(a_g) + offset[g] * float(s_g)) * scale[g]`` group by group, one float32
+    operation at a time; ``y = f * x_scale (+ bias)``, cast to ``out_dtype``. Columns past k count as 0.
+    """
+    m, k = x_q.shape
+    groups, n = weight_scale.shape
+    kp = weight.shape[1] * 8
+    g = kp // groups
+    w = _int4_reference.unpack_int4(weight).to(torch.float64).reshape(n, groups, g).permute(1, 2, 0)
+    x = F.pad(x_q.to(torch.float64), (0, kp - k)).reshape(m, groups, g).transpose(0, 1)  # (groups, m, g)
+    acc = torch.bmm(x, w).to(torch.float32)  # exact integer sums (float64), then float32 (round half to even)
+    xsum = x.sum(-1).to(torch.float32)  # (groups, m), exact
+    f = torch.zeros(m, n, dtype=torch.float32, device=x_q.device)
+    for i in range(groups):
+        f = f + (acc[i] + weight_offset[i] * xsum[i].unsqueeze(1)) * weight_scale[i]
+    y = f * x_scale.reshape(m, 1)
+    if bias is not None:
+        y = y + bias.to(torch.float32)
+    return y.to(out_dtype)
+
+
+def _gemm_s4_fake(x_q: torch.Tensor, x_scale: torch.Tensor, weight: torch.Tensor, *args: Any) -> torch.Tensor:
+    return x_q.new_empty((x_q.shape[0], weight.shape[0]), dtype=args[-1])
+
+
+def _linear_w4a8_reference(
+    x: torch.Tensor,
+    weight: torch.Tensor,
+    weight_scale: torch.Tensor,
+    weight_offset: torch.Tensor,
+    bias: torch.Tensor | None,
+) -> torch.Tensor:
+    """``npu_dynamic_quant`` per row (symmetric int8), then the w4a8 product in x's dtype."""
+    rows = _rows(x)
+    q, scale = npu_dynamic_quant(rows)
+    out = _gemm_s4(q, scale, weight, weight_scale, weight_offset, bias, x.dtype)
+    return out.reshape(*x.shape[:-1], weight.shape[0])
+
+
+_gemm_s4 = _native.operator("gemm_s4", _gemm_s4_reference, _gemm_s4_fake)
+_linear_w4a8 = _native.operator("linear_w4a8", _linear_w4a8_reference, _linear_fake)
 _linear_w8a8 = _native.operator("linear_w8a8", _linear_w8a8_reference, _linear_fake)
 _linear_w8a8_sym = _native.operator("linear_w8a8_sym", _linear_w8a8_sym_reference, _linear_fake)
 _linear_w4a16 = _native.operator("linear_w4a16", _linear_w4a16_reference, _linear_fake)
@@ -331,8 +386,65 @@ class W4A16Linear(QuantizedLinear):
         )
 
 
+class W4A8Linear(QuantizedLinear):
+    """``w4a8``: int4 per-group weights x int8 per-token activations, exact integer accumulation.
+
+    Weights are quantized as :class:`W4A16Linear`'s (per group of ``group_size`` input channels,
+    asymmetric: ``w = (v + offset) * scale``, the same packed int32 ``weight`` (out_features, K/8)),
+    but ``weight_scale`` and ``weight_offset`` are float32 ``(K / group_size, out_features)``: the
+    per-group layout of torch_npu's ``antiquant_scale``, one contiguous vector per group for the
+    kernel's epilogue. Activations: ``npu_dynamic_quant`` per row (symmetric int8, scale ``s_x``).
+    Per group g the integers ``a_g = sum x_q * v`` and ``s_g = sum x_q`` are exact; the output is
+    ``(sum_g (a_g + offset_g * s_g) * scale_g) * s_x (+ bias)`` in float32 in that order (see
+    csrc/gemm_s4.c), cast to x's dtype. One operator call per forward (``torch.ops.npuquant.linear_w4a8``).
+    """
+
+    scheme = "w4a8"
+
+    def __init__(
+        self,
+        in_features: int,
+        out_features: int,
+        bias: bool = True,
+        dtype: torch.dtype | None = None,
+        group_size: int = 128,
+    ):
+        super().__init__(in_features, out_features, bias, dtype)
+        if group_size <= 0 or group_size % 8:
+            raise ValueError(f"group_size must be a positive multiple of 8, got {group_size}")
+        self.group_size = int(group_size)
+        groups = math.ceil(in_features / group_size)
+        self.padded_in_features = groups * group_size
+        self.register_buffer("weight", torch.zeros(out_features, self.padded_in_features // 8, dtype=torch.int32))
+        self.register_buffer("weight_scale", torch.zeros(groups, out_features, dtype=torch.float32))
+        self.register_buffer("weight_offset", torch.zeros(groups, out_features, dtype=torch.float32))
+
+    def options(self) -> dict[str, Any]:
+        return {"group_size": self.group_size}
+
+    def _quantize_from(self, weight: torch.Tensor, smooth_scales: torch.Tensor | None) -> None:
+        pad = self.padded_in_features - self.in_features
+        if pad:  # as W4A16Linear: the padding columns stay inside the last group's range (and meet x = 0)
+            weight = F.pad(weight.unsqueeze(0), (0, pad), mode="replicate").squeeze(0)
+        q, scale, offset = npu_dynamic_quant_asymmetric(weight.reshape(-1, self.group_size), dst_type=torch.quint4x2)
+        self.weight.copy_(q.reshape(self.out_features, -1))
+        self.weight_scale.copy_(scale.reshape(self.out_features, -1).t())
+        self.weight_offset.copy_(offset.neg().reshape(self.out_features, -1).t())
+
+    def dequantize(self, dtype: torch.dtype = torch.float32) -> torch.Tensor:
+        """The whole float weight ``(out_features, in_features)`` (for inspection; forward never builds it)."""
+        w = dequant_int4_grouped(self.weight, self.weight_scale.t().contiguous(), self.weight_offset.t().contiguous(), dtype)
+        return w[:, : self.in_features]
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        self._check_input(x)
+        b = self._buffers
+        return _linear_w4a8(x, b["weight"], b["weight_scale"], b["weight_offset"], b["bias"])
+
+
 SCHEMES: dict[str, type[QuantizedLinear]] = {
     W8A8Linear.scheme: W8A8Linear,
     W8A8SymLinear.scheme: W8A8SymLinear,
     W4A16Linear.scheme: W4A16Linear,
+    W4A8Linear.scheme: W4A8Linear,
 }

@@ -16,7 +16,7 @@ import torch
 from ... import _native
 from ..._args import SCALAR_TYPE_CODES, TORCH_NPU_INT4, check, optional_tensors, tensors, to_dtype
 from .. import int4
-from . import a8w4, reference
+from . import a8w4, grouped, reference
 
 __all__ = ["npu_quant_matmul", "npu_trans_quant_param", "validate", "output_shape"]
 
@@ -121,6 +121,14 @@ def _check_group_sizes_format(group_sizes: list[int] | None) -> bool:
         raise RuntimeError(f"group_sizes only support input with three elements, but got {len(group_sizes)}")
     check(all(0 <= g <= GROUP_MAX for g in group_sizes), "group param value must conform to range [0, 65535]")
     return any(g != 0 for g in group_sizes)
+
+
+def _grouped_mode(x1: torch.Tensor, x2: torch.Tensor, scale: torch.Tensor, groups: list[int] | None) -> bool:
+    """Whether the call is A4W4 per-group (int32 x1/x2 with group sizes or a 2-D scale) or int8 per-block."""
+    nonzero = _check_group_sizes_format(groups)
+    if x1.dtype == torch.int32 and x2.dtype == torch.int32:
+        return nonzero or scale.dim() == 2
+    return nonzero and x1.dtype == torch.int8 and x2.dtype == torch.int8 and groups == PER_BLOCK_GROUPS
 
 
 def _check_bias_dtype(bias_dtype: torch.dtype, out: torch.dtype, has_pertoken: bool, output_dtype) -> None:
@@ -269,15 +277,10 @@ def validate(
     out = _check_dtypes(x1, x2, scale, offset, pertoken_scale, bias, output_dtype)
     is_a4w4 = x1.dtype == torch.int32
     _check_scale_offset_output(scale, offset, pertoken_scale, output_dtype, out, is_a4w4)
-    if grouped:  # only the plain (all-zero) mode is implemented
-        groups = list(group_sizes)
-        if is_a4w4:
-            raise RuntimeError(f"group_sizes {groups} (A4W4 per-group quantization) is not supported by npuquant")
-        if groups != PER_BLOCK_GROUPS:
-            raise RuntimeError(
-                f"when the dtype of input is int8, group_sizes's value must be 0 or [1,128,128], but got {groups}"
-            )
-        check(False, "group_sizes [1, 128, 128] (per-block quantization, Ascend 950 only) is not supported by npuquant")
+    if grouped and not is_a4w4:  # [1, 128, 128] and A4W4 groups never get here (see _grouped_mode)
+        raise RuntimeError(
+            f"when the dtype of input is int8, group_sizes's value must be 0 or [1,128,128], but got {list(group_sizes)}"
+        )
 
     shape1, shape2 = x1.shape, x2.shape
     check(MIN_DIMS <= len(shape1) <= MAX_DIMS, "x1 dim num should be 2 ~ 6, please check x1 dim num")
@@ -436,7 +439,10 @@ def npu_quant_matmul(
             (torch.dtype or code). Accepted: None or the tensor's own dtype; for int32 x1/x2 also
             int4 (``torch_npu.int4`` = 285, ``torch.quint4x2``). The float8 / hifloat8 / MX codes
             of the Ascend 950 line raise.
-        group_sizes: None or ``[0, 0, 0]``; other values (per-group / per-block modes) raise.
+        group_sizes: None or ``[0, 0, 0]`` (plain); ``[0, 0, G]`` / ``[1, 1, G]`` with int32 x1 and x2
+            (A4W4 per-group: 2-D float32 scale, float16 offset, ``(m, 1)`` pertoken_scale) or
+            with int8 x1 and int32 x2 (A8W4); ``[1, 128, 128]`` with int8 x1 and x2 (per-block,
+            bfloat16 output). See :mod:`.grouped` and :mod:`.a8w4` for the rules.
 
     Returns:
         Contiguous tensor ``(*broadcast(b1, b2), m, n)`` of ``output_dtype``.
@@ -457,6 +463,9 @@ def npu_quant_matmul(
     groups = None if group_sizes is None else [int(g) for g in group_sizes]
     if x1.dtype == torch.int8 and x2.dtype == torch.int32:  # A8W4: int4 weight, split activations (.a8w4)
         return a8w4.npu_quant_matmul_a8w4(x1, x2, scale, offset, pertoken_scale, bias, out, groups)
+    if _grouped_mode(x1, x2, scale, groups):  # A4W4 per-group, int8 per-block (.grouped)
+        out = torch.int8 if out is None else out
+        return grouped.npu_quant_matmul_grouped(x1, x2, scale, offset, pertoken_scale, bias, out, groups)
     plan = validate(x1, x2, scale, offset, pertoken_scale, bias, out, groups)
     return _compute(*_normalise(x1, x2, scale, offset, pertoken_scale, bias, plan)).view(plan.shape)
 

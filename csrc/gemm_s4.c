@@ -1,0 +1,409 @@
+/* Exact int4 x int8 linear (the w4a8 layer): int8 activation rows times a packed int4 weight with
+ * per-group scale and offset, integer products accumulated exactly per group, a float32 epilogue in
+ * a fixed order. Never writes a float weight tile.
+ *
+ * Prototype (npq.h, "gemm_s4.c" block):
+ *
+ *   NPQ_API int npq_gemm_s4(const npq_gemm_s4_args *a, int nthreads);
+ *
+ *   for r < m, j < n:
+ *     a_g   = sum_{kk in group g, kk < k} x[r, kk] * w[j, kk]        exact int32 (|a_g| <= 1024 * G)
+ *     s_g   = sum_{kk in group g, kk < k} x[r, kk]                    exact int32
+ *     f     = +0
+ *     for g = 0 .. groups - 1, in order, each step one IEEE float32 operation (round half to even):
+ *         t = float(a_g) + offset[g, j] * float(s_g);   f = f + t * scale[g, j]
+ *     y     = f * x_scale[r]  (+ bias[j])
+ *     out[r, j] = cast(y)     (float32 as is, float16 / bfloat16 by npq.h's exact conversions)
+ *
+ * i.e. sum_kk x * (w + offset) * scale per group, as npu_anti_quant dequantizes the weight
+ * ((w + offset) * scale), with the x_scale of a symmetric per-row quantization of the activations.
+ *
+ * Arguments: x int8 (m, k), row r at x + r * x_row_stride, unit column stride; x_scale m float32.
+ * w: n rows of `words` int32 words of 8 signed int4 along K (the w4a16 layout of gemv_int4.c: element
+ * kk is bits 4 * (kk % 8) .. + 3 of word kk / 8, sign-extended), row j at w + j * w_row_stride;
+ * w_extent int32 words readable. k <= 8 * words; group size G = 8 * words / groups (words % groups
+ * == 0); columns past k (padding) are never used: they count as x = 0. scale / offset: contiguous
+ * (groups, n) float32 (the per-group layout of torch_npu's antiquant_scale); offset may be NULL
+ * (+0: the term is then +0 * float(s_g), still evaluated, so the order above holds). bias: NULL or
+ * n float32. out: contiguous (m, n) of out_dtype NPQ_F32 / NPQ_F16 / NPQ_BF16.
+ *
+ * Status: NPQ_ERR_DTYPE for another out_dtype; NPQ_ERR_ARG for negative sizes or strides, groups
+ * <= 0, words % groups != 0, k > 8 * words, overflowing sizes; NPQ_ERR_BOUNDS when the weight rows
+ * reach past w_extent; NPQ_ERR_NULL for a missing pointer the call needs; NPQ_ERR_NOMEM. All checked
+ * before any memory is touched; m = 0 or n = 0 is a no-op, k = 0 gives cast(+0 * x_scale (+ bias)).
+ *
+ * Variants (s4_variants, picked by npq_isa() at run time; the first whose level is in force and
+ * whose condition holds): the integer sums are exact, so every variant's a_g and s_g are the same
+ * integers, and every variant runs the epilogue's float operations in the order above: results are
+ * bit-identical for every ISA, thread count and m.
+ *   avx2   (G % 32 == 0): activations widened once per call to int16 in "slot order" (per 32
+ *          columns: the 16 even ones, then the 16 odd ones); per block of 8 weight rows the packed
+ *          nibbles are widened to int16 in registers (low nibble = even column, high = odd:
+ *          vpmovzxbw, then shifts that sign-extend) into a small per-thread buffer, reused by every
+ *          activation row; products by vpmaddwd (int16 x int16 -> int32 pair sums, never
+ *          saturating), 8 rows' partial sums reduced across lanes by vphaddd, and the epilogue on
+ *          8 outputs at once.
+ *   scalar (any G): the definition, plain C.
+ * Work is split over blocks of 8 weight rows (and, for many activation rows, blocks of rows) with
+ * the dynamic split of runtime.c.
+ */
+#include <stdlib.h>
+
+#include "npq.h"
+
+#define S4_JB 8       /* weight rows per block: one AVX2 vector of outputs */
+#define S4_RB 64      /* activation rows per work item (prefill) */
+#define S4_CHUNK 32   /* columns per 16-byte piece of a packed row */
+
+typedef struct {
+    const npq_gemm_s4_args *a;
+    int64_t gsize, chunks_per_group, jblocks, rblocks, kp;
+    const int16_t *xs;   /* avx2: (m, kp) int16 in slot order */
+    const int32_t *xsum; /* (m, groups) */
+} s4_job;
+
+/* ---------------------------------------------------------------- shared helpers */
+
+static inline int s4_nibble(const int32_t *row, int64_t kk) {
+    const uint32_t word = (uint32_t)row[kk >> 3];
+    const int v = (int)((word >> (4 * (kk & 7))) & 0xF);
+    return v >= 8 ? v - 16 : v;
+}
+
+static inline void s4_store(const npq_gemm_s4_args *a, int64_t r, int64_t j, float y) {
+    const int64_t o = r * a->n + j;
+    if (a->out_dtype == NPQ_F32)
+        ((float *)a->out)[o] = y;
+    else if (a->out_dtype == NPQ_F16)
+        ((uint16_t *)a->out)[o] = npq_f32_to_f16(y);
+    else
+        ((uint16_t *)a->out)[o] = npq_f32_to_bf16(y);
+}
+
+/* Exact per-group activation sums s_g for every row (shared by the variants). */
+static void s4_row_sums(const npq_gemm_s4_args *a, int64_t gsize, int32_t *xsum) {
+    for (int64_t r = 0; r < a->m; r++) {
+        const int8_t *xr = a->x + r * a->x_row_stride;
+        for (int64_t g = 0; g < a->groups; g++) {
+            int32_t s = 0;
+            const int64_t k0 = g * gsize, k1 = k0 + gsize < a->k ? k0 + gsize : a->k;
+            for (int64_t kk = k0; kk < k1; kk++) s += xr[kk];
+            xsum[r * a->groups + g] = s;
+        }
+    }
+}
+
+/* ---------------------------------------------------------------- scalar (the order's definition) */
+
+static void s4_block_scalar(const s4_job *J, int64_t r0, int64_t r1, int64_t j0, int64_t j1) {
+    const npq_gemm_s4_args *a = J->a;
+    for (int64_t r = r0; r < r1; r++) {
+        const int8_t *xr = a->x + r * a->x_row_stride;
+        for (int64_t j = j0; j < j1; j++) {
+            const int32_t *wr = a->w + j * a->w_row_stride;
+            float f = 0.0f;
+            for (int64_t g = 0; g < a->groups; g++) {
+                int32_t acc = 0;
+                const int64_t k0 = g * J->gsize, k1 = k0 + J->gsize < a->k ? k0 + J->gsize : a->k;
+                for (int64_t kk = k0; kk < k1; kk++) acc += (int32_t)xr[kk] * s4_nibble(wr, kk);
+                const float off = a->offset ? a->offset[g * a->n + j] : 0.0f;
+                const float t = (float)acc + off * (float)J->xsum[r * a->groups + g];
+                f = f + t * a->scale[g * a->n + j];
+            }
+            float y = f * a->x_scale[r];
+            if (a->bias) y = y + a->bias[j];
+            s4_store(a, r, j, y);
+        }
+    }
+}
+
+/* ---------------------------------------------------------------- AVX2 */
+#if NPQ_X86
+
+/* x rows -> int16 scratch in slot order (per 32 columns: even columns, then odd), padding +0. */
+static void s4_prepare_x(const npq_gemm_s4_args *a, int64_t kp, int16_t *xs) {
+    for (int64_t r = 0; r < a->m; r++) {
+        const int8_t *xr = a->x + r * a->x_row_stride;
+        int16_t *dst = xs + r * kp;
+        for (int64_t c0 = 0; c0 < kp; c0 += S4_CHUNK)
+            for (int i = 0; i < 16; i++) {
+                const int64_t e = c0 + 2 * i, o = e + 1;
+                dst[c0 + i] = e < a->k ? xr[e] : 0;
+                dst[c0 + 16 + i] = o < a->k ? xr[o] : 0;
+            }
+    }
+}
+
+/* Rows j0 .. j0 + 7 of the packed weight (rows past n: zeros) -> int16 buffer, per row and per
+ * 32 columns: 16 low nibbles (even columns), then 16 high nibbles (odd columns), sign-extended. */
+NPQ_TARGET_AVX2 static void s4_unpack_avx2(const s4_job *J, int64_t j0, int16_t *buf) {
+    const npq_gemm_s4_args *a = J->a;
+    const int64_t chunks = J->kp / S4_CHUNK;
+    for (int jj = 0; jj < S4_JB; jj++) {
+        int16_t *dst = buf + (int64_t)jj * J->kp;
+        if (j0 + jj >= a->n) {
+            memset(dst, 0, (size_t)J->kp * sizeof(int16_t));
+            continue;
+        }
+        const int32_t *wr = a->w + (j0 + jj) * a->w_row_stride;
+        for (int64_t c = 0; c < chunks; c++) {
+            const __m256i v = _mm256_cvtepu8_epi16(_mm_loadu_si128((const __m128i *)(wr + 4 * c)));
+            const __m256i lo = _mm256_srai_epi16(_mm256_slli_epi16(v, 12), 12);
+            const __m256i hi = _mm256_srai_epi16(_mm256_slli_epi16(v, 8), 12);
+            _mm256_store_si256((__m256i *)(dst + c * S4_CHUNK), lo);
+            _mm256_store_si256((__m256i *)(dst + c * S4_CHUNK + 16), hi);
+        }
+    }
+}
+
+/* 8 vectors of 8 int32 partial sums -> one vector of their 8 totals (lane jj = total of p[jj]). */
+NPQ_TARGET_AVX2 static inline __m256i s4_reduce8(const __m256i p[8]) {
+    const __m256i h01 = _mm256_hadd_epi32(p[0], p[1]), h23 = _mm256_hadd_epi32(p[2], p[3]);
+    const __m256i h45 = _mm256_hadd_epi32(p[4], p[5]), h67 = _mm256_hadd_epi32(p[6], p[7]);
+    const __m256i h0123 = _mm256_hadd_epi32(h01, h23), h4567 = _mm256_hadd_epi32(h45, h67);
+    return _mm256_add_epi32(_mm256_permute2x128_si256(h0123, h4567, 0x20),
+                            _mm256_permute2x128_si256(h0123, h4567, 0x31));
+}
+
+/* One group's epilogue step on 8 outputs: f + (acc + offset * s_g) * scale, as the scalar order. */
+NPQ_TARGET_AVX2 static inline __m256 s4_step_avx2(const s4_job *J, __m256i acci, int64_t g, int64_t j0, int32_t xsum,
+                                                  __m256 f) {
+    const npq_gemm_s4_args *a = J->a;
+    const int64_t n = a->n;
+    __m256 s, o;
+    if (j0 + S4_JB <= n) {
+        s = _mm256_loadu_ps(a->scale + g * n + j0);
+        o = a->offset ? _mm256_loadu_ps(a->offset + g * n + j0) : _mm256_setzero_ps();
+    } else { /* a partial last block: padding lanes repeat the last column and are never stored */
+        _Alignas(32) float sp[S4_JB], op[S4_JB];
+        for (int jj = 0; jj < S4_JB; jj++) {
+            const int64_t j = j0 + jj < n ? j0 + jj : n - 1;
+            sp[jj] = a->scale[g * n + j];
+            op[jj] = a->offset ? a->offset[g * n + j] : 0.0f;
+        }
+        s = _mm256_load_ps(sp), o = _mm256_load_ps(op);
+    }
+    const __m256 t = _mm256_add_ps(_mm256_cvtepi32_ps(acci), _mm256_mul_ps(o, _mm256_set1_ps((float)xsum)));
+    return _mm256_add_ps(f, _mm256_mul_ps(t, s));
+}
+
+/* y = f * x_scale[r] (+ bias), cast, stored to out[r, j0 .. j0 + 7] (those inside n). */
+NPQ_TARGET_AVX2 static inline void s4_finish_avx2(const s4_job *J, int64_t r, int64_t j0, __m256 f) {
+    const npq_gemm_s4_args *a = J->a;
+    const int64_t n = a->n;
+    const int full = j0 + S4_JB <= n;
+    __m256 y = _mm256_mul_ps(f, _mm256_set1_ps(a->x_scale[r]));
+    if (a->bias) {
+        if (full) {
+            y = _mm256_add_ps(y, _mm256_loadu_ps(a->bias + j0));
+        } else {
+            _Alignas(32) float bp[S4_JB];
+            for (int jj = 0; jj < S4_JB; jj++) bp[jj] = a->bias[j0 + jj < n ? j0 + jj : n - 1];
+            y = _mm256_add_ps(y, _mm256_load_ps(bp));
+        }
+    }
+    if (full && a->out_dtype == NPQ_F32) {
+        _mm256_storeu_ps((float *)a->out + r * n + j0, y);
+    } else if (full && a->out_dtype == NPQ_F16) {
+        _mm_storeu_si128((__m128i *)((uint16_t *)a->out + r * n + j0),
+                         _mm256_cvtps_ph(y, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC));
+    } else if (full && a->out_dtype == NPQ_BF16) {
+        const __m256i b = npq_bf16_bits_avx2(y, _mm256_set1_epi32(npq_bf16_nan));
+        const __m128i packed = _mm_packus_epi32(_mm256_castsi256_si128(b), _mm256_extracti128_si256(b, 1));
+        _mm_storeu_si128((__m128i *)((uint16_t *)a->out + r * n + j0), packed);
+    } else {
+        _Alignas(32) float yv[S4_JB];
+        _mm256_store_ps(yv, y);
+        for (int64_t jj = 0; jj < n - j0 && jj < S4_JB; jj++) s4_store(a, r, j0 + jj, yv[jj]);
+    }
+}
+
+/* Many activation rows (prefill): the block's 8 weight rows widened once into buf, reused by every row. */
+NPQ_TARGET_AVX2 static void s4_block_avx2(const s4_job *J, int64_t r0, int64_t r1, int64_t j0, int16_t *buf) {
+    const npq_gemm_s4_args *a = J->a;
+    const int64_t kp = J->kp, cpg = J->chunks_per_group;
+    s4_unpack_avx2(J, j0, buf);
+    for (int64_t r = r0; r < r1; r++) {
+        const int16_t *xr = J->xs + r * kp;
+        __m256 f = _mm256_setzero_ps();
+        for (int64_t g = 0; g < a->groups; g++) {
+            __m256i p[S4_JB];
+            for (int jj = 0; jj < S4_JB; jj++) p[jj] = _mm256_setzero_si256();
+            for (int64_t c = g * cpg; c < (g + 1) * cpg; c++) {
+                const __m256i xe = _mm256_load_si256((const __m256i *)(xr + c * S4_CHUNK));
+                const __m256i xo = _mm256_load_si256((const __m256i *)(xr + c * S4_CHUNK + 16));
+                for (int jj = 0; jj < S4_JB; jj++) {
+                    const int16_t *w = buf + (int64_t)jj * kp + c * S4_CHUNK;
+                    const __m256i pe = _mm256_madd_epi16(_mm256_load_si256((const __m256i *)w), xe);
+                    const __m256i po = _mm256_madd_epi16(_mm256_load_si256((const __m256i *)(w + 16)), xo);
+                    p[jj] = _mm256_add_epi32(p[jj], _mm256_add_epi32(pe, po));
+                }
+            }
+            f = s4_step_avx2(J, s4_reduce8(p), g, j0, J->xsum[r * a->groups + g], f);
+        }
+        s4_finish_avx2(J, r, j0, f);
+    }
+}
+
+/* Few activation rows (decode): the packed words read where they lie and widened in registers,
+ * row by row (a block's 8 weight rows stay in L1 across the activation rows). */
+NPQ_TARGET_AVX2 static void s4_block_avx2_direct(const s4_job *J, int64_t r0, int64_t r1, int64_t j0) {
+    const npq_gemm_s4_args *a = J->a;
+    const int64_t kp = J->kp, cpg = J->chunks_per_group, n = a->n;
+    const int32_t *wr[S4_JB];
+    static const int32_t zeros[4] = {0, 0, 0, 0}; /* rows past n: lanes computed, never stored */
+    const __m256i mask = _mm256_set1_epi16(0x0F);
+    const __m128i flip = _mm_set1_epi8((char)0x88);
+    for (int jj = 0; jj < S4_JB; jj++) wr[jj] = j0 + jj < n ? a->w + (j0 + jj) * a->w_row_stride : NULL;
+    for (int64_t r = r0; r < r1; r++) {
+        const int16_t *xr = J->xs + r * kp;
+        __m256 f = _mm256_setzero_ps();
+        for (int64_t g = 0; g < a->groups; g++) {
+            __m256i p[S4_JB];
+            for (int jj = 0; jj < S4_JB; jj++) p[jj] = _mm256_setzero_si256();
+            for (int64_t c = g * cpg; c < (g + 1) * cpg; c++) {
+                const __m256i xe = _mm256_load_si256((const __m256i *)(xr + c * S4_CHUNK));
+                const __m256i xo = _mm256_load_si256((const __m256i *)(xr + c * S4_CHUNK + 16));
+                for (int jj = 0; jj < S4_JB; jj++) {
+                    const int32_t *src = wr[jj] ? wr[jj] + 4 * c : zeros;
+                    /* u = v + 8 in [0, 15] (the stored nibble with its top bit flipped): an xor, a mask, a
+                     * shift in place of sign-extending shifts; sum x * v = sum x * u - 8 s_g, exact */
+                    const __m128i raw = _mm_xor_si128(_mm_loadu_si128((const __m128i *)src), flip);
+                    const __m256i b = _mm256_cvtepu8_epi16(raw);
+                    const __m256i lo = _mm256_and_si256(b, mask), hi = _mm256_srli_epi16(b, 4);
+                    p[jj] = _mm256_add_epi32(p[jj], _mm256_madd_epi16(lo, xe));
+                    p[jj] = _mm256_add_epi32(p[jj], _mm256_madd_epi16(hi, xo));
+                }
+            }
+            const int32_t xs = J->xsum[r * a->groups + g];
+            const __m256i acci = _mm256_sub_epi32(s4_reduce8(p), _mm256_set1_epi32(8 * xs));
+            f = s4_step_avx2(J, acci, g, j0, xs, f);
+        }
+        s4_finish_avx2(J, r, j0, f);
+    }
+}
+#endif
+
+/* ---------------------------------------------------------------- variants and driver */
+
+typedef struct {
+    const char *name;
+    int isa;
+    int avx2; /* 1: the AVX2 block kernel (G % 32 == 0); 0: scalar */
+} s4_variant;
+
+static const s4_variant s4_variants[] = {
+#if NPQ_X86
+    {"avx2", NPQ_ISA_AVX2, 1},
+#endif
+    {"scalar", NPQ_ISA_SCALAR, 0},
+};
+
+/* The variant a call with group size gsize runs under the ISA level in force. */
+static const s4_variant *s4_pick(int64_t gsize) {
+    for (size_t v = 0; v < sizeof s4_variants / sizeof s4_variants[0]; v++) {
+        const s4_variant *row = &s4_variants[v];
+        if (row->isa > npq_isa()) continue;
+        if (row->avx2 && gsize % S4_CHUNK != 0) continue;
+        return row;
+    }
+    return &s4_variants[sizeof s4_variants / sizeof s4_variants[0] - 1];
+}
+
+NPQ_API const char *npq_gemm_s4_variant(int64_t group_size) { return s4_pick(group_size)->name; }
+
+typedef struct {
+    s4_job job;
+    int avx2;
+    volatile int nomem; /* a piece could not allocate its weight buffer: the call fails */
+} s4_ctx;
+
+static void s4_range(void *ctx, int64_t begin, int64_t end) {
+    s4_ctx *C = (s4_ctx *)ctx;
+    const s4_job *J = &C->job;
+    int16_t *buf = NULL;
+#if NPQ_X86
+    if (C->avx2 && J->a->m > S4_JB) {
+        buf = (int16_t *)aligned_alloc(64, ((size_t)(S4_JB * J->kp) * sizeof(int16_t) + 63) & ~(size_t)63);
+        if (!buf) {
+            C->nomem = 1;
+            return;
+        }
+    }
+#endif
+    for (int64_t item = begin; item < end; item++) {
+        const int64_t rb = item / J->jblocks, jb = item % J->jblocks;
+        const int64_t r0 = rb * S4_RB, r1 = r0 + S4_RB < J->a->m ? r0 + S4_RB : J->a->m;
+        const int64_t j0 = jb * S4_JB, j1 = j0 + S4_JB < J->a->n ? j0 + S4_JB : J->a->n;
+#if NPQ_X86
+        if (C->avx2) {
+            if (buf)
+                s4_block_avx2(J, r0, r1, j0, buf);
+            else
+                s4_block_avx2_direct(J, r0, r1, j0);
+            continue;
+        }
+#endif
+        s4_block_scalar(J, r0, r1, j0, j1);
+    }
+    free(buf);
+}
+
+NPQ_API int npq_gemm_s4(const npq_gemm_s4_args *a, int nthreads) {
+    if (!a) return NPQ_ERR_NULL;
+    if (a->out_dtype != NPQ_F32 && a->out_dtype != NPQ_F16 && a->out_dtype != NPQ_BF16) return NPQ_ERR_DTYPE;
+    if (a->m < 0 || a->n < 0 || a->k < 0 || a->words < 0 || a->x_row_stride < 0 || a->w_row_stride < 0 ||
+        a->w_extent < 0 || a->groups <= 0 || a->words % a->groups != 0)
+        return NPQ_ERR_ARG;
+    int64_t kp, mn, gn, xlast;
+    if (__builtin_mul_overflow(a->words, (int64_t)8, &kp) || a->k > kp || __builtin_mul_overflow(a->m, a->n, &mn) ||
+        __builtin_mul_overflow(a->groups, a->n, &gn) || __builtin_mul_overflow(a->m, kp, &xlast) ||
+        (a->m > 0 && (__builtin_mul_overflow(a->m - 1, a->x_row_stride, &xlast) ||
+                      __builtin_add_overflow(xlast, a->k, &xlast))))
+        return NPQ_ERR_ARG;
+    if (a->n > 0 && a->words > 0) {
+        int64_t last;
+        if (__builtin_mul_overflow(a->n - 1, a->w_row_stride, &last) || __builtin_add_overflow(last, a->words, &last))
+            return NPQ_ERR_ARG;
+        if (last > a->w_extent) return NPQ_ERR_BOUNDS;
+    }
+    if (mn == 0) return NPQ_OK;
+    if (!a->out || !a->x_scale || !a->scale || (a->k > 0 && (!a->x || !a->w))) return NPQ_ERR_NULL;
+
+    s4_ctx C;
+    memset(&C, 0, sizeof C);
+    s4_job *J = &C.job;
+    J->a = a;
+    J->gsize = kp / a->groups;
+    J->kp = kp;
+    J->chunks_per_group = J->gsize / S4_CHUNK;
+    J->jblocks = (a->n + S4_JB - 1) / S4_JB;
+    J->rblocks = (a->m + S4_RB - 1) / S4_RB;
+    const s4_variant *v = s4_pick(J->gsize);
+    C.avx2 = v->avx2 && a->k > 0;
+    int32_t *xsum = (int32_t *)malloc((size_t)(a->m * a->groups) * sizeof(int32_t));
+    if (!xsum) return NPQ_ERR_NOMEM;
+    s4_row_sums(a, J->gsize, xsum);
+    J->xsum = xsum;
+    int16_t *xs = NULL;
+#if NPQ_X86
+    if (C.avx2) {
+        xs = (int16_t *)aligned_alloc(64, ((size_t)(a->m * kp) * sizeof(int16_t) + 63) & ~(size_t)63);
+        if (!xs) {
+            free(xsum);
+            return NPQ_ERR_NOMEM;
+        }
+        s4_prepare_x(a, kp, xs);
+    }
+#endif
+    J->xs = xs;
+    const int64_t items = J->rblocks * J->jblocks;
+    /* decode: at least 64 KiB of packed weight per thread, claimed in quarters (gemv_int4.c's
+     * measured choice); prefill: every item is a 64-row tile, heavy enough alone */
+    const int64_t item_bytes = S4_JB * a->words * 4 + 1;
+    const int64_t grain = a->m <= S4_JB ? ((64 << 10) + item_bytes - 1) / item_bytes : 1;
+    npq_parallel_for_dynamic(items, grain, (grain + 3) / 4, nthreads, s4_range, &C);
+    free(xs);
+    free(xsum);
+    return C.nomem ? NPQ_ERR_NOMEM : NPQ_OK;
+}
