@@ -32,8 +32,8 @@
  * reach past w_extent; NPQ_ERR_NULL for a missing pointer the call needs; NPQ_ERR_NOMEM. All checked
  * before any memory is touched; m = 0 or n = 0 is a no-op, k = 0 gives cast(+0 * x_scale (+ bias)).
  *
- * Variants (s4_variants, picked by npq_isa() at run time; the first whose level is in force and
- * whose condition holds): the integer sums are exact, so every variant's a_g and s_g are the same
+ * Variants (s4_variants, the table at the end; npq_pick chooses the row, and the AVX2 row runs its
+ * block kernels only when G % 32 == 0, else the scalar ones): the integer sums are exact, so every variant's a_g and s_g are the same
  * integers, and every variant runs the epilogue's float operations in the order above: results are
  * bit-identical for every ISA, thread count and m.
  *   avx2   (G % 32 == 0): activations widened once per call to int16 in "slot order" (per 32
@@ -286,31 +286,10 @@ NPQ_TARGET_AVX2 static void s4_block_avx2_direct(const s4_job *J, int64_t r0, in
 
 /* ---------------------------------------------------------------- variants and driver */
 
+/* A variant's entry points (the table ends the file). */
 typedef struct {
-    const char *name;
-    int isa;
-    int avx2; /* 1: the AVX2 block kernel (G % 32 == 0); 0: scalar */
-} s4_variant;
-
-static const s4_variant s4_variants[] = {
-#if NPQ_X86
-    {"avx2", NPQ_ISA_AVX2, 1},
-#endif
-    {"scalar", NPQ_ISA_SCALAR, 0},
-};
-
-/* The variant a call with group size gsize runs under the ISA level in force. */
-static const s4_variant *s4_pick(int64_t gsize) {
-    for (size_t v = 0; v < sizeof s4_variants / sizeof s4_variants[0]; v++) {
-        const s4_variant *row = &s4_variants[v];
-        if (row->isa > npq_isa()) continue;
-        if (row->avx2 && gsize % S4_CHUNK != 0) continue;
-        return row;
-    }
-    return &s4_variants[sizeof s4_variants / sizeof s4_variants[0] - 1];
-}
-
-NPQ_API const char *npq_gemm_s4_variant(int64_t group_size) { return s4_pick(group_size)->name; }
+    int avx2; /* 1: the AVX2 block kernels (taken when G % 32 == 0, else the scalar ones); 0: scalar */
+} s4_impl;
 
 typedef struct {
     s4_job job;
@@ -379,8 +358,8 @@ NPQ_API int npq_gemm_s4(const npq_gemm_s4_args *a, int nthreads) {
     J->chunks_per_group = J->gsize / S4_CHUNK;
     J->jblocks = (a->n + S4_JB - 1) / S4_JB;
     J->rblocks = (a->m + S4_RB - 1) / S4_RB;
-    const s4_variant *v = s4_pick(J->gsize);
-    C.avx2 = v->avx2 && a->k > 0;
+    const s4_impl *impl = (const s4_impl *)npq_pick(&npq_kernel_gemm_s4)->impl;
+    C.avx2 = impl->avx2 && J->gsize % S4_CHUNK == 0 && a->k > 0;
     int32_t *xsum = (int32_t *)malloc((size_t)(a->m * a->groups) * sizeof(int32_t));
     if (!xsum) return NPQ_ERR_NOMEM;
     s4_row_sums(a, J->gsize, xsum);
@@ -407,3 +386,17 @@ NPQ_API int npq_gemm_s4(const npq_gemm_s4_args *a, int nthreads) {
     free(xsum);
     return C.nomem ? NPQ_ERR_NOMEM : NPQ_OK;
 }
+
+/* ---- the variants, best first */
+static const s4_impl s4_scalar = {0};
+#if NPQ_X86
+static const s4_impl s4_avx2 = {1};
+#endif
+
+static const npq_variant s4_variants[] = {
+#if NPQ_X86
+    {"avx2", NPQ_ISA_AVX2, 0, &s4_avx2},
+#endif
+    {"scalar", NPQ_ISA_SCALAR, 0, &s4_scalar},
+};
+const npq_kernel npq_kernel_gemm_s4 = NPQ_KERNEL("gemm_s4", s4_variants);

@@ -95,7 +95,7 @@ NPQ_API int npq_kernel_count(void);
 NPQ_API const npq_kernel *npq_kernel_at(int i);
 /* The kernel tables (each defined at the end of its file). */
 extern const npq_kernel npq_kernel_dequant, npq_kernel_dynamic_quant, npq_kernel_int4_unpack, npq_kernel_int4_pack,
-    npq_kernel_gemm_s8, npq_kernel_gemv_s8, npq_kernel_gemv_int4;
+    npq_kernel_gemm_s8, npq_kernel_gemv_s8, npq_kernel_gemv_int4, npq_kernel_gemm_s4;
 /* The bfloat16 NaN pattern every kernel writes (see "exact conversions" below). */
 NPQ_API void npq_set_bf16_nan(uint16_t bits);
 
@@ -254,6 +254,22 @@ NPQ_API int npq_gemm_pack_b(const int8_t *w, int64_t k, int64_t n, int64_t sk, i
                             int32_t *colsum, int nthreads);
 NPQ_API int npq_gemm_s8(const npq_gemm_args *g, int nthreads);
 
+/* ---- gemm_s4.c: exact int4 x int8 linear (the w4a8 layer); the file's header gives the rule and
+ * the float32 order. ---- */
+typedef struct {
+    int64_t m, n, k, words, groups; /* k <= 8 * words; group size 8 * words / groups */
+    const int8_t *x;                /* (m, k), row stride x_row_stride, unit column stride */
+    int64_t x_row_stride;
+    const float *x_scale;           /* (m) */
+    const int32_t *w;               /* (n, words) packed int4 along K, row stride w_row_stride */
+    int64_t w_row_stride, w_extent;
+    const float *scale, *offset;    /* (groups, n) contiguous; offset may be NULL */
+    const float *bias;              /* (n) or NULL */
+    void *out;                      /* contiguous (m, n) */
+    int out_dtype;                  /* NPQ_F32 / NPQ_F16 / NPQ_BF16 */
+} npq_gemm_s4_args;
+NPQ_API int npq_gemm_s4(const npq_gemm_s4_args *a, int nthreads);
+
 #ifdef __cplusplus
 } /* extern "C" */
 #else /* kernel-internal helpers below: C only */
@@ -335,31 +351,4 @@ static inline int npq_has(uint32_t bits) { return (npq_cpu_features() & bits) ==
 
 #endif /* !__cplusplus */
 
-#endif
-
-/* ---- gemm_s4.c: exact int4 x int8 linear (the w4a8 layer); the file's header gives the rule and
- * the float32 order. Its own block (and guard) at the end of this header. ---- */
-#ifndef NPQ_GEMM_S4_H
-#define NPQ_GEMM_S4_H
-#ifdef __cplusplus
-extern "C" {
-#endif
-typedef struct {
-    int64_t m, n, k, words, groups; /* k <= 8 * words; group size 8 * words / groups */
-    const int8_t *x;                /* (m, k), row stride x_row_stride, unit column stride */
-    int64_t x_row_stride;
-    const float *x_scale;           /* (m) */
-    const int32_t *w;               /* (n, words) packed int4 along K, row stride w_row_stride */
-    int64_t w_row_stride, w_extent;
-    const float *scale, *offset;    /* (groups, n) contiguous; offset may be NULL */
-    const float *bias;              /* (n) or NULL */
-    void *out;                      /* contiguous (m, n) */
-    int out_dtype;                  /* NPQ_F32 / NPQ_F16 / NPQ_BF16 */
-} npq_gemm_s4_args;
-NPQ_API int npq_gemm_s4(const npq_gemm_s4_args *a, int nthreads);
-/* Name of the variant ("avx2", "scalar") a call with this group size runs under the ISA in force. */
-NPQ_API const char *npq_gemm_s4_variant(int64_t group_size);
-#ifdef __cplusplus
-}
-#endif
 #endif

@@ -90,7 +90,7 @@ NPQ_API const npq_variant *npq_pick(const npq_kernel *k) {
 
 static const npq_kernel *const g_kernels[] = {
     &npq_kernel_dequant, &npq_kernel_dynamic_quant, &npq_kernel_int4_unpack, &npq_kernel_int4_pack,
-    &npq_kernel_gemm_s8, &npq_kernel_gemv_s8,       &npq_kernel_gemv_int4,
+    &npq_kernel_gemm_s8, &npq_kernel_gemv_s8,       &npq_kernel_gemv_int4,  &npq_kernel_gemm_s4,
 };
 
 NPQ_API int npq_kernel_count(void) { return (int)(sizeof g_kernels / sizeof g_kernels[0]); }

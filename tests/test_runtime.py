@@ -114,6 +114,7 @@ KERNEL_ROWS = {
     "gemm_s8": ["avx512-vnni", "avx2", "scalar"],
     "gemv_s8": ["avx2", "scalar"],
     "gemv_int4": ["avx2", "scalar"],
+    "gemm_s4": ["avx2", "scalar"],
 }
 ROW_NEEDS = {"avx512-vnni": ("avx512", "avx512vnni"), "avx512": ("avx512", None), "avx2": ("avx2", None),
              "scalar": ("scalar", None)}

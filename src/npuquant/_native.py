@@ -112,9 +112,10 @@ KERNEL_OPS = {
     "dynamic_quant": "npu_dynamic_quant, npu_dynamic_quant_asymmetric, the w8a8 layers' activations",
     "int4_unpack": "unpack_int4",
     "int4_pack": "pack_int4, npu_convert_weight_to_int4pack",
-    "gemm_s8": "npu_quant_matmul, quant_matmul_asymmetric, w8a8 layers (M > 8)",
-    "gemv_s8": "npu_quant_matmul, w8a8 layers (M <= 8, weight as stored)",
+    "gemm_s8": "npu_quant_matmul, npu_grouped_matmul (A8W8), quant_matmul_asymmetric, w8a8 layers (M > 8)",
+    "gemv_s8": "npu_quant_matmul, npu_grouped_matmul (A8W8), w8a8 layers (M <= 8, weight as stored)",
     "gemv_int4": "w4a16 layer (M <= 8)",
+    "gemm_s4": "w4a8 layer (int4 weights x int8 activations, every M)",
 }
 
 

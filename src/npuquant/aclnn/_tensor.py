@@ -132,9 +132,9 @@ class aclTensor:
 
     def view(self, raw: torch.Tensor) -> torch.Tensor:
         """The torch view described by this tensor over its storage bytes ``raw`` (INT4 -> int8 values, a copy)."""
-        if self.numel == 0:
-            return torch.empty(self.view_dims, dtype=torch.int8 if self.data_type == c.ACL_INT4 else
-                               TORCH_DTYPES[self.data_type])  # fmt: skip
+        if self.numel == 0:  # zero strides: contiguous ones may overflow int64 (0 x 2**32 x 2**32)
+            return torch.empty_strided(self.view_dims, [0] * len(self.view_dims), dtype=torch.int8
+                                       if self.data_type == c.ACL_INT4 else TORCH_DTYPES[self.data_type])  # fmt: skip
         if self.data_type == c.ACL_INT4:
             nibbles = torch.stack((raw & 0xF, raw >> 4), dim=-1).reshape(-1).to(torch.int8)
             storage = (nibbles ^ 8) - 8  # sign-extend
@@ -299,7 +299,10 @@ def to_torch(tensor: aclTensor) -> torch.Tensor:
         raw = tensor.storage()
     except MemoryFault as exc:
         raise RuntimeError(f"to_torch: {exc}") from None
-    return tensor.view(raw).clone(memory_format=torch.contiguous_format)
+    view = tensor.view(raw)
+    if tensor.numel == 0:  # already a fresh tensor; cloning would compute contiguous strides, which may overflow
+        return view
+    return view.clone(memory_format=torch.contiguous_format)
 
 
 def _last_message() -> str:
