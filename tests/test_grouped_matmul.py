@@ -85,6 +85,26 @@ def test_antiquant_int8_per_channel():
     assert y[0].item() == 10.0
 
 
+def test_antiquant_float16_bias_is_added_to_the_rounded_product():
+    # op-plugin's golden: y = x @ w in float16, then y += bias in float16 (two roundings). Here
+    # 1 + 2**-11 is not a float16, so rounding first then adding 2**-11 ties to even at 1.0 both
+    # times, while one rounding of 1 + 2**-11 + 2**-11 would give 1 + 2**-10.
+    x = torch.tensor([[1.0, 2.0**-11]], dtype=torch.float16)
+    w = torch.tensor([[1], [1]], dtype=i8)
+    one = [torch.tensor([1.0], dtype=torch.float16)]
+    zero = [torch.tensor([0.0], dtype=torch.float16)]
+    bias = [torch.tensor([2.0**-11], dtype=torch.float16)]
+    y = gmm([x], [w], bias=bias, antiquant_scale=one, antiquant_offset=zero)[0]
+    product = npuquant.npu_weight_quant_batchmatmul(x, w, one[0], zero[0])
+    assert_same_bits(y, product + bias[0])
+    assert y.item() == 1.0
+    # a float32 bias (bfloat16 x) goes into the weight-only op's one rounding
+    xb, b32 = x.to(torch.bfloat16), [torch.tensor([0.5])]
+    ones_b, zeros_b = [one[0].to(torch.bfloat16)], [zero[0].to(torch.bfloat16)]
+    yb = gmm([xb], [w], bias=b32, antiquant_scale=ones_b, antiquant_offset=zeros_b)[0]
+    assert_same_bits(yb, npuquant.npu_weight_quant_batchmatmul(xb, w, ones_b[0], zeros_b[0], bias=b32[0]))
+
+
 def test_antiquant_int4_per_group_stacked():
     k, n, e = 64, 8, 2
     v = torch.randint(-8, 8, (e, k, n), dtype=i8)

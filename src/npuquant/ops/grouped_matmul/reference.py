@@ -12,10 +12,11 @@ weight with the op the form calls for, and nothing else:
 * float: ``torch.matmul`` in float32 (float16 / bfloat16 products are exact there), ``+ bias`` in
   float32, one round-half-to-even cast to the output dtype.
 
-The weight-only form therefore adds a float16 bias in float32 before its one rounding, as
-``npu_weight_quant_batchmatmul`` does; op-plugin's test golden rounds the matmul to float16 first
-and adds the bias in float16 (two roundings), so the two differ by one float16 ulp on ~0.1 % of
-elements (undocumented on the device; npuquant keeps its weight-only op's rule).
+The weight-only form with a bias of x's dtype (float16) adds it to the float16 product, rounding
+twice, as op-plugin's test golden for this op does (``y = x @ w`` in float16, then ``y += bias``);
+its own ``test_npu_grouped_matmul_antiquant_0`` holds npuquant to that rule, and adding in float32
+first (``npu_weight_quant_batchmatmul``'s single rounding) misses its tolerance. A float32 bias
+(bfloat16 x) is added in float32 before the one rounding, as ``npu_weight_quant_batchmatmul`` does.
 
 An expert without rows gives an empty result (the per-expert ops refuse empty inputs); rows of a
 single ``x`` past the last group are zeros in the single output.
@@ -85,6 +86,9 @@ def _one(
     if antiquant_scale is not None:
         groups = antiquant_scale.shape[0] if antiquant_scale.dim() == 2 else 1
         group_size = k // groups if groups > 1 else 0
+        if bias is not None and bias.dtype == x.dtype:  # float16 bias: added to the rounded product (see above)
+            y = npu_weight_quant_batchmatmul(x, w, antiquant_scale, antiquant_offset, antiquant_group_size=group_size)
+            return y + bias
         return npu_weight_quant_batchmatmul(
             x, w, antiquant_scale, antiquant_offset, bias=bias, antiquant_group_size=group_size
         )
