@@ -42,7 +42,10 @@
  *          vpmovzxbw, then shifts that sign-extend) into a small per-thread buffer, reused by every
  *          activation row; products by vpmaddwd (int16 x int16 -> int32 pair sums, never
  *          saturating), 8 rows' partial sums reduced across lanes by vphaddd, and the epilogue on
- *          8 outputs at once.
+ *          8 outputs at once. Decode (m <= 8) with G == 32 or G % 64 == 0 reads the packed words in
+ *          place instead: u = nibble ^ 8 in [0, 15] is an unsigned byte, so vpmaddubsw (u8 x s8)
+ *          cannot saturate (|pair| <= 3840) and 64 weights cost 9 vector operations
+ *          (s4_block_avx2_ubs); sum x * v = sum x * u - 8 s_g.
  *   scalar (any G): the definition, plain C.
  * Work is split over blocks of 8 weight rows (and, for many activation rows, blocks of rows) with
  * the dynamic split of runtime.c.
@@ -59,6 +62,8 @@ typedef struct {
     const npq_gemm_s4_args *a;
     int64_t gsize, chunks_per_group, jblocks, rblocks, kp;
     const int16_t *xs;   /* avx2: (m, kp) int16 in slot order */
+    const int8_t *xb;    /* avx2 decode (s4_block_avx2_ubs): (m, kp64) int8, per 64 columns 32 even then 32 odd */
+    int64_t kp64;        /* kp rounded up to 64 */
     const int32_t *xsum; /* (m, groups) */
 } s4_job;
 
@@ -282,6 +287,94 @@ NPQ_TARGET_AVX2 static void s4_block_avx2_direct(const s4_job *J, int64_t r0, in
         s4_finish_avx2(J, r, j0, f);
     }
 }
+
+/* x rows -> int8 scratch for s4_block_avx2_ubs: per 64 columns the 32 even ones, then the 32 odd
+ * ones (the low and high nibbles of 32 packed bytes), padding 0. */
+static void s4_prepare_x8(const npq_gemm_s4_args *a, int64_t kp64, int8_t *xb) {
+    for (int64_t r = 0; r < a->m; r++) {
+        const int8_t *xr = a->x + r * a->x_row_stride;
+        int8_t *dst = xb + r * kp64;
+        for (int64_t c0 = 0; c0 < kp64; c0 += 64)
+            for (int i = 0; i < 32; i++) {
+                const int64_t e = c0 + 2 * i, o = e + 1;
+                dst[c0 + i] = e < a->k ? xr[e] : 0;
+                dst[c0 + 32 + i] = o < a->k ? xr[o] : 0;
+            }
+    }
+}
+
+/* As s4_reduce8, the two 128-bit halves kept apart: lo[jj] = total of lanes 0-3 of p[jj] (columns
+ * 0-31 of a 64-column chunk), hi[jj] = lanes 4-7 (columns 32-63). */
+NPQ_TARGET_AVX2 static inline void s4_reduce8_halves(const __m256i p[8], __m256i *lo, __m256i *hi) {
+    const __m256i h01 = _mm256_hadd_epi32(p[0], p[1]), h23 = _mm256_hadd_epi32(p[2], p[3]);
+    const __m256i h45 = _mm256_hadd_epi32(p[4], p[5]), h67 = _mm256_hadd_epi32(p[6], p[7]);
+    const __m256i h0123 = _mm256_hadd_epi32(h01, h23), h4567 = _mm256_hadd_epi32(h45, h67);
+    *lo = _mm256_permute2x128_si256(h0123, h4567, 0x20);
+    *hi = _mm256_permute2x128_si256(h0123, h4567, 0x31);
+}
+
+/* Decode (few activation rows), G == 32 or G % 64 == 0: 64 weights of a row per step. The stored
+ * nibbles with their top bit flipped are u = v + 8 in [0, 15], unsigned, so vpmaddubsw (u8 x s8
+ * pair sums, saturating at int16) is exact here: |u0 x0 + u1 x1| <= 2 * 15 * 128 = 3840, and the sum
+ * of its two results (even and odd columns) at most 7680; vpmaddwd by 1 widens to int32. Half the
+ * vector operations of the int16 path. sum x * v = sum x * u - 8 s_g, exact; the epilogue is
+ * s4_step_avx2's, so results are the scalar order's bits. */
+NPQ_TARGET_AVX2 static void s4_block_avx2_ubs(const s4_job *J, int64_t r0, int64_t r1, int64_t j0) {
+    const npq_gemm_s4_args *a = J->a;
+    const int64_t n = a->n, gsize = J->gsize, kp = J->kp, chunks = (kp + 63) / 64;
+    const int half_last = kp % 64 != 0; /* G == 32 with an odd number of groups: the last chunk is 32 columns */
+    const int32_t *wr[S4_JB];
+    static const int32_t zeros[8] = {0}; /* rows past n: lanes computed, never stored */
+    const __m256i flip = _mm256_set1_epi8((char)0x88), low = _mm256_set1_epi8(0x0F);
+    const __m256i ones = _mm256_set1_epi16(1), first4 = _mm256_setr_epi32(-1, -1, -1, -1, 0, 0, 0, 0);
+    for (int jj = 0; jj < S4_JB; jj++) wr[jj] = j0 + jj < n ? a->w + (j0 + jj) * a->w_row_stride : NULL;
+    /* The (groups, n) parameters are `groups` streams n floats apart, too many for the hardware
+     * prefetcher when n is large (the 49152-row head ran 3x slower than w8a8's): fetch the lines
+     * that blocks 8 ahead will read (advice only; a line past the end is never dereferenced). */
+    if (j0 + 72 <= n)
+        for (int64_t g = 0; g < a->groups; g++) {
+            _mm_prefetch((const char *)(a->scale + g * n + j0 + 64), _MM_HINT_T0);
+            if (a->offset) _mm_prefetch((const char *)(a->offset + g * n + j0 + 64), _MM_HINT_T0);
+        }
+    for (int64_t r = r0; r < r1; r++) {
+        const int8_t *xr = J->xb + r * J->kp64;
+        const int32_t *xsum = J->xsum + r * a->groups;
+        __m256 f = _mm256_setzero_ps();
+        __m256i p[S4_JB];
+        for (int jj = 0; jj < S4_JB; jj++) p[jj] = _mm256_setzero_si256();
+        int64_t g = 0;
+        for (int64_t c = 0; c < chunks; c++) {
+            const int half = half_last && c == chunks - 1;
+            const __m256i xe = _mm256_loadu_si256((const __m256i *)(xr + 64 * c));
+            const __m256i xo = _mm256_loadu_si256((const __m256i *)(xr + 64 * c + 32));
+            for (int jj = 0; jj < S4_JB; jj++) {
+                const int32_t *src = wr[jj] ? wr[jj] + 8 * c : zeros;
+                /* a half chunk loads its 4 words only: the others read as 0 (u = 8) and meet x = 0 */
+                const __m256i v = _mm256_xor_si256(
+                    half ? _mm256_maskload_epi32(src, first4) : _mm256_loadu_si256((const __m256i *)src), flip);
+                const __m256i lo = _mm256_and_si256(v, low), hi = _mm256_and_si256(_mm256_srli_epi16(v, 4), low);
+                const __m256i pairs = _mm256_add_epi16(_mm256_maddubs_epi16(lo, xe), _mm256_maddubs_epi16(hi, xo));
+                p[jj] = _mm256_add_epi32(p[jj], _mm256_madd_epi16(pairs, ones));
+            }
+            if (gsize == 32) { /* columns 0-31: group 2c, 32-63: group 2c + 1 */
+                __m256i ga, gb;
+                s4_reduce8_halves(p, &ga, &gb);
+                f = s4_step_avx2(J, _mm256_sub_epi32(ga, _mm256_set1_epi32(8 * xsum[g])), g, j0, xsum[g], f);
+                g++;
+                if (!half) {
+                    f = s4_step_avx2(J, _mm256_sub_epi32(gb, _mm256_set1_epi32(8 * xsum[g])), g, j0, xsum[g], f);
+                    g++;
+                }
+                for (int jj = 0; jj < S4_JB; jj++) p[jj] = _mm256_setzero_si256();
+            } else if ((c + 1) * 64 % gsize == 0) { /* the group's last chunk */
+                f = s4_step_avx2(J, _mm256_sub_epi32(s4_reduce8(p), _mm256_set1_epi32(8 * xsum[g])), g, j0, xsum[g], f);
+                g++;
+                for (int jj = 0; jj < S4_JB; jj++) p[jj] = _mm256_setzero_si256();
+            }
+        }
+        s4_finish_avx2(J, r, j0, f);
+    }
+}
 #endif
 
 /* ---------------------------------------------------------------- variants and driver */
@@ -318,6 +411,8 @@ static void s4_range(void *ctx, int64_t begin, int64_t end) {
         if (C->avx2) {
             if (buf)
                 s4_block_avx2(J, r0, r1, j0, buf);
+            else if (J->xb)
+                s4_block_avx2_ubs(J, r0, r1, j0);
             else
                 s4_block_avx2_direct(J, r0, r1, j0);
             continue;
@@ -365,8 +460,18 @@ NPQ_API int npq_gemm_s4(const npq_gemm_s4_args *a, int nthreads) {
     s4_row_sums(a, J->gsize, xsum);
     J->xsum = xsum;
     int16_t *xs = NULL;
+    int8_t *xb = NULL;
 #if NPQ_X86
-    if (C.avx2) {
+    if (C.avx2 && a->m <= S4_JB && (J->gsize == 32 || J->gsize % 64 == 0)) {
+        /* decode: the vpmaddubsw kernel's int8 activations */
+        J->kp64 = (kp + 63) / 64 * 64;
+        xb = (int8_t *)aligned_alloc(64, (size_t)(a->m * J->kp64));
+        if (!xb) {
+            free(xsum);
+            return NPQ_ERR_NOMEM;
+        }
+        s4_prepare_x8(a, J->kp64, xb);
+    } else if (C.avx2) {
         xs = (int16_t *)aligned_alloc(64, ((size_t)(a->m * kp) * sizeof(int16_t) + 63) & ~(size_t)63);
         if (!xs) {
             free(xsum);
@@ -376,6 +481,7 @@ NPQ_API int npq_gemm_s4(const npq_gemm_s4_args *a, int nthreads) {
     }
 #endif
     J->xs = xs;
+    J->xb = xb;
     const int64_t items = J->rblocks * J->jblocks;
     /* decode: at least 64 KiB of packed weight per thread, claimed in quarters (gemv_int4.c's
      * measured choice); prefill: every item is a 64-row tile, heavy enough alone */
@@ -383,6 +489,7 @@ NPQ_API int npq_gemm_s4(const npq_gemm_s4_args *a, int nthreads) {
     const int64_t grain = a->m <= S4_JB ? ((64 << 10) + item_bytes - 1) / item_bytes : 1;
     npq_parallel_for_dynamic(items, grain, (grain + 3) / 4, nthreads, s4_range, &C);
     free(xs);
+    free(xb);
     free(xsum);
     return C.nomem ? NPQ_ERR_NOMEM : NPQ_OK;
 }

@@ -20,4 +20,5 @@ export UBSAN_OPTIONS=halt_on_error=1:print_stacktrace=1
 export NPUQUANT_LIBRARY="$PWD/$out/lib/npuquant/_C.abi3.so"
 export NPUQUANT_HYPOTHESIS_EXAMPLES=${NPUQUANT_HYPOTHESIS_EXAMPLES:-20}
 LD_PRELOAD="$asan:$ubsan" exec .venv/bin/python -m pytest -p no:cacheprovider \
-    tests/test_operators.py tests/test_fuzz_native.py tests/test_gemv_int4.py "$@"
+    tests/test_operators.py tests/test_fuzz_native.py tests/test_gemv_int4.py tests/test_w4a8.py \
+    tests/test_grouped_matmul.py "$@"
