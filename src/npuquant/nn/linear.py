@@ -322,7 +322,59 @@ class W8A8SymLinear(_Int8WeightLinear):
         return _linear_w8a8_sym(x, b["weight"], b["weight_scale"], b["smooth_scales"], b["bias"])
 
 
-class W4A16Linear(QuantizedLinear):
+class _Int4WeightLinear(QuantizedLinear):
+    """int4 weights per group of ``group_size`` input channels, asymmetric (``w = (v + offset) * scale``),
+    packed 8 per int32 along K (SPEC §2) into ``weight`` ``(out_features, K/8)``; K = in_features rounded up
+    to a multiple of ``group_size`` (the padding columns are never used). ``weight_scale`` and
+    ``weight_offset`` are float32 ``(out_features, K / group_size)``, or ``(K / group_size, out_features)``
+    when the subclass sets ``per_group_rows`` (its kernel loads one group's parameters for many outputs)."""
+
+    per_group_rows = False
+
+    def __init__(
+        self,
+        in_features: int,
+        out_features: int,
+        bias: bool = True,
+        dtype: torch.dtype | None = None,
+        group_size: int = 128,
+    ):
+        super().__init__(in_features, out_features, bias, dtype)
+        if group_size <= 0 or group_size % 8:
+            raise ValueError(f"group_size must be a positive multiple of 8, got {group_size}")
+        self.group_size = int(group_size)
+        groups = math.ceil(in_features / group_size)
+        self.padded_in_features = groups * group_size
+        shape = (groups, out_features) if self.per_group_rows else (out_features, groups)
+        self.register_buffer("weight", torch.zeros(out_features, self.padded_in_features // 8, dtype=torch.int32))
+        self.register_buffer("weight_scale", torch.zeros(shape, dtype=torch.float32))
+        self.register_buffer("weight_offset", torch.zeros(shape, dtype=torch.float32))
+
+    def options(self) -> dict[str, Any]:
+        return {"group_size": self.group_size}
+
+    def _quantize_from(self, weight: torch.Tensor, smooth_scales: torch.Tensor | None) -> None:
+        pad = self.padded_in_features - self.in_features
+        if pad:
+            # Repeat the last column: padding stays inside the last group's [min, max].
+            weight = F.pad(weight.unsqueeze(0), (0, pad), mode="replicate").squeeze(0)
+        groups = weight.reshape(-1, self.group_size).contiguous()
+        # Per-group asymmetric int4 (scale = (max - min) / 15, y = round(w / scale + o)): w ≈ (y - o) * scale.
+        q, scale, offset = npu_dynamic_quant_asymmetric(groups, dst_type=torch.quint4x2)
+        scale, offset = scale.reshape(self.out_features, -1), offset.neg().reshape(self.out_features, -1)
+        self.weight.copy_(q.reshape(self.out_features, -1))
+        self.weight_scale.copy_(scale.t() if self.per_group_rows else scale)
+        self.weight_offset.copy_(offset.t() if self.per_group_rows else offset)
+
+    def dequantize(self, dtype: torch.dtype = torch.float32) -> torch.Tensor:
+        """The whole float weight ``(out_features, in_features)`` (for inspection; forward never builds it)."""
+        scale, offset = self.weight_scale, self.weight_offset
+        if self.per_group_rows:
+            scale, offset = scale.t().contiguous(), offset.t().contiguous()
+        return dequant_int4_grouped(self.weight, scale, offset, dtype)[:, : self.in_features]
+
+
+class W4A16Linear(_Int4WeightLinear):
     """``w4a16``: int4 weights, one scale and offset per group of ``group_size`` input channels.
 
     Buffers: ``weight`` int32 ``(out_features, K/8)`` with K = in_features rounded up to a multiple
@@ -347,36 +399,8 @@ class W4A16Linear(QuantizedLinear):
         dtype: torch.dtype | None = None,
         group_size: int = 128,
     ):
-        super().__init__(in_features, out_features, bias, dtype)
-        if group_size <= 0 or group_size % 8:
-            raise ValueError(f"group_size must be a positive multiple of 8, got {group_size}")
-        self.group_size = int(group_size)
-        groups = math.ceil(in_features / group_size)
-        self.padded_in_features = groups * group_size
-        self.register_buffer("weight", torch.zeros(out_features, self.padded_in_features // 8, dtype=torch.int32))
-        self.register_buffer("weight_scale", torch.zeros(out_features, groups, dtype=torch.float32))
-        self.register_buffer("weight_offset", torch.zeros(out_features, groups, dtype=torch.float32))
+        super().__init__(in_features, out_features, bias, dtype, group_size)
         self.tile_rows = max(1, min(out_features, self.TILE_ELEMENTS // self.padded_in_features))
-
-    def options(self) -> dict[str, Any]:
-        return {"group_size": self.group_size}
-
-    def _quantize_from(self, weight: torch.Tensor, smooth_scales: torch.Tensor | None) -> None:
-        pad = self.padded_in_features - self.in_features
-        if pad:
-            # Repeat the last column: padding stays inside the last group's [min, max].
-            weight = F.pad(weight.unsqueeze(0), (0, pad), mode="replicate").squeeze(0)
-        groups = weight.reshape(-1, self.group_size).contiguous()
-        # Per-group asymmetric int4 (scale = (max - min) / 15, y = round(w / scale + o)): w ≈ (y - o) * scale.
-        q, scale, offset = npu_dynamic_quant_asymmetric(groups, dst_type=torch.quint4x2)
-        self.weight.copy_(q.reshape(self.out_features, -1))
-        self.weight_scale.copy_(scale.reshape(self.out_features, -1))
-        self.weight_offset.copy_(offset.neg().reshape(self.out_features, -1))
-
-    def dequantize(self, dtype: torch.dtype = torch.float32) -> torch.Tensor:
-        """The whole float weight ``(out_features, in_features)`` (for inspection; forward never builds it)."""
-        w = dequant_int4_grouped(self.weight, self.weight_scale, self.weight_offset, dtype)
-        return w[:, : self.in_features]
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         self._check_input(x)
@@ -386,7 +410,7 @@ class W4A16Linear(QuantizedLinear):
         )
 
 
-class W4A8Linear(QuantizedLinear):
+class W4A8Linear(_Int4WeightLinear):
     """``w4a8``: int4 per-group weights x int8 per-token activations, exact integer accumulation.
 
     Weights are quantized as :class:`W4A16Linear`'s (per group of ``group_size`` input channels,
@@ -400,41 +424,7 @@ class W4A8Linear(QuantizedLinear):
     """
 
     scheme = "w4a8"
-
-    def __init__(
-        self,
-        in_features: int,
-        out_features: int,
-        bias: bool = True,
-        dtype: torch.dtype | None = None,
-        group_size: int = 128,
-    ):
-        super().__init__(in_features, out_features, bias, dtype)
-        if group_size <= 0 or group_size % 8:
-            raise ValueError(f"group_size must be a positive multiple of 8, got {group_size}")
-        self.group_size = int(group_size)
-        groups = math.ceil(in_features / group_size)
-        self.padded_in_features = groups * group_size
-        self.register_buffer("weight", torch.zeros(out_features, self.padded_in_features // 8, dtype=torch.int32))
-        self.register_buffer("weight_scale", torch.zeros(groups, out_features, dtype=torch.float32))
-        self.register_buffer("weight_offset", torch.zeros(groups, out_features, dtype=torch.float32))
-
-    def options(self) -> dict[str, Any]:
-        return {"group_size": self.group_size}
-
-    def _quantize_from(self, weight: torch.Tensor, smooth_scales: torch.Tensor | None) -> None:
-        pad = self.padded_in_features - self.in_features
-        if pad:  # as W4A16Linear: the padding columns stay inside the last group's range (and meet x = 0)
-            weight = F.pad(weight.unsqueeze(0), (0, pad), mode="replicate").squeeze(0)
-        q, scale, offset = npu_dynamic_quant_asymmetric(weight.reshape(-1, self.group_size), dst_type=torch.quint4x2)
-        self.weight.copy_(q.reshape(self.out_features, -1))
-        self.weight_scale.copy_(scale.reshape(self.out_features, -1).t())
-        self.weight_offset.copy_(offset.neg().reshape(self.out_features, -1).t())
-
-    def dequantize(self, dtype: torch.dtype = torch.float32) -> torch.Tensor:
-        """The whole float weight ``(out_features, in_features)`` (for inspection; forward never builds it)."""
-        w = dequant_int4_grouped(self.weight, self.weight_scale.t().contiguous(), self.weight_offset.t().contiguous(), dtype)
-        return w[:, : self.in_features]
+    per_group_rows = True  # parameters (K / group_size, out_features)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         self._check_input(x)
