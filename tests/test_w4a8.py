@@ -58,7 +58,8 @@ SHAPES = [(1, 64, 16, 32), (1, 576, 40, 32), (3, 100, 13, 32), (8, 33, 9, 32), (
           (2, 40, 9, 8), (5, 24, 7, 16), (1, 1, 1, 8), (2, 64, 8, 64),
           # decode's vpmaddubsw kernel: G = 32 with an odd group count (a last half chunk), G = 128;
           # G = 96 (a multiple of 32, not of 64) keeps the int16 kernel
-          (1, 90, 11, 32), (8, 160, 8, 32), (4, 300, 10, 128), (2, 200, 9, 96)]
+          (1, 90, 11, 32), (8, 160, 8, 32), (4, 300, 10, 128), (2, 200, 9, 96), (12, 300, 10, 128),
+          (20, 200, 9, 96)]
 
 
 @pytest.mark.parametrize("shape", SHAPES)
