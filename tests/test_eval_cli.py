@@ -73,6 +73,24 @@ def test_table_output(transformers, capsys):
     assert "greedy tokens identical to fp32" in out
 
 
+def test_w4a8_keeps_an_int8_head_and_says_so(transformers, capsys):
+    import argparse
+
+    from npuquant.eval import _quantized
+    from npuquant.nn import W4A8Linear, W8A8Linear
+
+    base = model_module.load("tiny-random", progress=False).model
+    for smooth in (True, False):
+        args = argparse.Namespace(group_size=16, smooth=smooth)
+        model = _quantized(base, "w4a8", args, calibration=list(range(3, 40)))
+        kinds = {name: type(m) for name, m in model.named_modules() if isinstance(m, (W4A8Linear, W8A8Linear))}
+        assert kinds.pop("lm_head") is W8A8Linear
+        assert kinds and set(kinds.values()) == {W4A8Linear}
+        assert (model.lm_head.smooth_scales is not None) == smooth
+    assert main([*SMALL, "--schemes", "fp32,w4a8"]) == 0
+    assert "w4a8: every Linear but lm_head, which is w8a8 (int8 weights)" in capsys.readouterr().out
+
+
 @pytest.mark.parametrize(
     "bad",
     [["--schemes", "fp32,w2a2"], ["--schemes", ""], ["--tokens", "0"], ["--threads", "-1"], ["--bogus"]],
