@@ -36,19 +36,22 @@
  * block kernels only when G % 32 == 0, else the scalar ones): the integer sums are exact, so every variant's a_g and s_g are the same
  * integers, and every variant runs the epilogue's float operations in the order above: results are
  * bit-identical for every ISA, thread count and m.
- *   avx2   (G % 32 == 0): activations widened once per call to int16 in "slot order" (per 32
- *          columns: the 16 even ones, then the 16 odd ones); per block of 8 weight rows the packed
- *          nibbles are widened to int16 in registers (low nibble = even column, high = odd:
- *          vpmovzxbw, then shifts that sign-extend) into a small per-thread buffer, reused by every
- *          activation row; products by vpmaddwd (int16 x int16 -> int32 pair sums, never
- *          saturating), 8 rows' partial sums reduced across lanes by vphaddd, and the epilogue on
- *          8 outputs at once. Decode (m <= 8) with G == 32 or G % 64 == 0 reads the packed words in
- *          place instead: u = nibble ^ 8 in [0, 15] is an unsigned byte, so vpmaddubsw (u8 x s8)
- *          cannot saturate (|pair| <= 3840) and 64 weights cost 9 vector operations
- *          (s4_block_avx2_ubs); sum x * v = sum x * u - 8 s_g.
+ *   avx2   (G % 32 == 0). Every kernel uses u = nibble ^ 8 = v + 8 in [0, 15], an unsigned byte, so
+ *          vpmaddubsw (u8 x s8 pair sums) cannot saturate (|pair| <= 2 * 15 * 128 = 3840), and
+ *          sum x * v = sum x * u - 8 s_g, exact.
+ *          Prefill (m > 8): outputs in lanes (s4_panel_tile_avx2). Panels of 16 weight rows are
+ *          repacked per thread into u bytes, 4 columns of K per column of output; an activation
+ *          quad broadcast times one 64-byte quad row gives 16 outputs' pair sums, summed in int16
+ *          over 32 columns from a start of -8 x the lanes' activation sums (exact modulo 2^16, and
+ *          the final |sum x * v| <= 16384 fits), then widened once by vpmaddwd: 32 products per
+ *          multiply, twice the exact int8 x int8 GEMM's (gemm_s8.c), whose operands would saturate.
+ *          Decode (m <= 8), G == 32 or G % 64 == 0: the packed words read in place, 64 weights in
+ *          9 vector operations, 8 weight rows' sums reduced across lanes by vphaddd
+ *          (s4_block_avx2_ubs); other G: the same with nibbles widened to int16 and vpmaddwd
+ *          (s4_block_avx2_direct).
  *   scalar (any G): the definition, plain C.
- * Work is split over blocks of 8 weight rows (and, for many activation rows, blocks of rows) with
- * the dynamic split of runtime.c.
+ * Work is split over blocks of 8 weight rows (decode, scalar) or of 16 weight rows x 64 activation
+ * rows (prefill) with the dynamic split of runtime.c.
  */
 #include <stdlib.h>
 
@@ -57,6 +60,9 @@
 #define S4_JB 8       /* weight rows per block: one AVX2 vector of outputs */
 #define S4_RB 64      /* activation rows per work item (prefill) */
 #define S4_CHUNK 32   /* columns per 16-byte piece of a packed row */
+#define S4P_COLS 16   /* prefill: output columns per repacked panel (two vectors of 8) */
+#define S4P_ROWS 4    /* prefill: activation rows per micro-tile */
+#define S4P_RB 64     /* prefill: activation rows per work item */
 
 typedef struct {
     const npq_gemm_s4_args *a;
@@ -65,6 +71,9 @@ typedef struct {
     const int8_t *xb;    /* avx2 decode (s4_block_avx2_ubs): (m, kp64) int8, per 64 columns 32 even then 32 odd */
     int64_t kp64;        /* kp rounded up to 64 */
     const int32_t *xsum; /* (m, groups) */
+    const int8_t *xp;     /* avx2 prefill: (m, kp) int8, zero-padded */
+    const int32_t *xstart; /* avx2 prefill: (m, kp / 32) start words (s4_prepare_panel_x) */
+    int64_t jpanels;      /* avx2 prefill: panels of S4P_COLS columns */
 } s4_job;
 
 /* ---------------------------------------------------------------- shared helpers */
@@ -139,28 +148,6 @@ static void s4_prepare_x(const npq_gemm_s4_args *a, int64_t kp, int16_t *xs) {
     }
 }
 
-/* Rows j0 .. j0 + 7 of the packed weight (rows past n: zeros) -> int16 buffer, per row and per
- * 32 columns: 16 low nibbles (even columns), then 16 high nibbles (odd columns), sign-extended. */
-NPQ_TARGET_AVX2 static void s4_unpack_avx2(const s4_job *J, int64_t j0, int16_t *buf) {
-    const npq_gemm_s4_args *a = J->a;
-    const int64_t chunks = J->kp / S4_CHUNK;
-    for (int jj = 0; jj < S4_JB; jj++) {
-        int16_t *dst = buf + (int64_t)jj * J->kp;
-        if (j0 + jj >= a->n) {
-            memset(dst, 0, (size_t)J->kp * sizeof(int16_t));
-            continue;
-        }
-        const int32_t *wr = a->w + (j0 + jj) * a->w_row_stride;
-        for (int64_t c = 0; c < chunks; c++) {
-            const __m256i v = _mm256_cvtepu8_epi16(_mm_loadu_si128((const __m128i *)(wr + 4 * c)));
-            const __m256i lo = _mm256_srai_epi16(_mm256_slli_epi16(v, 12), 12);
-            const __m256i hi = _mm256_srai_epi16(_mm256_slli_epi16(v, 8), 12);
-            _mm256_store_si256((__m256i *)(dst + c * S4_CHUNK), lo);
-            _mm256_store_si256((__m256i *)(dst + c * S4_CHUNK + 16), hi);
-        }
-    }
-}
-
 /* 8 vectors of 8 int32 partial sums -> one vector of their 8 totals (lane jj = total of p[jj]). */
 NPQ_TARGET_AVX2 static inline __m256i s4_reduce8(const __m256i p[8]) {
     const __m256i h01 = _mm256_hadd_epi32(p[0], p[1]), h23 = _mm256_hadd_epi32(p[2], p[3]);
@@ -220,33 +207,6 @@ NPQ_TARGET_AVX2 static inline void s4_finish_avx2(const s4_job *J, int64_t r, in
         _Alignas(32) float yv[S4_JB];
         _mm256_store_ps(yv, y);
         for (int64_t jj = 0; jj < n - j0 && jj < S4_JB; jj++) s4_store(a, r, j0 + jj, yv[jj]);
-    }
-}
-
-/* Many activation rows (prefill): the block's 8 weight rows widened once into buf, reused by every row. */
-NPQ_TARGET_AVX2 static void s4_block_avx2(const s4_job *J, int64_t r0, int64_t r1, int64_t j0, int16_t *buf) {
-    const npq_gemm_s4_args *a = J->a;
-    const int64_t kp = J->kp, cpg = J->chunks_per_group;
-    s4_unpack_avx2(J, j0, buf);
-    for (int64_t r = r0; r < r1; r++) {
-        const int16_t *xr = J->xs + r * kp;
-        __m256 f = _mm256_setzero_ps();
-        for (int64_t g = 0; g < a->groups; g++) {
-            __m256i p[S4_JB];
-            for (int jj = 0; jj < S4_JB; jj++) p[jj] = _mm256_setzero_si256();
-            for (int64_t c = g * cpg; c < (g + 1) * cpg; c++) {
-                const __m256i xe = _mm256_load_si256((const __m256i *)(xr + c * S4_CHUNK));
-                const __m256i xo = _mm256_load_si256((const __m256i *)(xr + c * S4_CHUNK + 16));
-                for (int jj = 0; jj < S4_JB; jj++) {
-                    const int16_t *w = buf + (int64_t)jj * kp + c * S4_CHUNK;
-                    const __m256i pe = _mm256_madd_epi16(_mm256_load_si256((const __m256i *)w), xe);
-                    const __m256i po = _mm256_madd_epi16(_mm256_load_si256((const __m256i *)(w + 16)), xo);
-                    p[jj] = _mm256_add_epi32(p[jj], _mm256_add_epi32(pe, po));
-                }
-            }
-            f = s4_step_avx2(J, s4_reduce8(p), g, j0, J->xsum[r * a->groups + g], f);
-        }
-        s4_finish_avx2(J, r, j0, f);
     }
 }
 
@@ -375,6 +335,145 @@ NPQ_TARGET_AVX2 static void s4_block_avx2_ubs(const s4_job *J, int64_t r0, int64
         s4_finish_avx2(J, r, j0, f);
     }
 }
+/* Prefill (m > 8, G % 32 == 0): outputs in lanes. A panel of 16 output columns is repacked once per
+ * thread into unsigned bytes u = v + 8 in [0, 15], per 4 columns of K (a "quad") 16 columns x 4
+ * bytes: pw[q][j][i] = u(j, 4q + i). vpmaddubsw (u8 x s8) of one quad row with an activation quad
+ * broadcast to every column gives, per column, two int16 pair sums (|pair| <= 2 * 15 * 128 = 3840,
+ * never saturating). They are summed with vpaddw over the 8 quads of 32 columns of K, starting from
+ * -8 x the activation sums of the lanes' columns (the "start word"), so each int16 lane ends at
+ * sum x * v over its 16 columns, |.| <= 16 * 128 * 8 = 16384: exact, since vpaddw wraps modulo
+ * 2^16 and the final value fits. One vpmaddwd by 1 per 32 columns widens to int32; the epilogue
+ * runs on 8 outputs per vector in the scalar order. 32 products per multiply, against 16 for the
+ * int8 x int8 GEMM's exact int16 path (gemm_s8.c), where vpmaddubsw would saturate. */
+
+/* x rows -> int8 (m, kp) zero-padded; per 32 columns the start word (int16 lo: -8 x the sum of x
+ * over columns 0, 1 mod 4; hi: over 2, 3 mod 4); per group the sum s_g. */
+NPQ_TARGET_AVX2 static void s4_prepare_panel_x(const npq_gemm_s4_args *a, int64_t kp, int64_t gsize, int8_t *xp,
+                                               int32_t *start, int32_t *xsum) {
+    const int64_t chunks = kp / 32, cpg = gsize / 32;
+    const __m256i ones = _mm256_set1_epi8(1);
+    for (int64_t r = 0; r < a->m; r++) {
+        int8_t *dst = xp + r * kp;
+        memcpy(dst, a->x + r * a->x_row_stride, (size_t)a->k);
+        memset(dst + a->k, 0, (size_t)(kp - a->k));
+        int32_t s = 0;
+        for (int64_t c = 0; c < chunks; c++) {
+            /* pair sums (x0 + x1, x2 + x3) per quad, then the 8 quads' int16 pairs added lane-wise */
+            __m256i v = _mm256_maddubs_epi16(ones, _mm256_loadu_si256((const __m256i *)(dst + 32 * c)));
+            v = _mm256_add_epi16(v, _mm256_shuffle_epi32(v, 0x4E));
+            v = _mm256_add_epi16(v, _mm256_shuffle_epi32(v, 0xB1));
+            const __m128i h = _mm_add_epi16(_mm256_castsi256_si128(v), _mm256_extracti128_si256(v, 1));
+            const uint32_t both = (uint32_t)_mm_cvtsi128_si32(h); /* |each| <= 16 * 128 */
+            const int16_t s01 = (int16_t)(both & 0xFFFF), s23 = (int16_t)(both >> 16);
+            start[r * chunks + c] = (int32_t)((uint32_t)(uint16_t)(-8 * s01) | ((uint32_t)(uint16_t)(-8 * s23) << 16));
+            s += s01 + s23;
+            if ((c + 1) % cpg == 0) {
+                xsum[r * a->groups + c / cpg] = s;
+                s = 0;
+            }
+        }
+    }
+}
+
+/* Columns j0 .. j0 + 15 -> the panel (columns past n: zeros) and their (groups, 16) parameters. */
+NPQ_TARGET_AVX2 static void s4_pack_panel_avx2(const s4_job *J, int64_t j0, uint8_t *pw, float *ps, float *po) {
+    const npq_gemm_s4_args *a = J->a;
+    const int64_t chunks = J->kp / 32, n = a->n;
+    const __m128i flip = _mm_set1_epi8((char)0x88), low = _mm_set1_epi8(0x0F);
+    _Alignas(32) uint8_t col[S4P_COLS][32];
+    for (int64_t c = 0; c < chunks; c++) {
+        for (int jj = 0; jj < S4P_COLS; jj++) {
+            if (j0 + jj >= n) {
+                memset(col[jj], 0, 32);
+                continue;
+            }
+            const __m128i raw = _mm_xor_si128(
+                _mm_loadu_si128((const __m128i *)(a->w + (j0 + jj) * a->w_row_stride + 4 * c)), flip);
+            const __m128i lo = _mm_and_si128(raw, low), hi = _mm_and_si128(_mm_srli_epi16(raw, 4), low);
+            _mm_store_si128((__m128i *)col[jj], _mm_unpacklo_epi8(lo, hi)); /* columns 0-15 of the chunk */
+            _mm_store_si128((__m128i *)(col[jj] + 16), _mm_unpackhi_epi8(lo, hi));
+        }
+        uint8_t *dst = pw + c * 8 * S4P_COLS * 4;
+        for (int q = 0; q < 8; q++)
+            for (int jj = 0; jj < S4P_COLS; jj++) memcpy(dst + (q * S4P_COLS + jj) * 4, col[jj] + 4 * q, 4);
+    }
+    for (int64_t g = 0; g < a->groups; g++)
+        for (int jj = 0; jj < S4P_COLS; jj++) {
+            const int in = j0 + jj < n;
+            ps[g * S4P_COLS + jj] = in ? a->scale[g * n + j0 + jj] : 0.0f;
+            po[g * S4P_COLS + jj] = in && a->offset ? a->offset[g * n + j0 + jj] : 0.0f;
+        }
+}
+
+/* One 32-column chunk of rows x0 .. x3 against the panel's chunk wp: per row two vectors of 8 int32
+ * sums over the chunk, sum x * v (the start words st0 .. st3 hold the -8 x sums). Named registers:
+ * 8 accumulators, 2 weight vectors, 1 broadcast. */
+#define S4P_ROW(i)                                                                 \
+    do {                                                                           \
+        int32_t quad;                                                              \
+        memcpy(&quad, x##i + 4 * q, 4);                                            \
+        const __m256i xb = _mm256_set1_epi32(quad);                                \
+        a##i##0 = _mm256_add_epi16(a##i##0, _mm256_maddubs_epi16(w0, xb));          \
+        a##i##1 = _mm256_add_epi16(a##i##1, _mm256_maddubs_epi16(w1, xb));          \
+    } while (0)
+NPQ_TARGET_AVX2 static inline __attribute__((always_inline)) void s4_panel_chunk_avx2(
+    const uint8_t *wp, const int8_t *x0, const int8_t *x1, const int8_t *x2, const int8_t *x3, int32_t st0,
+    int32_t st1, int32_t st2, int32_t st3, __m256i out[8]) {
+    __m256i a00 = _mm256_set1_epi32(st0), a01 = a00, a10 = _mm256_set1_epi32(st1), a11 = a10;
+    __m256i a20 = _mm256_set1_epi32(st2), a21 = a20, a30 = _mm256_set1_epi32(st3), a31 = a30;
+#pragma GCC unroll 2
+    for (int q = 0; q < 8; q++) {
+        const __m256i w0 = _mm256_load_si256((const __m256i *)(wp + q * 64));
+        const __m256i w1 = _mm256_load_si256((const __m256i *)(wp + q * 64 + 32));
+        S4P_ROW(0);
+        S4P_ROW(1);
+        S4P_ROW(2);
+        S4P_ROW(3);
+    }
+    const __m256i ones = _mm256_set1_epi16(1);
+    out[0] = _mm256_madd_epi16(a00, ones), out[1] = _mm256_madd_epi16(a01, ones);
+    out[2] = _mm256_madd_epi16(a10, ones), out[3] = _mm256_madd_epi16(a11, ones);
+    out[4] = _mm256_madd_epi16(a20, ones), out[5] = _mm256_madd_epi16(a21, ones);
+    out[6] = _mm256_madd_epi16(a30, ones), out[7] = _mm256_madd_epi16(a31, ones);
+}
+#undef S4P_ROW
+
+/* Rows r .. r + rows - 1 (rows <= S4P_ROWS; the missing ones repeat the last, never stored) of the panel. */
+NPQ_TARGET_AVX2 static void s4_panel_tile_avx2(const s4_job *J, const uint8_t *pw, const float *ps, const float *po,
+                                               int64_t r, int rows, int64_t j0) {
+    const npq_gemm_s4_args *a = J->a;
+    const int64_t kp = J->kp, chunks = kp / 32, cpg = J->chunks_per_group;
+    const int8_t *xr[S4P_ROWS];
+    const int32_t *st[S4P_ROWS], *xs[S4P_ROWS];
+    for (int i = 0; i < S4P_ROWS; i++) {
+        const int64_t rr = r + (i < rows ? i : rows - 1);
+        xr[i] = J->xp + rr * kp;
+        st[i] = J->xstart + rr * chunks;
+        xs[i] = J->xsum + rr * a->groups;
+    }
+    _Alignas(32) float f[S4P_ROWS * 2][8]; /* running sums, row i's vector h at f[2 i + h] */
+    for (int v = 0; v < S4P_ROWS * 2; v++) _mm256_store_ps(f[v], _mm256_setzero_ps());
+    for (int64_t g = 0; g < a->groups; g++) {
+        __m256i acc[8], part[8];
+        for (int64_t cc = 0; cc < cpg; cc++) {
+            const int64_t c = g * cpg + cc;
+            s4_panel_chunk_avx2(pw + c * 8 * S4P_COLS * 4, xr[0] + 32 * c, xr[1] + 32 * c, xr[2] + 32 * c,
+                                xr[3] + 32 * c, st[0][c], st[1][c], st[2][c], st[3][c], cc ? part : acc);
+            if (cc)
+                for (int v = 0; v < 8; v++) acc[v] = _mm256_add_epi32(acc[v], part[v]);
+        }
+        for (int h = 0; h < 2; h++) {
+            const __m256 sc = _mm256_load_ps(ps + g * S4P_COLS + 8 * h), of = _mm256_load_ps(po + g * S4P_COLS + 8 * h);
+            for (int i = 0; i < S4P_ROWS; i++) {
+                const __m256 t =
+                    _mm256_add_ps(_mm256_cvtepi32_ps(acc[2 * i + h]), _mm256_mul_ps(of, _mm256_set1_ps((float)xs[i][g])));
+                _mm256_store_ps(f[2 * i + h], _mm256_add_ps(_mm256_load_ps(f[2 * i + h]), _mm256_mul_ps(t, sc)));
+            }
+        }
+    }
+    for (int i = 0; i < rows; i++)
+        for (int h = 0; h < 2; h++) s4_finish_avx2(J, r + i, j0 + 8 * h, _mm256_load_ps(f[2 * i + h]));
+}
 #endif
 
 /* ---------------------------------------------------------------- variants and driver */
@@ -390,28 +489,48 @@ typedef struct {
     volatile int nomem; /* a piece could not allocate its weight buffer: the call fails */
 } s4_ctx;
 
+/* Prefill items (AVX2): item = panel * rblocks + row block, so that consecutive items of a thread
+ * share the panel it repacked last. */
+static void s4_panel_range(s4_ctx *C, int64_t begin, int64_t end) {
+#if NPQ_X86
+    const s4_job *J = &C->job;
+    const int64_t m = J->a->m;
+    uint8_t *pw = (uint8_t *)aligned_alloc(64, (size_t)(J->kp * S4P_COLS));
+    float *ps = (float *)aligned_alloc(64, (size_t)(J->a->groups * S4P_COLS * 2) * sizeof(float));
+    if (!pw || !ps) {
+        C->nomem = 1;
+    } else {
+        float *po = ps + J->a->groups * S4P_COLS;
+        int64_t packed = -1;
+        for (int64_t item = begin; item < end; item++) {
+            const int64_t jb = item / J->rblocks, rb = item % J->rblocks;
+            if (jb != packed) s4_pack_panel_avx2(J, jb * S4P_COLS, pw, ps, po), packed = jb;
+            const int64_t r1 = (rb + 1) * S4P_RB < m ? (rb + 1) * S4P_RB : m;
+            for (int64_t r = rb * S4P_RB; r < r1; r += S4P_ROWS)
+                s4_panel_tile_avx2(J, pw, ps, po, r, (int)(r1 - r < S4P_ROWS ? r1 - r : S4P_ROWS), jb * S4P_COLS);
+        }
+    }
+    free(pw);
+    free(ps);
+#else
+    (void)C, (void)begin, (void)end;
+#endif
+}
+
 static void s4_range(void *ctx, int64_t begin, int64_t end) {
     s4_ctx *C = (s4_ctx *)ctx;
     const s4_job *J = &C->job;
-    int16_t *buf = NULL;
-#if NPQ_X86
-    if (C->avx2 && J->a->m > S4_JB) {
-        buf = (int16_t *)aligned_alloc(64, ((size_t)(S4_JB * J->kp) * sizeof(int16_t) + 63) & ~(size_t)63);
-        if (!buf) {
-            C->nomem = 1;
-            return;
-        }
+    if (J->xp) {
+        s4_panel_range(C, begin, end);
+        return;
     }
-#endif
     for (int64_t item = begin; item < end; item++) {
         const int64_t rb = item / J->jblocks, jb = item % J->jblocks;
         const int64_t r0 = rb * S4_RB, r1 = r0 + S4_RB < J->a->m ? r0 + S4_RB : J->a->m;
         const int64_t j0 = jb * S4_JB, j1 = j0 + S4_JB < J->a->n ? j0 + S4_JB : J->a->n;
 #if NPQ_X86
         if (C->avx2) {
-            if (buf)
-                s4_block_avx2(J, r0, r1, j0, buf);
-            else if (J->xb)
+            if (J->xb)
                 s4_block_avx2_ubs(J, r0, r1, j0);
             else
                 s4_block_avx2_direct(J, r0, r1, j0);
@@ -420,7 +539,6 @@ static void s4_range(void *ctx, int64_t begin, int64_t end) {
 #endif
         s4_block_scalar(J, r0, r1, j0, j1);
     }
-    free(buf);
 }
 
 NPQ_API int npq_gemm_s4(const npq_gemm_s4_args *a, int nthreads) {
@@ -457,13 +575,27 @@ NPQ_API int npq_gemm_s4(const npq_gemm_s4_args *a, int nthreads) {
     C.avx2 = impl->avx2 && J->gsize % S4_CHUNK == 0 && a->k > 0;
     int32_t *xsum = (int32_t *)malloc((size_t)(a->m * a->groups) * sizeof(int32_t));
     if (!xsum) return NPQ_ERR_NOMEM;
-    s4_row_sums(a, J->gsize, xsum);
     J->xsum = xsum;
     int16_t *xs = NULL;
-    int8_t *xb = NULL;
+    int8_t *xb = NULL, *xp = NULL;
+    int32_t *xstart = NULL;
+    int64_t items = J->rblocks * J->jblocks;
 #if NPQ_X86
-    if (C.avx2 && a->m <= S4_JB && (J->gsize == 32 || J->gsize % 64 == 0)) {
+    if (C.avx2 && a->m > S4_JB) {
+        /* prefill: the outputs-in-lanes panel kernel */
+        xp = (int8_t *)aligned_alloc(64, (size_t)(a->m * kp + 64) / 64 * 64);
+        xstart = (int32_t *)malloc((size_t)(a->m * (kp / 32)) * sizeof(int32_t));
+        if (!xp || !xstart) {
+            free(xp), free(xstart), free(xsum);
+            return NPQ_ERR_NOMEM;
+        }
+        s4_prepare_panel_x(a, kp, J->gsize, xp, xstart, xsum);
+        J->jpanels = (a->n + S4P_COLS - 1) / S4P_COLS;
+        J->rblocks = (a->m + S4P_RB - 1) / S4P_RB;
+        items = J->jpanels * J->rblocks;
+    } else if (C.avx2 && (J->gsize == 32 || J->gsize % 64 == 0)) {
         /* decode: the vpmaddubsw kernel's int8 activations */
+        s4_row_sums(a, J->gsize, xsum);
         J->kp64 = (kp + 63) / 64 * 64;
         xb = (int8_t *)aligned_alloc(64, (size_t)(a->m * J->kp64));
         if (!xb) {
@@ -472,17 +604,20 @@ NPQ_API int npq_gemm_s4(const npq_gemm_s4_args *a, int nthreads) {
         }
         s4_prepare_x8(a, J->kp64, xb);
     } else if (C.avx2) {
+        s4_row_sums(a, J->gsize, xsum);
         xs = (int16_t *)aligned_alloc(64, ((size_t)(a->m * kp) * sizeof(int16_t) + 63) & ~(size_t)63);
         if (!xs) {
             free(xsum);
             return NPQ_ERR_NOMEM;
         }
         s4_prepare_x(a, kp, xs);
-    }
+    } else
 #endif
+        s4_row_sums(a, J->gsize, xsum);
+    J->xp = xp;
+    J->xstart = xstart;
     J->xs = xs;
     J->xb = xb;
-    const int64_t items = J->rblocks * J->jblocks;
     /* decode: at least 64 KiB of packed weight per thread, claimed in quarters (gemv_int4.c's
      * measured choice); prefill: every item is a 64-row tile, heavy enough alone */
     const int64_t item_bytes = S4_JB * a->words * 4 + 1;
@@ -490,6 +625,8 @@ NPQ_API int npq_gemm_s4(const npq_gemm_s4_args *a, int nthreads) {
     npq_parallel_for_dynamic(items, grain, (grain + 3) / 4, nthreads, s4_range, &C);
     free(xs);
     free(xb);
+    free(xp);
+    free(xstart);
     free(xsum);
     return C.nomem ? NPQ_ERR_NOMEM : NPQ_OK;
 }

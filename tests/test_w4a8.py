@@ -59,7 +59,10 @@ SHAPES = [(1, 64, 16, 32), (1, 576, 40, 32), (3, 100, 13, 32), (8, 33, 9, 32), (
           # decode's vpmaddubsw kernel: G = 32 with an odd group count (a last half chunk), G = 128;
           # G = 96 (a multiple of 32, not of 64) keeps the int16 kernel
           (1, 90, 11, 32), (8, 160, 8, 32), (4, 300, 10, 128), (2, 200, 9, 96), (12, 300, 10, 128),
-          (20, 200, 9, 96)]
+          (20, 200, 9, 96),
+          # prefill's panel kernel (m > 8): k not a multiple of 4, n not of 16, rows past a 4-row tile
+          # and a 64-row block, groups of 2 and 3 chunks of 32 (G = 64, 96), G = 128
+          (9, 33, 17, 32), (13, 256, 16, 128), (67, 200, 33, 64), (130, 96, 40, 96), (65, 64, 31, 32)]
 
 
 @pytest.mark.parametrize("shape", SHAPES)
@@ -70,6 +73,20 @@ def test_gemm_s4_native_matches_reference_every_isa(shape, isa):
         for b in (bias, None):
             expected = lin._gemm_s4_reference(q, qs, packed, scale, offset, b, dt)
             assert_same_bits(gemm_s4(q, qs, packed, scale, offset, b, dt), expected)
+
+
+@pytest.mark.parametrize("m", [1, 12])
+@pytest.mark.parametrize("xv", [-128, 127])
+@pytest.mark.parametrize("wv", [-8, 7])
+def test_int16_extremes(m, xv, wv, isa):
+    """Every activation -128 or 127 against every weight -8 or 7: the panel kernel's int16 lanes start at
+    -8 x sum x and pass through values beyond int16 (|.| up to 16384 + 30720) that wrap back exactly."""
+    k, n, group = 96, 24, 32
+    q = torch.full((m, k), xv, dtype=torch.int8)
+    packed = npuquant.npu_convert_weight_to_int4pack(torch.full((n, k), wv, dtype=torch.int32))
+    scale, offset = torch.ones(k // group, n), torch.zeros(k // group, n)
+    out = gemm_s4(q, torch.ones(m), packed, scale, offset, None, torch.float32)
+    assert torch.equal(out, torch.full((m, n), float(xv * wv * k)))
 
 
 def test_reference_matches_numpy_golden():
