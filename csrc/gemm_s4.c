@@ -335,6 +335,67 @@ NPQ_TARGET_AVX2 static void s4_block_avx2_ubs(const s4_job *J, int64_t r0, int64
         s4_finish_avx2(J, r, j0, f);
     }
 }
+/* s4_block_avx2_ubs for G == 32 and a whole block of 8 rows (the common decode case), without
+ * per-row or per-chunk conditions in its loops: 64 columns are two whole groups, the last odd
+ * group (kp % 64 == 32) runs after the loop. Same operations on the same integers, same epilogue. */
+NPQ_TARGET_AVX2 static void s4_block_avx2_g32(const s4_job *J, int64_t r0, int64_t r1, int64_t j0) {
+    const npq_gemm_s4_args *a = J->a;
+    const int64_t n = a->n, whole = J->kp / 64, stride = a->w_row_stride;
+    const int32_t *w0 = a->w + j0 * stride;
+    /* The hardware prefetchers do not keep 8 interleaved rows in flight (gemm_s8.c's GEMV found the
+     * same): stream the bytes from 1 KiB past this block's rows (dense rows: the next blocks). May
+     * point past the weight; a prefetch is advice and never faults. */
+    const char *pf = (const char *)(w0 + S4_JB * stride) + 1024;
+    const __m256i flip = _mm256_set1_epi8((char)0x88), low = _mm256_set1_epi8(0x0F), ones = _mm256_set1_epi16(1);
+    if (j0 + 136 <= n) /* the parameter lines of the block 16 ahead (s4_block_avx2_ubs says why) */
+        for (int64_t g = 0; g < a->groups; g++) {
+            _mm_prefetch((const char *)(a->scale + g * n + j0 + 128), _MM_HINT_T0);
+            if (a->offset) _mm_prefetch((const char *)(a->offset + g * n + j0 + 128), _MM_HINT_T0);
+        }
+    for (int64_t r = r0; r < r1; r++) {
+        const int8_t *xr = J->xb + r * J->kp64;
+        const int32_t *xsum = J->xsum + r * a->groups;
+        __m256 f = _mm256_setzero_ps();
+        int64_t c = 0;
+        for (; c < whole; c++) {
+            const __m256i xe = _mm256_loadu_si256((const __m256i *)(xr + 64 * c));
+            const __m256i xo = _mm256_loadu_si256((const __m256i *)(xr + 64 * c + 32));
+            if (r == r0) /* a chunk reads 8 x 32 bytes: as many lines of the rows ahead, in flight */
+                for (int i = 0; i < 4; i++) _mm_prefetch(pf + 256 * c + 64 * i, _MM_HINT_T0);
+            __m256i p[S4_JB];
+#pragma GCC unroll 8
+            for (int jj = 0; jj < S4_JB; jj++) {
+                const __m256i v = _mm256_xor_si256(_mm256_loadu_si256((const __m256i *)(w0 + jj * stride + 8 * c)), flip);
+                const __m256i lo = _mm256_and_si256(v, low), hi = _mm256_and_si256(_mm256_srli_epi16(v, 4), low);
+                p[jj] = _mm256_madd_epi16(_mm256_add_epi16(_mm256_maddubs_epi16(lo, xe), _mm256_maddubs_epi16(hi, xo)), ones);
+            }
+            __m256i ga, gb;
+            s4_reduce8_halves(p, &ga, &gb);
+            f = s4_step_avx2(J, _mm256_sub_epi32(ga, _mm256_set1_epi32(8 * xsum[2 * c])), 2 * c, j0, xsum[2 * c], f);
+            f = s4_step_avx2(J, _mm256_sub_epi32(gb, _mm256_set1_epi32(8 * xsum[2 * c + 1])), 2 * c + 1, j0,
+                             xsum[2 * c + 1], f);
+        }
+        if (2 * whole < a->groups) { /* the last group alone: 4 words per row, as 128-bit vectors */
+            const __m128i xe = _mm_loadu_si128((const __m128i *)(xr + 64 * c));
+            const __m128i xo = _mm_loadu_si128((const __m128i *)(xr + 64 * c + 32));
+            __m256i p[S4_JB];
+            for (int jj = 0; jj < S4_JB; jj++) {
+                const __m128i v = _mm_xor_si128(_mm_loadu_si128((const __m128i *)(w0 + jj * stride + 8 * c)),
+                                                _mm256_castsi256_si128(flip));
+                const __m128i lo = _mm_and_si128(v, _mm256_castsi256_si128(low));
+                const __m128i hi = _mm_and_si128(_mm_srli_epi16(v, 4), _mm256_castsi256_si128(low));
+                const __m128i s = _mm_madd_epi16(_mm_add_epi16(_mm_maddubs_epi16(lo, xe), _mm_maddubs_epi16(hi, xo)),
+                                                 _mm256_castsi256_si128(ones));
+                p[jj] = _mm256_zextsi128_si256(s);
+            }
+            __m256i ga, gb;
+            s4_reduce8_halves(p, &ga, &gb);
+            f = s4_step_avx2(J, _mm256_sub_epi32(ga, _mm256_set1_epi32(8 * xsum[2 * c])), 2 * c, j0, xsum[2 * c], f);
+        }
+        s4_finish_avx2(J, r, j0, f);
+    }
+}
+
 /* Prefill (m > 8, G % 32 == 0): outputs in lanes. A panel of 16 output columns is repacked once per
  * thread into unsigned bytes u = v + 8 in [0, 15], per 4 columns of K (a "quad") 16 columns x 4
  * bytes: pw[q][j][i] = u(j, 4q + i). vpmaddubsw (u8 x s8) of one quad row with an activation quad
@@ -530,7 +591,9 @@ static void s4_range(void *ctx, int64_t begin, int64_t end) {
         const int64_t j0 = jb * S4_JB, j1 = j0 + S4_JB < J->a->n ? j0 + S4_JB : J->a->n;
 #if NPQ_X86
         if (C->avx2) {
-            if (J->xb)
+            if (J->xb && J->gsize == 32 && j1 - j0 == S4_JB)
+                s4_block_avx2_g32(J, r0, r1, j0);
+            else if (J->xb)
                 s4_block_avx2_ubs(J, r0, r1, j0);
             else
                 s4_block_avx2_direct(J, r0, r1, j0);
