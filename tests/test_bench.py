@@ -130,6 +130,7 @@ def test_int4_matmul_rows(capsys):
         ("quant_matmul_a8w4", "a8w4 bf16 g32"),
         ("linear_w4a8", "layer g32"),
         ("linear_w4a8", "layer w8a8"),
+        ("linear_w4a8", "layer fbgemm (inexact)"),
     }
     for row in rows.values():
         assert row["family"] == "int4_matmul" and row["shape"] == [4, 64, 48]

@@ -10,7 +10,8 @@ SmolLM2-135M's projections (576x576, 576x1536, 1536x576). int4 weights in groups
   int4 x2 (the vendor's split-activation numerics, pure torch on every device).
 * ``linear_w4a8`` / ``layer g32`` and ``layer w8a8``: the ``w4a8`` layer (one operator call:
   ``npu_dynamic_quant`` + the exact int4 x int8 product, csrc/gemm_s4.c) beside the ``w8a8``
-  layer on the same float32 input, as ``npuquant eval`` runs them.
+  layer on the same float32 input, as ``npuquant eval`` runs them; ``layer fbgemm (inexact)``: the
+  PyTorch peer, torch.ao's dynamic int8 Linear (fbgemm), on the same input.
 
 GOP/s counts 2*M*N*K operations; ``x eager`` is the speed-up over torch's float32 matmul of the
 same shape (timed in the same process into a preallocated output).
@@ -23,7 +24,7 @@ import torch
 import npuquant
 from npuquant.nn.linear import W4A8Linear, W8A8Linear
 
-from .gemm import _fp32_matmul
+from .gemm import _fbgemm, _fp32_matmul
 from .harness import Case, Options, Workload, register
 
 GROUP = 32
@@ -111,4 +112,7 @@ def cases(opts: Options) -> list[Case]:
                         lambda m=m, k=k, n=n: _layer(m, k, n, "w4a8")))
         out.append(Case("int4_matmul", "linear_w4a8", "layer w8a8", shape,
                         lambda m=m, k=k, n=n: _layer(m, k, n, "w8a8")))
+        out.append(Case("int4_matmul", "linear_w4a8", "layer fbgemm (inexact)", shape,
+                        lambda m=m, k=k, n=n: _fbgemm(m, k, n),
+                        skip_reason="torch has no fbgemm quantized engine here"))
     return out
