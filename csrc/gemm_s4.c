@@ -248,6 +248,17 @@ NPQ_TARGET_AVX2 static void s4_block_avx2_direct(const s4_job *J, int64_t r0, in
     }
 }
 
+/* The (groups, n) parameters are `groups` streams n floats apart, too many for the hardware
+ * prefetcher when n is large (the 49152-row head ran 3x slower than w8a8's): fetch the lines the
+ * block `ahead` columns on will read (advice only; never past the end). */
+NPQ_TARGET_AVX2 static inline void s4_prefetch_params(const npq_gemm_s4_args *a, int64_t j0, int64_t ahead) {
+    if (j0 + ahead + S4_JB > a->n) return;
+    for (int64_t g = 0; g < a->groups; g++) {
+        _mm_prefetch((const char *)(a->scale + g * a->n + j0 + ahead), _MM_HINT_T0);
+        if (a->offset) _mm_prefetch((const char *)(a->offset + g * a->n + j0 + ahead), _MM_HINT_T0);
+    }
+}
+
 /* x rows -> int8 scratch for s4_block_avx2_ubs: per 64 columns the 32 even ones, then the 32 odd
  * ones (the low and high nibbles of 32 packed bytes), padding 0. */
 static void s4_prepare_x8(const npq_gemm_s4_args *a, int64_t kp64, int8_t *xb) {
@@ -288,14 +299,7 @@ NPQ_TARGET_AVX2 static void s4_block_avx2_ubs(const s4_job *J, int64_t r0, int64
     const __m256i flip = _mm256_set1_epi8((char)0x88), low = _mm256_set1_epi8(0x0F);
     const __m256i ones = _mm256_set1_epi16(1), first4 = _mm256_setr_epi32(-1, -1, -1, -1, 0, 0, 0, 0);
     for (int jj = 0; jj < S4_JB; jj++) wr[jj] = j0 + jj < n ? a->w + (j0 + jj) * a->w_row_stride : NULL;
-    /* The (groups, n) parameters are `groups` streams n floats apart, too many for the hardware
-     * prefetcher when n is large (the 49152-row head ran 3x slower than w8a8's): fetch the lines
-     * that blocks 8 ahead will read (advice only; a line past the end is never dereferenced). */
-    if (j0 + 72 <= n)
-        for (int64_t g = 0; g < a->groups; g++) {
-            _mm_prefetch((const char *)(a->scale + g * n + j0 + 64), _MM_HINT_T0);
-            if (a->offset) _mm_prefetch((const char *)(a->offset + g * n + j0 + 64), _MM_HINT_T0);
-        }
+    s4_prefetch_params(a, j0, 64);
     for (int64_t r = r0; r < r1; r++) {
         const int8_t *xr = J->xb + r * J->kp64;
         const int32_t *xsum = J->xsum + r * a->groups;
@@ -340,18 +344,14 @@ NPQ_TARGET_AVX2 static void s4_block_avx2_ubs(const s4_job *J, int64_t r0, int64
  * group (kp % 64 == 32) runs after the loop. Same operations on the same integers, same epilogue. */
 NPQ_TARGET_AVX2 static void s4_block_avx2_g32(const s4_job *J, int64_t r0, int64_t r1, int64_t j0) {
     const npq_gemm_s4_args *a = J->a;
-    const int64_t n = a->n, whole = J->kp / 64, stride = a->w_row_stride;
+    const int64_t whole = J->kp / 64, stride = a->w_row_stride;
     const int32_t *w0 = a->w + j0 * stride;
     /* The hardware prefetchers do not keep 8 interleaved rows in flight (gemm_s8.c's GEMV found the
      * same): stream the bytes from 1 KiB past this block's rows (dense rows: the next blocks). May
      * point past the weight; a prefetch is advice and never faults. */
     const char *pf = (const char *)(w0 + S4_JB * stride) + 1024;
     const __m256i flip = _mm256_set1_epi8((char)0x88), low = _mm256_set1_epi8(0x0F), ones = _mm256_set1_epi16(1);
-    if (j0 + 136 <= n) /* the parameter lines of the block 16 ahead (s4_block_avx2_ubs says why) */
-        for (int64_t g = 0; g < a->groups; g++) {
-            _mm_prefetch((const char *)(a->scale + g * n + j0 + 128), _MM_HINT_T0);
-            if (a->offset) _mm_prefetch((const char *)(a->offset + g * n + j0 + 128), _MM_HINT_T0);
-        }
+    s4_prefetch_params(a, j0, 128);
     for (int64_t r = r0; r < r1; r++) {
         const int8_t *xr = J->xb + r * J->kp64;
         const int32_t *xsum = J->xsum + r * a->groups;
