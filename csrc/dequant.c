@@ -4,6 +4,9 @@
  *     out[r, c] = cast_out((float32(q[r, c]) + offset[p]) * scale[p])
  *     p(r, c)   = (r / row_block) * row_step + (c / col_block) * col_step
  *
+ * (half_steps, float16 output: the sum rounded to float16 before the multiply, float16
+ * arithmetic as torch does it: cast_f16(float32(cast_f16(float32(q) + offset)) * scale).)
+ *
  * q is read by a decoder (int8, int16, or int32 words of 8 int4), p is the parameter index the
  * op's granularity describes (per tensor, per last dim, per row, per (row, K-group), per
  * (matrix, column), any 2-D block), cast_out an encoder (float32, float16, bfloat16).
@@ -27,6 +30,10 @@
 #define DQ_STREAM_MIN (16 << 20) /* output bytes from which stores bypass the caches */
 
 enum { DQ_CONST = 0, DQ_VEC = 1, DQ_GROUP = 2, DQ_GENERAL = 3 }; /* parameters along a row */
+/* Encoders: NPQ_F32 (0), NPQ_F16 (1), NPQ_BF16 (2), and DQ_F16_STEPS: float16 arithmetic (the sum
+ * q + offset rounded to float16 before the multiply, as torch's float16 add then multiply; with
+ * float16 operands a float32 result rounded to float16 is the correctly rounded float16 result). */
+enum { DQ_F16_STEPS = 3 };
 
 /* n outputs of one row from column c0 on. x points at the unit holding output c0 (contiguous
  * units); s / o at the row's parameters (offset c0 already applied for DQ_VEC); o NULL = +0. */
@@ -51,13 +58,15 @@ DQ_INLINE void dq_tail(const void *x, int64_t i, int64_t n, int64_t c0, const fl
                        int64_t cs, void *out, const int dec, const int mode, const int out_t) {
     for (; i < n; i++) {
         const int64_t p = dq_param(c0, i, cb, cs, mode);
-        const float v = ((float)dq_value(x, i, dec) + (o ? o[p] : 0.0f)) * s[p];
+        float v = (float)dq_value(x, i, dec) + (o ? o[p] : 0.0f);
+        if (out_t == DQ_F16_STEPS) v = npq_f16_to_f32(npq_f32_to_f16(v));
+        v = v * s[p];
         if (out_t == NPQ_F32)
             ((float *)out)[i] = v;
-        else if (out_t == NPQ_F16)
-            ((uint16_t *)out)[i] = npq_f32_to_f16(v);
-        else
+        else if (out_t == NPQ_BF16)
             ((uint16_t *)out)[i] = npq_f32_to_bf16(v);
+        else
+            ((uint16_t *)out)[i] = npq_f32_to_f16(v);
     }
 }
 
@@ -72,7 +81,7 @@ static void dq_scalar(const void *x, int64_t n, int64_t c0, const float *s, cons
         else dq_tail(x, 0, n, c0, s, o, cb, cs, out, D, DQ_GENERAL, O);                                     \
         return;                                                                                             \
     }
-#define DQ_S3(D) DQ_S(D, NPQ_F32) DQ_S(D, NPQ_F16) DQ_S(D, NPQ_BF16)
+#define DQ_S3(D) DQ_S(D, NPQ_F32) DQ_S(D, NPQ_F16) DQ_S(D, NPQ_BF16) DQ_S(D, DQ_F16_STEPS)
     DQ_S3(NPQ_I8) DQ_S3(NPQ_I16) DQ_S3(NPQ_I4)
 #undef DQ_S3
 #undef DQ_S
@@ -90,6 +99,7 @@ NPQ_TARGET_AVX2 DQ_INLINE __m256i dq_avx2_dec(const void *x, int64_t i, const in
     return _mm256_srai_epi32(_mm256_sllv_epi32(_mm256_set1_epi32(((const int32_t *)x)[i >> 3]), shifts), 28);
 }
 #define dq_avx2_grp(p, g0, g1) _mm256_set1_ps((p)[g0])
+#define dq_avx2_f16_round(v) _mm256_cvtph_ps(_mm256_cvtps_ph((v), _MM_FROUND_TO_NEAREST_INT))
 #define dq_avx2_nan() _mm256_set1_epi32(npq_bf16_nan)
 NPQ_TARGET_AVX2 DQ_INLINE void dq_avx2_store(void *out, __m256 v, const int out_t, __m256i nan, const int stream) {
     const int aligned = stream && ((uintptr_t)out & (out_t == NPQ_F32 ? 31 : 15)) == 0;
@@ -99,7 +109,7 @@ NPQ_TARGET_AVX2 DQ_INLINE void dq_avx2_store(void *out, __m256 v, const int out_
         return;
     }
     __m128i h;
-    if (out_t == NPQ_F16) {
+    if (out_t == NPQ_F16 || out_t == DQ_F16_STEPS) {
         h = _mm256_cvtps_ph(v, _MM_FROUND_TO_NEAREST_INT);
     } else {
         __m256i t = npq_bf16_bits_avx2(v, nan);
@@ -120,6 +130,7 @@ NPQ_TARGET_AVX512 DQ_INLINE __m512i dq_avx512_dec(const void *x, int64_t i, cons
 #define dq_avx512_grp(p, g0, g1) \
     _mm512_insertf32x8(_mm512_castps256_ps512(_mm256_set1_ps((p)[g0])), _mm256_set1_ps((p)[g1]), 1)
 #define dq_avx512_nan() _mm512_set1_epi32(npq_bf16_nan)
+#define dq_avx512_f16_round(v) _mm512_cvtph_ps(_mm512_cvtps_ph((v), _MM_FROUND_TO_NEAREST_INT))
 NPQ_TARGET_AVX512 DQ_INLINE void dq_avx512_store(void *out, __m512 v, const int out_t, __m512i nan, const int stream) {
     const int aligned = stream && ((uintptr_t)out & (out_t == NPQ_F32 ? 63 : 31)) == 0;
     if (out_t == NPQ_F32) {
@@ -128,7 +139,7 @@ NPQ_TARGET_AVX512 DQ_INLINE void dq_avx512_store(void *out, __m512 v, const int 
         return;
     }
     __m256i h;
-    if (out_t == NPQ_F16) {
+    if (out_t == NPQ_F16 || out_t == DQ_F16_STEPS) {
         h = _mm512_cvtps_ph(v, _MM_FROUND_TO_NEAREST_INT);
     } else {
         __m512i u = _mm512_castps_si512(v);
@@ -164,7 +175,9 @@ NPQ_TARGET_AVX512 DQ_INLINE void dq_avx512_store(void *out, __m512 v, const int 
                 sv = dq_##ISA##_grp(s, g0, g1);                                                                 \
                 if (o) ov = dq_##ISA##_grp(o, g0, g1);                                                          \
             }                                                                                                   \
-            SIMD_T(ISA, F) v = SIMD(ISA, mul)(SIMD(ISA, add)(SIMD(ISA, cvt)(dq_##ISA##_dec(x, i, dec)), ov), sv); \
+            SIMD_T(ISA, F) v = SIMD(ISA, add)(SIMD(ISA, cvt)(dq_##ISA##_dec(x, i, dec)), ov);                 \
+            if (out_t == DQ_F16_STEPS) v = dq_##ISA##_f16_round(v);                                            \
+            v = SIMD(ISA, mul)(v, sv);                                                                          \
             dq_##ISA##_store((char *)out + i * (int64_t)ob, v, out_t, nan, stream);                             \
         }                                                                                                       \
         if (i < n) {                                                                                            \
@@ -188,14 +201,16 @@ DQ_SIMD(avx512, NPQ_TARGET_AVX512)
         dq_body_##ISA(x, n, c0, s, o, cb, out, D, M, O, ST);                                                 \
     }
 #define DQ_FN_ST(ISA, T, D, M, O) DQ_FN(ISA, T, D, M, O, 0) DQ_FN(ISA, T, D, M, O, 1)
-#define DQ_FN_O(ISA, T, D, M) DQ_FN_ST(ISA, T, D, M, 0) DQ_FN_ST(ISA, T, D, M, 1) DQ_FN_ST(ISA, T, D, M, 2)
+#define DQ_FN_O(ISA, T, D, M) \
+    DQ_FN_ST(ISA, T, D, M, 0) DQ_FN_ST(ISA, T, D, M, 1) DQ_FN_ST(ISA, T, D, M, 2) DQ_FN_ST(ISA, T, D, M, 3)
 #define DQ_FN_M(ISA, T, D) DQ_FN_O(ISA, T, D, 0) DQ_FN_O(ISA, T, D, 1) DQ_FN_O(ISA, T, D, 2)
 #define DQ_FN_ALL(ISA, T) DQ_FN_M(ISA, T, 3) DQ_FN_M(ISA, T, 5) DQ_FN_M(ISA, T, 8)
-/* table rows [decoder I8 / I16 / I4][mode][encoder][streaming] */
+/* table rows [decoder I8 / I16 / I4][mode][encoder F32 / F16 / BF16 / F16_STEPS][streaming] */
 #define DQ_R_ST(ISA, D, M, O) {dq_##ISA##_##D##_##M##_##O##_0, dq_##ISA##_##D##_##M##_##O##_1}
-#define DQ_R_O(ISA, D, M) {DQ_R_ST(ISA, D, M, 0), DQ_R_ST(ISA, D, M, 1), DQ_R_ST(ISA, D, M, 2)}
+#define DQ_R_O(ISA, D, M) \
+    {DQ_R_ST(ISA, D, M, 0), DQ_R_ST(ISA, D, M, 1), DQ_R_ST(ISA, D, M, 2), DQ_R_ST(ISA, D, M, 3)}
 #define DQ_R_M(ISA, D) {DQ_R_O(ISA, D, 0), DQ_R_O(ISA, D, 1), DQ_R_O(ISA, D, 2)}
-#define DQ_TABLE(ISA) static const dq_seg_fn dq_##ISA##_fns[3][3][3][2] = {DQ_R_M(ISA, 3), DQ_R_M(ISA, 5), DQ_R_M(ISA, 8)};
+#define DQ_TABLE(ISA) static const dq_seg_fn dq_##ISA##_fns[3][3][4][2] = {DQ_R_M(ISA, 3), DQ_R_M(ISA, 5), DQ_R_M(ISA, 8)};
 
 DQ_FN_ALL(avx2, NPQ_TARGET_AVX2)
 DQ_TABLE(avx2)
@@ -212,18 +227,15 @@ static int dq_dec_index(int dec) { return dec == NPQ_I8 ? 0 : dec == NPQ_I16 ? 1
                                     int64_t cb, int64_t cs, void *out) {                                        \
         dq_scalar(x, n, c0, s, o, cb, cs, out, D, O);                                                           \
     }
-DQ_SCALAR_FN(3, 0) DQ_SCALAR_FN(3, 1) DQ_SCALAR_FN(3, 2) DQ_SCALAR_FN(5, 0) DQ_SCALAR_FN(5, 1) DQ_SCALAR_FN(5, 2)
-DQ_SCALAR_FN(8, 0) DQ_SCALAR_FN(8, 1) DQ_SCALAR_FN(8, 2)
-static const dq_seg_fn dq_scalar_fns[3][3] = {
-    {dq_scalar_3_0, dq_scalar_3_1, dq_scalar_3_2},
-    {dq_scalar_5_0, dq_scalar_5_1, dq_scalar_5_2},
-    {dq_scalar_8_0, dq_scalar_8_1, dq_scalar_8_2},
-};
+#define DQ_SCALAR_FNS(D) DQ_SCALAR_FN(D, 0) DQ_SCALAR_FN(D, 1) DQ_SCALAR_FN(D, 2) DQ_SCALAR_FN(D, 3)
+DQ_SCALAR_FNS(3) DQ_SCALAR_FNS(5) DQ_SCALAR_FNS(8)
+#define DQ_SCALAR_ROW(D) {dq_scalar_##D##_0, dq_scalar_##D##_1, dq_scalar_##D##_2, dq_scalar_##D##_3}
+static const dq_seg_fn dq_scalar_fns[3][4] = {DQ_SCALAR_ROW(3), DQ_SCALAR_ROW(5), DQ_SCALAR_ROW(8)};
 
 /* A row's entry points: fns[decoder][mode][encoder][stream] for the vectorised modes (NULL: the
  * scalar row, which serves every job). */
 typedef struct {
-    const dq_seg_fn (*fns)[3][3][2];
+    const dq_seg_fn (*fns)[3][4][2];
 } dq_impl;
 
 /* The GENERAL mode (any parameter layout) has only the scalar body. */
@@ -282,6 +294,7 @@ NPQ_API int npq_dequant(const npq_dequant_args *a, int nthreads) {
     if (!a) return NPQ_ERR_NULL;
     if (a->x_kind != NPQ_I8 && a->x_kind != NPQ_I16 && a->x_kind != NPQ_I4) return NPQ_ERR_DTYPE;
     if (a->out_dtype != NPQ_F32 && a->out_dtype != NPQ_F16 && a->out_dtype != NPQ_BF16) return NPQ_ERR_DTYPE;
+    if (a->half_steps && a->out_dtype != NPQ_F16) return NPQ_ERR_DTYPE;
     if (a->row_block <= 0 || a->col_block <= 0 || a->row_step < 0 || a->col_step < 0 || a->n_param < 0)
         return NPQ_ERR_ARG;
     int64_t rows;
@@ -315,7 +328,7 @@ NPQ_API int npq_dequant(const npq_dequant_args *a, int nthreads) {
     j.out_bytes = a->out_dtype == NPQ_F32 ? 4 : 2;
     const int64_t total = rows * j.cols; /* no overflow: npq_layout_init checked rows * inner */
     const int stream = total * j.out_bytes >= DQ_STREAM_MIN;
-    j.fn = dq_pick(a->x_kind, j.mode, a->out_dtype, stream);
+    j.fn = dq_pick(a->x_kind, j.mode, a->half_steps ? DQ_F16_STEPS : a->out_dtype, stream);
     int64_t blocks;
     if (__builtin_mul_overflow(rows, j.blocks_per_row, &blocks)) return NPQ_ERR_ARG;
     npq_advise_hugepages(j.out, (size_t)(total * j.out_bytes));

@@ -166,7 +166,8 @@ static inline int64_t npq_row_offset(const npq_layout *l, int64_t row) {
  *     p(r, c)   = (r / row_block) * row_step + (c / col_block) * col_step
  * x_kind NPQ_I8 / NPQ_I16 / NPQ_I4 (then a row has 8 * inner outputs); rows numbered by the nd
  * leading dims; sizes, strides and x_extent in units. scale / offset: n_param float32 (offset
- * NULL = +0). out: contiguous rows x cols of NPQ_F32 / NPQ_F16 / NPQ_BF16. */
+ * NULL = +0). out: contiguous rows x cols of NPQ_F32 / NPQ_F16 / NPQ_BF16. half_steps (NPQ_F16 only)
+ * rounds q + offset to float16 before the multiply. */
 typedef struct {
     const void *x;
     int x_kind;
@@ -179,6 +180,8 @@ typedef struct {
     int64_t row_block, row_step, col_block, col_step;
     void *out;
     int out_dtype;
+    int half_steps; /* NPQ_F16 only, else 0: float16 arithmetic, cast_f16(float32(cast_f16(q + offset)) * scale)
+                     * (torch's float16 add then multiply; scale and offset must then be float16 values) */
 } npq_dequant_args;
 NPQ_API int npq_dequant(const npq_dequant_args *args, int nthreads);
 /* dynamic_quant.c: per-row dynamic quantization (symmetric when offset is NULL), int8 or packed int4. */

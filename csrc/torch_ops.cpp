@@ -266,14 +266,17 @@ Tensor pool_selftest(int64_t n, int64_t chunk, int64_t nthreads) {
 // for packed int4). The scale's shape is the granularity: (row_blocks, col_blocks) splits the view
 // into equal blocks, element (r, c) taking block (r / (rows / row_blocks), c / (cols / col_blocks));
 // a 1-D scale of n is (1, n). No int arguments: each costs ~1 us in a boxed call.
-Tensor dequant_affine(Tensor x, Tensor scale, std::optional<Tensor> offset, ST out_dtype) {
+Tensor dequant_affine(Tensor x, Tensor scale, std::optional<Tensor> offset, ST out_dtype, bool half_steps) {
     const char *op = "dequant_affine";
     check_input(x, op, "x", {ST::Char, ST::Short, ST::Int});
     if (out_dtype != ST::Float && out_dtype != ST::Half && out_dtype != ST::BFloat16)
         fail(op, "out_dtype must be float32, float16 or bfloat16, but got ", dtype_name(out_dtype));
+    if (half_steps && (out_dtype != ST::Half || scale.scalar_type() != ST::Half))
+        fail(op, "half_steps (float16 arithmetic) needs float16 scale, offset and out_dtype, but got ",
+             dtype_name(scale.scalar_type()), " scale and out_dtype ", dtype_name(out_dtype));
     const bool packed = x.scalar_type() == ST::Int;
     if (packed && x.dim() == 0) fail(op, "an int32 (packed int4) x must have at least 1 dimension");
-    check_input(scale, op, "scale", {ST::Float, ST::BFloat16});
+    check_input(scale, op, "scale", {ST::Float, ST::BFloat16, ST::Half});
     if (offset) {
         if (offset->defined() && offset->scalar_type() != scale.scalar_type())
             fail(op, "offset must have scale's dtype (", dtype_name(scale.scalar_type()), "), but got ",
@@ -302,7 +305,7 @@ Tensor dequant_affine(Tensor x, Tensor scale, std::optional<Tensor> offset, ST o
                           extent_of(x), r.nd, r.size, r.stride, r.inner, r.inner_stride,
                           (const float *)s.data_ptr(), (const float *)cptr(o), n_param, rows / row_blocks,
                           row_blocks > 1 ? col_blocks : 0, cols / col_blocks, col_blocks > 1 ? 1 : 0,
-                          out.data_ptr(), npq_dtype_of(out_dtype)};
+                          out.data_ptr(), npq_dtype_of(out_dtype), half_steps ? 1 : 0};
     check_status(npq_dequant(&a, threads()), op);
     return out;
 }
@@ -1045,7 +1048,9 @@ STABLE_TORCH_LIBRARY(npuquant, m) {
     m.def("kernels() -> str");
     m.def("pool_selftest(int n, int chunk, int nthreads) -> Tensor");
     // kernels (normalised arguments; the public functions validate with torch_npu's messages first)
-    m.def("dequant_affine(Tensor x, Tensor scale, Tensor? offset, ScalarType out_dtype) -> Tensor");
+    m.def(
+        "dequant_affine(Tensor x, Tensor scale, Tensor? offset, ScalarType out_dtype, bool half_steps=False) "
+        "-> Tensor");
     m.def(
         "dynamic_quant(Tensor x, Tensor? smooth_scales, Tensor? group_index, bool asymmetric, bool int4) "
         "-> (Tensor, Tensor, Tensor)");

@@ -73,9 +73,9 @@ def n_params(rows: int, cols: int, block) -> int:
     return shape[0] * (shape[1] if len(shape) > 1 else 1)
 
 
-def check(x: torch.Tensor, scale: torch.Tensor, offset: torch.Tensor | None, dst) -> None:
-    actual = OP(x, scale, offset, dst)
-    expected = reference.dequant_affine(x, scale, offset, dst)
+def check(x: torch.Tensor, scale: torch.Tensor, offset: torch.Tensor | None, dst, half_steps: bool = False) -> None:
+    actual = OP(x, scale, offset, dst, half_steps)
+    expected = reference.dequant_affine(x, scale, offset, dst, half_steps)
     nan_any = None
     if offset is not None and actual.numel():  # both parameters NaN: torch returns either payload
         view = actual.reshape(-1, actual.shape[-1] if actual.dim() else 1).shape
@@ -156,7 +156,7 @@ X28 = torch.zeros(2, 8, dtype=torch.int8)
     ("args", "message"),
     [
         ((torch.zeros(2, 8, dtype=torch.uint8), torch.ones(1), None), "x must be int8 or int16 or int32"),
-        ((X28, torch.ones(1, dtype=torch.float16), None), "scale must be float32 or bfloat16"),
+        ((X28, torch.ones(1, dtype=torch.float64), None), "scale must be float32 or bfloat16 or float16"),
         ((X28, torch.ones(1), torch.ones(1).bfloat16()), "offset must have scale's dtype"),
         ((X28, torch.ones(3), None), r"scale of shape \[3\] does not split x, seen as 2 x 8, into equal blocks"),
         ((X28, torch.ones(3, 1), None), r"scale of shape \[3, 1\] does not split x"),
@@ -173,6 +173,39 @@ def test_argument_errors(args, message):
         OP(X28, torch.ones(1), None, torch.int8)
 
 
+@pytest.mark.parametrize("granularity", ["tensor", "last_dim", "row_group8", "row_group32", "block_3x5"])
+@pytest.mark.parametrize("decoder", DECODERS)
+def test_half_steps_match_torch_float16_arithmetic(isa, threads, decoder, granularity):
+    """``half_steps``: fp16(fp16(q + offset) * scale), bit for bit with the reference and with torch's
+    own float16 add and multiply (npu_weight_quant_batchmatmul's float16 anti-quantization)."""
+    gen = torch.Generator().manual_seed(hash((decoder, granularity)) % 2**31)
+    block = GRANULARITIES[granularity]
+    for rows, cols in SHAPES:
+        if decoder == "int4" and cols % 8:
+            continue
+        shape = param_shape(rows, cols, block)
+        if shape is None:
+            continue
+        n = n_params(rows, cols, block)
+        x = values(decoder, rows, cols, gen)
+        scale = params(n, gen, offset=False).half().reshape(shape)
+        offset = params(n, gen, offset=True).half().reshape(shape)
+        check(x, scale, offset, torch.float16, True)
+        check(x, scale, None, torch.float16, True)
+    # torch's float16 arithmetic, independently: an int8 tensor, per-last-dim parameters
+    x = values("int8", 6, 40, gen)
+    scale, offset = torch.rand(40, generator=gen).half(), (torch.randn(40, generator=gen) * 4).half()
+    assert_same_bits(OP(x, scale, offset, torch.float16, True), (x.half() + offset) * scale)
+    assert not torch.equal(OP(x, scale, offset, torch.float16, True), OP(x, scale, offset, torch.float16))
+
+
+def test_half_steps_errors():
+    with pytest.raises(RuntimeError, match="half_steps .* needs float16 scale, offset and out_dtype"):
+        OP(X28, torch.ones(1), None, torch.float16, True)
+    with pytest.raises(RuntimeError, match="half_steps .* needs float16 scale, offset and out_dtype"):
+        OP(X28, torch.ones(1).half(), None, torch.float32, True)
+
+
 def test_storage_too_small_is_refused():
     x = shrink_storage(torch.zeros(64, 64, dtype=torch.int8))
     with pytest.raises(RuntimeError, match="reaches outside its storage"):
@@ -186,5 +219,6 @@ def test_opcheck():
         (values("int4", 4, 32, gen), torch.rand(4, 4), None, torch.bfloat16),
         (values("int16", 6, 5, gen), torch.rand(2, 5), torch.rand(2, 5), torch.float32),
         (values("int8", 6, 8, gen)[::2], torch.rand(1, 1), None, torch.float16),
+        (values("int4", 4, 32, gen), torch.rand(4, 4).half(), torch.rand(4, 4).half(), torch.float16, True),
     ):
         torch.library.opcheck(OP, args)

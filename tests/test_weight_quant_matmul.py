@@ -424,7 +424,7 @@ def test_against_independent_formula(case):
         assert np.all(np.abs(got - acc) <= tol * (np.abs(acc) + scale_mag) * 2)
 
 
-def test_native_kernels_take_the_bfloat16_cases(monkeypatch):
+def test_native_kernels_take_the_dequantizable_cases(monkeypatch):
     seen = []
     original = wq_native._native_antiquant
 
@@ -439,8 +439,11 @@ def test_native_kernels_take_the_bfloat16_cases(monkeypatch):
     f(x, torch.randint(-128, 128, (64, 8), dtype=torch.int8), torch.rand(8).bfloat16())
     f(x, words.t(), torch.rand(2, 8).bfloat16(), antiquant_group_size=32)
     f(x, npuquant.pack_int4(torch.randint(-8, 8, (64, 8), dtype=torch.int8)), torch.rand(1).bfloat16())
-    f(x.half(), words.t(), torch.rand(8).half())  # float16: the golden's own anti-quantization
-    assert seen == [True, True, True, False]
+    f(x.half(), words.t(), torch.rand(8).half(), torch.randn(8).half())  # float16: half_steps
+    f(x.half(), torch.randint(-128, 128, (64, 8), dtype=torch.int8), torch.rand(2, 8).half(), antiquant_group_size=32)
+    # batched per-group weights: the golden's own anti-quantization
+    f(x.half(), torch.randint(-128, 128, (2, 64, 8), dtype=torch.int8), torch.rand(2, 8).half(), antiquant_group_size=32)
+    assert seen == [True, True, True, True, True, False]
 
 
 @given(cases())

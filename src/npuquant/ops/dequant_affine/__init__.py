@@ -38,15 +38,17 @@ def _fake(
     scale: torch.Tensor,
     offset: torch.Tensor | None,
     out_dtype: torch.dtype,
+    half_steps: bool = False,
 ) -> torch.Tensor:
     shape = (*x.shape[:-1], x.shape[-1] * 8) if x.dtype == torch.int32 else x.shape
     return x.new_empty(shape, dtype=out_dtype)
 
 
 dequant_affine = _native.operator("dequant_affine", reference.dequant_affine, _fake)
-dequant_affine.__doc__ = """``torch.ops.npuquant.dequant_affine(x, scale, offset, out_dtype)``.
+dequant_affine.__doc__ = """``torch.ops.npuquant.dequant_affine(x, scale, offset, out_dtype, half_steps=False)``.
 
-``offset`` may be None (+0); scale and offset are float32 or bfloat16 (read as float32); out_dtype
-float32, float16 or bfloat16. The native kernel checks every argument; callers validate first
+``offset`` may be None (+0); scale and offset are float32, bfloat16 or float16 (read as float32);
+out_dtype float32, float16 or bfloat16. ``half_steps`` (float16 scale, offset and out_dtype) is
+float16 arithmetic: ``fp16(fp16(q + offset) * scale)``, as torch computes in float16. The native kernel checks every argument; callers validate first
 with their own op's messages.
 """

@@ -5,13 +5,13 @@ replaces the golden's anti-quantization step with the native dequantization oper
 arithmetic is exactly the golden's, and shares the golden's float32 matmul and epilogue
 (:func:`.reference.finish`), so the two agree bit for bit:
 
-* bfloat16 / float32 activations: ``torch.ops.npuquant.dequant_affine`` (float32
-  ``(w + offset) * scale`` and one round-half-to-even cast, the golden's rule) for int8 weights in
-  either orientation, int32 words packed along n or along k (the transposed view of ``(n, k/8)``),
-  per tensor, per channel, or per group of ``G`` rows of k (2-D weights).
-* Everything else — float16 activations (two float16 roundings, which no native kernel does),
-  batched per-group weights, the int64 (fixpipe) scale mode — uses the golden's own
-  anti-quantization.
+* ``torch.ops.npuquant.dequant_affine`` for int8 weights in either orientation, int32 words packed
+  along n or along k (the transposed view of ``(n, k/8)``), per tensor, per channel, or per group of
+  ``G`` rows of k (2-D weights): bfloat16 / float32 activations with float32 ``(w + offset) * scale``
+  and one round-half-to-even cast, float16 activations with its ``half_steps`` (float16 arithmetic:
+  the sum rounded to float16 before the multiply), the golden's rules.
+* Everything else — batched per-group weights, the int64 (fixpipe) scale mode — uses the golden's
+  own anti-quantization.
 """
 
 from __future__ import annotations
@@ -37,8 +37,12 @@ def _native_antiquant(
     per channel, ``(k / G, n)`` per group of G rows of k; words packed along k are dequantized in
     their own ``(n, k/8)`` layout with the scale transposed to ``(n, groups)``, then transposed back
     (a view)."""
-    if x_dtype not in (torch.bfloat16, torch.float32) or not weight.is_cpu or scale.dim() > 2:
+    if not weight.is_cpu or scale.dim() > 2:
         return None
+    half = x_dtype == torch.float16  # the golden's float16 arithmetic on float16 parameters
+    if half:
+        scale = scale.to(torch.float16)
+        offset = None if offset is None else offset.to(torch.float16)
     k = weight.shape[-2] * (8 if packed_along_k else 1)
     if group_size and k % group_size:  # a partial last group: the kernel's blocks are equal
         return None
@@ -50,10 +54,10 @@ def _native_antiquant(
         if scale.numel() > 1:  # (groups, n) or (n,): one block per row of words and group
             scale = scale.reshape(-1, n).t()
             offset = None if offset is None else offset.reshape(-1, n).t()
-        return dequant_affine(words, scale, offset, x_dtype).t()
+        return dequant_affine(words, scale, offset, x_dtype, half).t()
     if group_size and weight.dim() != 2:
         return None
-    w = dequant_affine(weight, scale, offset, x_dtype)  # (1,), (n,), (1, n) or (k / G, n)
+    w = dequant_affine(weight, scale, offset, x_dtype, half)  # (1,), (n,), (1, n) or (k / G, n)
     if weight.dtype == torch.int8 and not weight.is_contiguous():
         # the golden's weight keeps the int8 weight's strides, and the float32 matmul rounds by layout
         w = torch.empty_like(weight, dtype=x_dtype).copy_(w)
