@@ -484,6 +484,14 @@ def f(x, w, scale, pt, gl):
                                             split_item=3, group_type=0, output_dtype=torch.bfloat16)[0]
 gl0 = torch.tensor([2, 6])
 assert torch.equal(torch.compile(f, fullgraph=True, backend="aot_eager")(x, w, scale, pt, gl0), f(x, w, scale, pt, gl0))
+# the .List overload: group_list as a list of ints (cumulative ends), and MoE code's per-expert lists
+d = torch.ops.npu.npu_grouped_matmul.List([x], [w], scale=[scale], per_token_scale=[pt], group_list=[2, 6],
+                                          split_item=2, group_type=0, output_dtype=torch.bfloat16)
+assert torch.equal(d[0], a[0])
+xf = [torch.randn(3, 8), torch.randn(5, 8)]
+wf = [torch.randn(8, 4), torch.randn(8, 6)]
+e = torch.ops.npu.npu_grouped_matmul.List(xf, wf, split_item=0, group_type=0)
+assert [t.shape for t in e] == [(3, 4), (5, 6)] and torch.allclose(e[1], xf[1] @ wf[1])
 print("ok")
 """
 

@@ -1,7 +1,8 @@
 """``torch.ops.npu.<op>``: torch_npu's operator namespace for the ops npuquant serves.
 
 Clients such as vllm-ascend call ``torch.ops.npu.npu_quant_matmul(...)`` directly. The first
-:func:`npuquant.compat.install` defines each op of ``torch_npu.OP_SCHEMAS`` (and the format casts)
+:func:`npuquant.compat.install` defines each op of ``torch_npu.OP_SCHEMAS`` (with the overloads of
+``torch_npu.OVERLOAD_SCHEMAS``, and the format casts)
 in a ``torch.library`` fragment of the ``npu`` namespace, with torch_npu's schema and a
 CompositeImplicitAutograd kernel that calls the ``torch_npu`` stand-in's function, so eager calls,
 ``torch.compile`` (which traces into npuquant's own operators) and the dtype codes behave as
@@ -54,8 +55,11 @@ def _kernel(name: str) -> Callable:
 
 
 def _exists(name: str) -> bool:
+    """``name``: an op (``npu_x``) or one of its overloads (``npu_x.List``)."""
     try:
-        getattr(torch.ops.npu, name)
+        op = getattr(torch.ops.npu, name.split(".")[0])
+        if "." in name:
+            getattr(op, name.split(".")[1])
     except (AttributeError, RuntimeError):
         return False
     return True
@@ -67,12 +71,13 @@ def register() -> None:
     with _lock:
         if _library is None:
             library = torch.library.Library("npu", "FRAGMENT")  # noqa: TOR901 - kept for the process
-            schemas = {**shim.OP_SCHEMAS, **FORMAT_SCHEMAS}
+            schemas = {**shim.OP_SCHEMAS, **FORMAT_SCHEMAS, **shim.OVERLOAD_SCHEMAS}
             for name, schema in schemas.items():
-                if _exists(name) or not hasattr(shim, name):
+                function = name.split(".")[0]  # an overload is served by its op's function
+                if _exists(name) or not hasattr(shim, function):
                     continue  # another library's op, or one npuquant does not provide yet
                 library.define(schema)
-                library.impl(name, _kernel(name), "CompositeImplicitAutograd")
+                library.impl(name, _kernel(function), "CompositeImplicitAutograd")
                 _registered.append(name)
             _library = library
         _active = True

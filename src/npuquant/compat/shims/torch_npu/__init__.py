@@ -57,6 +57,14 @@ OP_SCHEMAS: dict[str, str] = {
     "npu_weight_quant_batchmatmul": "npu_weight_quant_batchmatmul(Tensor x, Tensor weight, Tensor antiquant_scale, Tensor? antiquant_offset=None, Tensor? quant_scale=None, Tensor? quant_offset=None, Tensor? bias=None, int antiquant_group_size=0, int inner_precise=0) -> Tensor",  # noqa: E501
 }
 
+#: Further overloads of those ops (``torch.ops.npu.<op>.<overload>``), served by the same function.
+#: ``npu_grouped_matmul.List`` takes ``group_list`` as a list of ints (MoE code calls it directly).
+OVERLOAD_SCHEMAS: dict[str, str] = {
+    "npu_grouped_matmul.List": OP_SCHEMAS["npu_grouped_matmul"]
+    .replace("npu_grouped_matmul(", "npu_grouped_matmul.List(", 1)
+    .replace("Tensor? group_list=None", "int[]? group_list=None", 1),
+}
+
 #: torch_npu names served by npuquant functions of the same name (the keys of :data:`OP_SCHEMAS`).
 OPS: tuple[str, ...] = tuple(OP_SCHEMAS)
 
