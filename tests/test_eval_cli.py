@@ -38,7 +38,9 @@ def _run_json(capsys, *extra: str) -> dict:
 
 def test_json_schema(transformers, capsys):
     report = _run_json(capsys)
-    assert set(report) == {"model", "corpus", "tokens", "threads", "results"}
+    assert set(report) == {"model", "corpus", "tokens", "threads", "results", "ceiling"}
+    assert set(report["ceiling"]) == {"prefill_tokens_per_s", "decode_tokens_per_s"}
+    assert all(isinstance(v, float) and math.isfinite(v) and v > 0 for v in report["ceiling"].values())
     assert isinstance(report["model"], str) and "tiny-random" in report["model"]
     assert isinstance(report["corpus"], str) and "pydoc_data/topics.py" in report["corpus"]
     assert report["tokens"] == 300 and isinstance(report["tokens"], int)
@@ -62,6 +64,8 @@ def test_scheme_subset_threads_and_no_smoothing(transformers, capsys):
         torch.set_num_threads(previous)
     assert list(report["results"]) == ["w4a16", "fp32"]
     assert report["threads"] == 1
+    assert "ceiling" in report
+    assert "ceiling" not in _run_json(capsys, "--schemes", "w8a8", "--no-ceiling")
 
 
 def test_table_output(transformers, capsys):
@@ -71,6 +75,18 @@ def test_table_output(transformers, capsys):
     rows = [line.split()[0] for line in out.splitlines() if line.split()[:1] in (["fp32"], ["w8a8"])]
     assert rows == ["fp32", "w8a8"]
     assert "greedy tokens identical to fp32" in out
+    assert "ceiling: every Linear a free stub runs prefill at" in out
+    assert not any("ceiling" in line for line in out.splitlines() if line.startswith("greedy"))
+
+
+def test_free_linears_keep_shapes_and_the_original():
+    from npuquant.eval import _FreeLinear, _without_linears
+
+    base = torch.nn.Sequential(torch.nn.Linear(4, 6), torch.nn.ReLU(), torch.nn.Linear(6, 3))
+    stub = _without_linears(base)
+    assert isinstance(base[0], torch.nn.Linear) and isinstance(stub[0], _FreeLinear)
+    out = stub(torch.randn(2, 5, 4))
+    assert out.shape == (2, 5, 3) and not out.any()
 
 
 def test_w4a8_keeps_an_int8_head_and_says_so(transformers, capsys):

