@@ -339,12 +339,15 @@ NPQ_TARGET_AVX2 static void s4_block_avx2_ubs(const s4_job *J, int64_t r0, int64
         s4_finish_avx2(J, r, j0, f);
     }
 }
-/* s4_block_avx2_ubs for G == 32 and a whole block of 8 rows (the common decode case), without
- * per-row or per-chunk conditions in its loops: 64 columns are two whole groups, the last odd
- * group (kp % 64 == 32) runs after the loop. Same operations on the same integers, same epilogue. */
-NPQ_TARGET_AVX2 static void s4_block_avx2_g32(const s4_job *J, int64_t r0, int64_t r1, int64_t j0) {
+/* s4_block_avx2_ubs for a whole block of 8 rows (the common decode case), without per-row
+ * conditions in its loops, and the weight rows prefetched. g32 (a constant in each instance):
+ * G == 32, 64 columns are two whole groups and the last odd group (kp % 64 == 32) runs after the
+ * loop; else G % 64 == 0, whole chunks per group. Same operations on the same integers, same epilogue. */
+NPQ_TARGET_AVX2 static inline __attribute__((always_inline)) void s4_block_avx2_whole(const s4_job *J, int64_t r0,
+                                                                                      int64_t r1, int64_t j0,
+                                                                                      const int g32) {
     const npq_gemm_s4_args *a = J->a;
-    const int64_t whole = J->kp / 64, stride = a->w_row_stride;
+    const int64_t whole = J->kp / 64, stride = a->w_row_stride, gsize = J->gsize;
     const int32_t *w0 = a->w + j0 * stride;
     /* The hardware prefetchers do not keep 8 interleaved rows in flight (gemm_s8.c's GEMV found the
      * same): stream the bytes from 1 KiB past this block's rows (dense rows: the next blocks). May
@@ -356,6 +359,8 @@ NPQ_TARGET_AVX2 static void s4_block_avx2_g32(const s4_job *J, int64_t r0, int64
         const int8_t *xr = J->xb + r * J->kp64;
         const int32_t *xsum = J->xsum + r * a->groups;
         __m256 f = _mm256_setzero_ps();
+        __m256i acc[S4_JB];
+        for (int jj = 0; jj < S4_JB; jj++) acc[jj] = _mm256_setzero_si256();
         int64_t c = 0;
         for (; c < whole; c++) {
             const __m256i xe = _mm256_loadu_si256((const __m256i *)(xr + 64 * c));
@@ -369,13 +374,22 @@ NPQ_TARGET_AVX2 static void s4_block_avx2_g32(const s4_job *J, int64_t r0, int64
                 const __m256i lo = _mm256_and_si256(v, low), hi = _mm256_and_si256(_mm256_srli_epi16(v, 4), low);
                 p[jj] = _mm256_madd_epi16(_mm256_add_epi16(_mm256_maddubs_epi16(lo, xe), _mm256_maddubs_epi16(hi, xo)), ones);
             }
-            __m256i ga, gb;
-            s4_reduce8_halves(p, &ga, &gb);
-            f = s4_step_avx2(J, _mm256_sub_epi32(ga, _mm256_set1_epi32(8 * xsum[2 * c])), 2 * c, j0, xsum[2 * c], f);
-            f = s4_step_avx2(J, _mm256_sub_epi32(gb, _mm256_set1_epi32(8 * xsum[2 * c + 1])), 2 * c + 1, j0,
-                             xsum[2 * c + 1], f);
+            if (g32) { /* columns 0-31: group 2c, 32-63: group 2c + 1 */
+                __m256i ga, gb;
+                s4_reduce8_halves(p, &ga, &gb);
+                f = s4_step_avx2(J, _mm256_sub_epi32(ga, _mm256_set1_epi32(8 * xsum[2 * c])), 2 * c, j0, xsum[2 * c], f);
+                f = s4_step_avx2(J, _mm256_sub_epi32(gb, _mm256_set1_epi32(8 * xsum[2 * c + 1])), 2 * c + 1, j0,
+                                 xsum[2 * c + 1], f);
+                continue;
+            }
+            const int first = 64 * c % gsize == 0; /* G % 64 == 0: a group is whole chunks */
+            for (int jj = 0; jj < S4_JB; jj++) acc[jj] = first ? p[jj] : _mm256_add_epi32(acc[jj], p[jj]);
+            if (64 * (c + 1) % gsize == 0) {
+                const int64_t g = 64 * c / gsize;
+                f = s4_step_avx2(J, _mm256_sub_epi32(s4_reduce8(acc), _mm256_set1_epi32(8 * xsum[g])), g, j0, xsum[g], f);
+            }
         }
-        if (2 * whole < a->groups) { /* the last group alone: 4 words per row, as 128-bit vectors */
+        if (g32 && 2 * whole < a->groups) { /* the last group alone: 4 words per row, as 128-bit vectors */
             const __m128i xe = _mm_loadu_si128((const __m128i *)(xr + 64 * c));
             const __m128i xo = _mm_loadu_si128((const __m128i *)(xr + 64 * c + 32));
             __m256i p[S4_JB];
@@ -394,6 +408,13 @@ NPQ_TARGET_AVX2 static void s4_block_avx2_g32(const s4_job *J, int64_t r0, int64
         }
         s4_finish_avx2(J, r, j0, f);
     }
+}
+
+NPQ_TARGET_AVX2 static void s4_block_avx2_g32(const s4_job *J, int64_t r0, int64_t r1, int64_t j0) {
+    s4_block_avx2_whole(J, r0, r1, j0, 1);
+}
+NPQ_TARGET_AVX2 static void s4_block_avx2_g64(const s4_job *J, int64_t r0, int64_t r1, int64_t j0) {
+    s4_block_avx2_whole(J, r0, r1, j0, 0);
 }
 
 /* Prefill (m > 8, G % 32 == 0): outputs in lanes. A panel of 16 output columns is repacked once per
@@ -591,8 +612,10 @@ static void s4_range(void *ctx, int64_t begin, int64_t end) {
         const int64_t j0 = jb * S4_JB, j1 = j0 + S4_JB < J->a->n ? j0 + S4_JB : J->a->n;
 #if NPQ_X86
         if (C->avx2) {
-            if (J->xb && J->gsize == 32 && j1 - j0 == S4_JB)
+            if (J->xb && j1 - j0 == S4_JB && J->gsize == 32)
                 s4_block_avx2_g32(J, r0, r1, j0);
+            else if (J->xb && j1 - j0 == S4_JB)
+                s4_block_avx2_g64(J, r0, r1, j0);
             else if (J->xb)
                 s4_block_avx2_ubs(J, r0, r1, j0);
             else
