@@ -47,7 +47,7 @@
  *          multiply, twice the exact int8 x int8 GEMM's (gemm_s8.c), whose operands would saturate.
  *          Decode (m <= 8), G == 32 or G % 64 == 0: the packed words read in place, 64 weights in
  *          9 vector operations, 8 weight rows' sums reduced across lanes by vphaddd
- *          (s4_block_avx2_ubs); other G: the same with nibbles widened to int16 and vpmaddwd
+ *          (s4_block_avx2_whole); other G: the same with nibbles widened to int16 and vpmaddwd
  *          (s4_block_avx2_direct).
  *   scalar (any G): the definition, plain C.
  * Work is split over blocks of 8 weight rows (decode, scalar) or of 16 weight rows x 64 activation
@@ -68,7 +68,7 @@ typedef struct {
     const npq_gemm_s4_args *a;
     int64_t gsize, chunks_per_group, jblocks, rblocks, kp;
     const int16_t *xs;   /* avx2: (m, kp) int16 in slot order */
-    const int8_t *xb;    /* avx2 decode (s4_block_avx2_ubs): (m, kp64) int8, per 64 columns 32 even then 32 odd */
+    const int8_t *xb;    /* avx2 decode (s4_block_avx2_whole): (m, kp64) int8, per 64 columns 32 even then 32 odd */
     int64_t kp64;        /* kp rounded up to 64 */
     const int32_t *xsum; /* (m, groups) */
     const int8_t *xp;     /* avx2 prefill: (m, kp) int8, zero-padded */
@@ -259,7 +259,7 @@ NPQ_TARGET_AVX2 static inline void s4_prefetch_params(const npq_gemm_s4_args *a,
     }
 }
 
-/* x rows -> int8 scratch for s4_block_avx2_ubs: per 64 columns the 32 even ones, then the 32 odd
+/* x rows -> int8 scratch for s4_block_avx2_whole: per 64 columns the 32 even ones, then the 32 odd
  * ones (the low and high nibbles of 32 packed bytes), padding 0. */
 static void s4_prepare_x8(const npq_gemm_s4_args *a, int64_t kp64, int8_t *xb) {
     for (int64_t r = 0; r < a->m; r++) {
@@ -284,71 +284,22 @@ NPQ_TARGET_AVX2 static inline void s4_reduce8_halves(const __m256i p[8], __m256i
     *hi = _mm256_permute2x128_si256(h0123, h4567, 0x31);
 }
 
-/* Decode (few activation rows), G == 32 or G % 64 == 0: 64 weights of a row per step. The stored
- * nibbles with their top bit flipped are u = v + 8 in [0, 15], unsigned, so vpmaddubsw (u8 x s8
- * pair sums, saturating at int16) is exact here: |u0 x0 + u1 x1| <= 2 * 15 * 128 = 3840, and the sum
- * of its two results (even and odd columns) at most 7680; vpmaddwd by 1 widens to int32. Half the
- * vector operations of the int16 path. sum x * v = sum x * u - 8 s_g, exact; the epilogue is
- * s4_step_avx2's, so results are the scalar order's bits. */
-NPQ_TARGET_AVX2 static void s4_block_avx2_ubs(const s4_job *J, int64_t r0, int64_t r1, int64_t j0) {
-    const npq_gemm_s4_args *a = J->a;
-    const int64_t n = a->n, gsize = J->gsize, kp = J->kp, chunks = (kp + 63) / 64;
-    const int half_last = kp % 64 != 0; /* G == 32 with an odd number of groups: the last chunk is 32 columns */
-    const int32_t *wr[S4_JB];
-    static const int32_t zeros[8] = {0}; /* rows past n: lanes computed, never stored */
-    const __m256i flip = _mm256_set1_epi8((char)0x88), low = _mm256_set1_epi8(0x0F);
-    const __m256i ones = _mm256_set1_epi16(1), first4 = _mm256_setr_epi32(-1, -1, -1, -1, 0, 0, 0, 0);
-    for (int jj = 0; jj < S4_JB; jj++) wr[jj] = j0 + jj < n ? a->w + (j0 + jj) * a->w_row_stride : NULL;
-    s4_prefetch_params(a, j0, 64);
-    for (int64_t r = r0; r < r1; r++) {
-        const int8_t *xr = J->xb + r * J->kp64;
-        const int32_t *xsum = J->xsum + r * a->groups;
-        __m256 f = _mm256_setzero_ps();
-        __m256i p[S4_JB];
-        for (int jj = 0; jj < S4_JB; jj++) p[jj] = _mm256_setzero_si256();
-        int64_t g = 0;
-        for (int64_t c = 0; c < chunks; c++) {
-            const int half = half_last && c == chunks - 1;
-            const __m256i xe = _mm256_loadu_si256((const __m256i *)(xr + 64 * c));
-            const __m256i xo = _mm256_loadu_si256((const __m256i *)(xr + 64 * c + 32));
-            for (int jj = 0; jj < S4_JB; jj++) {
-                const int32_t *src = wr[jj] ? wr[jj] + 8 * c : zeros;
-                /* a half chunk loads its 4 words only: the others read as 0 (u = 8) and meet x = 0 */
-                const __m256i v = _mm256_xor_si256(
-                    half ? _mm256_maskload_epi32(src, first4) : _mm256_loadu_si256((const __m256i *)src), flip);
-                const __m256i lo = _mm256_and_si256(v, low), hi = _mm256_and_si256(_mm256_srli_epi16(v, 4), low);
-                const __m256i pairs = _mm256_add_epi16(_mm256_maddubs_epi16(lo, xe), _mm256_maddubs_epi16(hi, xo));
-                p[jj] = _mm256_add_epi32(p[jj], _mm256_madd_epi16(pairs, ones));
-            }
-            if (gsize == 32) { /* columns 0-31: group 2c, 32-63: group 2c + 1 */
-                __m256i ga, gb;
-                s4_reduce8_halves(p, &ga, &gb);
-                f = s4_step_avx2(J, _mm256_sub_epi32(ga, _mm256_set1_epi32(8 * xsum[g])), g, j0, xsum[g], f);
-                g++;
-                if (!half) {
-                    f = s4_step_avx2(J, _mm256_sub_epi32(gb, _mm256_set1_epi32(8 * xsum[g])), g, j0, xsum[g], f);
-                    g++;
-                }
-                for (int jj = 0; jj < S4_JB; jj++) p[jj] = _mm256_setzero_si256();
-            } else if ((c + 1) * 64 % gsize == 0) { /* the group's last chunk */
-                f = s4_step_avx2(J, _mm256_sub_epi32(s4_reduce8(p), _mm256_set1_epi32(8 * xsum[g])), g, j0, xsum[g], f);
-                g++;
-                for (int jj = 0; jj < S4_JB; jj++) p[jj] = _mm256_setzero_si256();
-            }
-        }
-        s4_finish_avx2(J, r, j0, f);
-    }
-}
-/* s4_block_avx2_ubs for a whole block of 8 rows (the common decode case), without per-row
- * conditions in its loops, and the weight rows prefetched. g32 (a constant in each instance):
- * G == 32, 64 columns are two whole groups and the last odd group (kp % 64 == 32) runs after the
- * loop; else G % 64 == 0, whole chunks per group. Same operations on the same integers, same epilogue. */
+/* Decode (few activation rows), G == 32 or G % 64 == 0: a block of 8 weight rows (rows past n repeat
+ * the last: lanes computed, never stored), 64 weights of a row per step. The stored nibbles with
+ * their top bit flipped are u = v + 8 in [0, 15], unsigned, so vpmaddubsw (u8 x s8 pair sums,
+ * saturating at int16) is exact here: |u0 x0 + u1 x1| <= 2 * 15 * 128 = 3840, and the sum of its two
+ * results (even and odd columns) at most 7680; vpmaddwd by 1 widens to int32: 9 vector operations
+ * per 64 weights. sum x * v = sum x * u - 8 s_g, exact; the epilogue is s4_step_avx2's, so results
+ * are the scalar order's bits. g32 (a constant in each instance): G == 32, 64 columns are two whole
+ * groups and the last odd group (kp % 64 == 32) runs after the loop; else G % 64 == 0, whole chunks
+ * per group. */
 NPQ_TARGET_AVX2 static inline __attribute__((always_inline)) void s4_block_avx2_whole(const s4_job *J, int64_t r0,
                                                                                       int64_t r1, int64_t j0,
                                                                                       const int g32) {
     const npq_gemm_s4_args *a = J->a;
     const int64_t whole = J->kp / 64, stride = a->w_row_stride, gsize = J->gsize;
-    const int32_t *w0 = a->w + j0 * stride;
+    const int32_t *w0 = a->w + j0 * stride, *wr[S4_JB];
+    for (int jj = 0; jj < S4_JB; jj++) wr[jj] = a->w + (j0 + jj < a->n ? j0 + jj : a->n - 1) * stride;
     /* The hardware prefetchers do not keep 8 interleaved rows in flight (gemm_s8.c's GEMV found the
      * same): stream the bytes from 1 KiB past this block's rows (dense rows: the next blocks). May
      * point past the weight; a prefetch is advice and never faults. */
@@ -370,7 +321,7 @@ NPQ_TARGET_AVX2 static inline __attribute__((always_inline)) void s4_block_avx2_
             __m256i p[S4_JB];
 #pragma GCC unroll 8
             for (int jj = 0; jj < S4_JB; jj++) {
-                const __m256i v = _mm256_xor_si256(_mm256_loadu_si256((const __m256i *)(w0 + jj * stride + 8 * c)), flip);
+                const __m256i v = _mm256_xor_si256(_mm256_loadu_si256((const __m256i *)(wr[jj] + 8 * c)), flip);
                 const __m256i lo = _mm256_and_si256(v, low), hi = _mm256_and_si256(_mm256_srli_epi16(v, 4), low);
                 p[jj] = _mm256_madd_epi16(_mm256_add_epi16(_mm256_maddubs_epi16(lo, xe), _mm256_maddubs_epi16(hi, xo)), ones);
             }
@@ -394,7 +345,7 @@ NPQ_TARGET_AVX2 static inline __attribute__((always_inline)) void s4_block_avx2_
             const __m128i xo = _mm_loadu_si128((const __m128i *)(xr + 64 * c + 32));
             __m256i p[S4_JB];
             for (int jj = 0; jj < S4_JB; jj++) {
-                const __m128i v = _mm_xor_si128(_mm_loadu_si128((const __m128i *)(w0 + jj * stride + 8 * c)),
+                const __m128i v = _mm_xor_si128(_mm_loadu_si128((const __m128i *)(wr[jj] + 8 * c)),
                                                 _mm256_castsi256_si128(flip));
                 const __m128i lo = _mm_and_si128(v, _mm256_castsi256_si128(low));
                 const __m128i hi = _mm_and_si128(_mm_srli_epi16(v, 4), _mm256_castsi256_si128(low));
@@ -612,12 +563,10 @@ static void s4_range(void *ctx, int64_t begin, int64_t end) {
         const int64_t j0 = jb * S4_JB, j1 = j0 + S4_JB < J->a->n ? j0 + S4_JB : J->a->n;
 #if NPQ_X86
         if (C->avx2) {
-            if (J->xb && j1 - j0 == S4_JB && J->gsize == 32)
+            if (J->xb && J->gsize == 32)
                 s4_block_avx2_g32(J, r0, r1, j0);
-            else if (J->xb && j1 - j0 == S4_JB)
-                s4_block_avx2_g64(J, r0, r1, j0);
             else if (J->xb)
-                s4_block_avx2_ubs(J, r0, r1, j0);
+                s4_block_avx2_g64(J, r0, r1, j0);
             else
                 s4_block_avx2_direct(J, r0, r1, j0);
             continue;

@@ -84,11 +84,8 @@ def check(x: torch.Tensor, scale: torch.Tensor, offset: torch.Tensor | None, dst
     assert_same_bits(actual, expected, nan_any)
 
 
-@pytest.mark.parametrize("granularity", GRANULARITIES)
-@pytest.mark.parametrize("decoder", DECODERS)
-@pytest.mark.parametrize("dst", ENCODERS)
-def test_kernel_matches_reference(isa, threads, decoder, granularity, dst):
-    gen = torch.Generator().manual_seed(hash((decoder, granularity, str(dst))) % 2**31)
+def shape_cases(decoder: str, granularity: str, gen: torch.Generator):
+    """(x, random scale, random offset) for every shape of SHAPES the decoder and granularity fit."""
     block = GRANULARITIES[granularity]
     for rows, cols in SHAPES:
         if decoder == "int4" and cols % 8:
@@ -98,9 +95,17 @@ def test_kernel_matches_reference(isa, threads, decoder, granularity, dst):
             continue
         x = values(decoder, rows, cols, gen)
         n = n_params(rows, cols, block)
-        scale = params(n, gen, offset=False).reshape(shape)
+        yield x, params(n, gen, offset=False).reshape(shape), params(n, gen, offset=True).reshape(shape)
+
+
+@pytest.mark.parametrize("granularity", GRANULARITIES)
+@pytest.mark.parametrize("decoder", DECODERS)
+@pytest.mark.parametrize("dst", ENCODERS)
+def test_kernel_matches_reference(isa, threads, decoder, granularity, dst):
+    gen = torch.Generator().manual_seed(hash((decoder, granularity, str(dst))) % 2**31)
+    for x, scale, offset in shape_cases(decoder, granularity, gen):
         check(x, scale, None, dst)
-        check(x, scale, params(n, gen, offset=True).reshape(shape), dst)
+        check(x, scale, offset, dst)
 
 
 @pytest.mark.parametrize("granularity", ["last_dim", "row", "row_group8", "matrix_column", "block_3x5"])
@@ -179,19 +184,9 @@ def test_half_steps_match_torch_float16_arithmetic(isa, threads, decoder, granul
     """``half_steps``: fp16(fp16(q + offset) * scale), bit for bit with the reference and with torch's
     own float16 add and multiply (npu_weight_quant_batchmatmul's float16 anti-quantization)."""
     gen = torch.Generator().manual_seed(hash((decoder, granularity)) % 2**31)
-    block = GRANULARITIES[granularity]
-    for rows, cols in SHAPES:
-        if decoder == "int4" and cols % 8:
-            continue
-        shape = param_shape(rows, cols, block)
-        if shape is None:
-            continue
-        n = n_params(rows, cols, block)
-        x = values(decoder, rows, cols, gen)
-        scale = params(n, gen, offset=False).half().reshape(shape)
-        offset = params(n, gen, offset=True).half().reshape(shape)
-        check(x, scale, offset, torch.float16, True)
-        check(x, scale, None, torch.float16, True)
+    for x, scale, offset in shape_cases(decoder, granularity, gen):
+        check(x, scale.half(), offset.half(), torch.float16, True)
+        check(x, scale.half(), None, torch.float16, True)
     # torch's float16 arithmetic, independently: an int8 tensor, per-last-dim parameters
     x = values("int8", 6, 40, gen)
     scale, offset = torch.rand(40, generator=gen).half(), (torch.randn(40, generator=gen) * 4).half()
