@@ -148,13 +148,30 @@ static void s4_prepare_x(const npq_gemm_s4_args *a, int64_t kp, int16_t *xs) {
     }
 }
 
-/* 8 vectors of 8 int32 partial sums -> one vector of their 8 totals (lane jj = total of p[jj]). */
-NPQ_TARGET_AVX2 static inline __m256i s4_reduce8(const __m256i p[8]) {
+/* 8 vectors of 8 int32 partial sums, the two 128-bit halves kept apart: lane jj of lo = total of lanes
+ * 0-3 of p[jj] (columns 0-31 of a 64-column chunk), of hi = lanes 4-7 (columns 32-63). */
+NPQ_TARGET_AVX2 static inline void s4_reduce8_halves(const __m256i p[8], __m256i *lo, __m256i *hi) {
     const __m256i h01 = _mm256_hadd_epi32(p[0], p[1]), h23 = _mm256_hadd_epi32(p[2], p[3]);
     const __m256i h45 = _mm256_hadd_epi32(p[4], p[5]), h67 = _mm256_hadd_epi32(p[6], p[7]);
     const __m256i h0123 = _mm256_hadd_epi32(h01, h23), h4567 = _mm256_hadd_epi32(h45, h67);
-    return _mm256_add_epi32(_mm256_permute2x128_si256(h0123, h4567, 0x20),
-                            _mm256_permute2x128_si256(h0123, h4567, 0x31));
+    /* lane moves by insert / extract: vperm2i128 is 8 micro-ops on Zen 1-class cores, these 1-2 */
+    *lo = _mm256_inserti128_si256(h0123, _mm256_castsi256_si128(h4567), 1);
+    *hi = _mm256_inserti128_si256(h4567, _mm256_extracti128_si256(h0123, 1), 0);
+}
+
+/* 8 vectors of 16 int16 -> one: lane jj of its low half = total (modulo 2^16) of the low 8 lanes of
+ * p[jj], lane 8 + jj = of its high 8 lanes. */
+NPQ_TARGET_AVX2 static inline __m256i s4_reduce8_epi16(const __m256i p[8]) {
+    const __m256i h01 = _mm256_hadd_epi16(p[0], p[1]), h23 = _mm256_hadd_epi16(p[2], p[3]);
+    const __m256i h45 = _mm256_hadd_epi16(p[4], p[5]), h67 = _mm256_hadd_epi16(p[6], p[7]);
+    return _mm256_hadd_epi16(_mm256_hadd_epi16(h01, h23), _mm256_hadd_epi16(h45, h67));
+}
+
+/* 8 vectors of 8 int32 partial sums -> one vector of their 8 totals (lane jj = total of p[jj]). */
+NPQ_TARGET_AVX2 static inline __m256i s4_reduce8(const __m256i p[8]) {
+    __m256i lo, hi;
+    s4_reduce8_halves(p, &lo, &hi);
+    return _mm256_add_epi32(lo, hi);
 }
 
 /* One group's epilogue step on 8 outputs: f + (acc + offset * s_g) * scale, as the scalar order. */
@@ -274,15 +291,6 @@ static void s4_prepare_x8(const npq_gemm_s4_args *a, int64_t kp64, int8_t *xb) {
     }
 }
 
-/* As s4_reduce8, the two 128-bit halves kept apart: lo[jj] = total of lanes 0-3 of p[jj] (columns
- * 0-31 of a 64-column chunk), hi[jj] = lanes 4-7 (columns 32-63). */
-NPQ_TARGET_AVX2 static inline void s4_reduce8_halves(const __m256i p[8], __m256i *lo, __m256i *hi) {
-    const __m256i h01 = _mm256_hadd_epi32(p[0], p[1]), h23 = _mm256_hadd_epi32(p[2], p[3]);
-    const __m256i h45 = _mm256_hadd_epi32(p[4], p[5]), h67 = _mm256_hadd_epi32(p[6], p[7]);
-    const __m256i h0123 = _mm256_hadd_epi32(h01, h23), h4567 = _mm256_hadd_epi32(h45, h67);
-    *lo = _mm256_permute2x128_si256(h0123, h4567, 0x20);
-    *hi = _mm256_permute2x128_si256(h0123, h4567, 0x31);
-}
 
 /* Decode (few activation rows), G == 32 or G % 64 == 0: a block of 8 weight rows (rows past n repeat
  * the last: lanes computed, never stored), 64 weights of a row per step. The stored nibbles with
@@ -323,14 +331,23 @@ NPQ_TARGET_AVX2 static inline __attribute__((always_inline)) void s4_block_avx2_
             for (int jj = 0; jj < S4_JB; jj++) {
                 const __m256i v = _mm256_xor_si256(_mm256_loadu_si256((const __m256i *)(wr[jj] + 8 * c)), flip);
                 const __m256i lo = _mm256_and_si256(v, low), hi = _mm256_and_si256(_mm256_srli_epi16(v, 4), low);
-                p[jj] = _mm256_madd_epi16(_mm256_add_epi16(_mm256_maddubs_epi16(lo, xe), _mm256_maddubs_epi16(hi, xo)), ones);
+                const __m256i pairs = _mm256_add_epi16(_mm256_maddubs_epi16(lo, xe), _mm256_maddubs_epi16(hi, xo));
+                p[jj] = g32 ? pairs : _mm256_madd_epi16(pairs, ones);
             }
             if (g32) { /* columns 0-31: group 2c, 32-63: group 2c + 1 */
-                __m256i ga, gb;
-                s4_reduce8_halves(p, &ga, &gb);
-                f = s4_step_avx2(J, _mm256_sub_epi32(ga, _mm256_set1_epi32(8 * xsum[2 * c])), 2 * c, j0, xsum[2 * c], f);
-                f = s4_step_avx2(J, _mm256_sub_epi32(gb, _mm256_set1_epi32(8 * xsum[2 * c + 1])), 2 * c + 1, j0,
-                                 xsum[2 * c + 1], f);
+                /* The int16 lanes summed in int16 (wrapping): h = sum x * u of each row and group modulo
+                 * 2^16. a = sum x * v = sum x * u - 8 s_g lies in [-32512, 32768] (|x v| <= 1024, and
+                 * -1024 needs v = 8 or x = 128), so a - 1 fits int16: h - (8 s_g + 1), sign-extended,
+                 * plus 1 is a exactly. One multiply fewer per 64 weights than widening every row. */
+                const __m256i h = s4_reduce8_epi16(p);
+                const __m256i a1 = _mm256_sub_epi16(
+                    h, _mm256_setr_m128i(_mm_set1_epi16((int16_t)(uint16_t)(8 * xsum[2 * c] + 1)),
+                                         _mm_set1_epi16((int16_t)(uint16_t)(8 * xsum[2 * c + 1] + 1))));
+                const __m256i one = _mm256_set1_epi32(1);
+                const __m256i ga = _mm256_add_epi32(_mm256_cvtepi16_epi32(_mm256_castsi256_si128(a1)), one);
+                const __m256i gb = _mm256_add_epi32(_mm256_cvtepi16_epi32(_mm256_extracti128_si256(a1, 1)), one);
+                f = s4_step_avx2(J, ga, 2 * c, j0, xsum[2 * c], f);
+                f = s4_step_avx2(J, gb, 2 * c + 1, j0, xsum[2 * c + 1], f);
                 continue;
             }
             const int first = 64 * c % gsize == 0; /* G % 64 == 0: a group is whole chunks */
