@@ -137,6 +137,12 @@ void check_input(const Tensor &t, const char *op, const char *name, std::initial
 }
 
 // A float32 contiguous copy of a parameter tensor (scale, offset, ...) when it is not one already.
+// The float output dtypes the kernels encode.
+void check_float_out(const char *op, ST out_dtype) {
+    if (out_dtype != ST::Float && out_dtype != ST::Half && out_dtype != ST::BFloat16)
+        fail(op, "out_dtype must be float32, float16 or bfloat16, but got ", dtype_name(out_dtype));
+}
+
 Tensor as_f32(const Tensor &t) {
     Tensor f = t.scalar_type() == ST::Float ? t : torch::stable::to(t, ST::Float);
     return f.is_contiguous() ? f : torch::stable::contiguous(f);
@@ -269,8 +275,7 @@ Tensor pool_selftest(int64_t n, int64_t chunk, int64_t nthreads) {
 Tensor dequant_affine(Tensor x, Tensor scale, std::optional<Tensor> offset, ST out_dtype, bool half_steps) {
     const char *op = "dequant_affine";
     check_input(x, op, "x", {ST::Char, ST::Short, ST::Int});
-    if (out_dtype != ST::Float && out_dtype != ST::Half && out_dtype != ST::BFloat16)
-        fail(op, "out_dtype must be float32, float16 or bfloat16, but got ", dtype_name(out_dtype));
+    check_float_out(op, out_dtype);
     if (half_steps && (out_dtype != ST::Half || scale.scalar_type() != ST::Half))
         fail(op, "half_steps (float16 arithmetic) needs float16 scale, offset and out_dtype, but got ",
              dtype_name(scale.scalar_type()), " scale and out_dtype ", dtype_name(out_dtype));
@@ -535,8 +540,7 @@ Tensor quant_matmul_asymmetric(Tensor x, Tensor x_scale, Tensor x_offset, Tensor
     const char *op = "quant_matmul_asymmetric";
     check_input(x, op, "x_q", {ST::Char});
     check_input(weight, op, "weight", {ST::Char});
-    if (out_dtype != ST::Float && out_dtype != ST::Half && out_dtype != ST::BFloat16)
-        fail(op, "out_dtype must be float32, float16 or bfloat16, but got ", dtype_name(out_dtype));
+    check_float_out(op, out_dtype);
     if (x.dim() != 2 || weight.dim() != 2 || x.size(1) != weight.size(0))
         fail(op, "x_q ", shape_str(x), " and weight ", shape_str(weight), " must be (m, k) and (k, n)");
     const int64_t m = x.size(0), n = weight.size(1);
@@ -1015,8 +1019,7 @@ Tensor gemm_s4(Tensor x_q, Tensor x_scale, Tensor weight, Tensor weight_scale, T
     const char *op = "gemm_s4";
     check_input(x_q, op, "x_q", {ST::Char});
     check_input(x_scale, op, "x_scale", {ST::Float});
-    if (out_dtype != ST::Float && out_dtype != ST::Half && out_dtype != ST::BFloat16)
-        fail(op, "out_dtype must be float32, float16 or bfloat16, but got ", dtype_name(out_dtype));
+    check_float_out(op, out_dtype);
     if (x_q.dim() != 2) fail(op, "x_q must be 2-D (m, k), but has shape ", shape_str(x_q));
     const int64_t m = x_q.size(0), k = x_q.size(1);
     if (x_scale.dim() != 1 || x_scale.size(0) != m)
